@@ -1,0 +1,37 @@
+# One entry point for developers and CI. Every target works on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/shardfeed demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]' torch==2.13.0
+	$(BIN)/python -m pip install -q --no-deps 'litdata>=0.2.40'
+	$(BIN)/shardfeed sample build/bench-src --images 4000 --classes 10 --seed 0
+	$(BIN)/shardfeed shard build/bench-src build/bench-shards --num-shards 8 --workers 2
+	$(BIN)/shardfeed bench --folder build/bench-src --shards build/bench-shards --workers 2 --repeat 3 --json
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,284 @@
+"""One decode step: image bytes in, a uint8 ``[S, S, 3]`` RGB crop written into a caller's array.
+
+Decoding is a pluggable step (design section 8): the batch builder calls any ``Decoder`` with
+the sample's bytes, a view of its batch slot and the worker's random generator. Two decoders:
+
+- ``ImageDecoder`` decodes with OpenCV (which releases the GIL), crops and resizes straight into
+  the slot. Training uses torchvision's ``RandomResizedCrop`` semantics plus a random horizontal
+  flip; evaluation takes the standard ImageNet centre crop (shorter side to ``S / 0.875``, then
+  the central ``S x S``), done as one crop-then-resize of the source.
+- ``NoDecode`` (``--decode none``) only checks the magic bytes and touches every page of the
+  buffer, so a benchmark measures the pipeline without decoding.
+
+Pixels are taken as stored: EXIF orientation is ignored, as PIL and ``torchvision.io`` do by
+default, so the header size is the decoded size and a future GPU decoder gives the same crop.
+Given the generator's state, the output is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, NamedTuple, Protocol
+
+import cv2
+import numpy as np
+
+from loader._imagesize import jpeg_size
+from shards.format import sniff_image_format
+
+__all__ = [
+    "CropBox",
+    "DecodeError",
+    "Decoder",
+    "ImageDecoder",
+    "NoDecode",
+    "center_crop",
+    "eval_transform",
+    "random_resized_crop",
+    "train_transform",
+]
+
+EVAL_CROP_FRACTION: Final = 0.875
+_PAGE: Final = 4096
+_FULL_FLAGS: Final = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_REDUCED_FLAGS: Final = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION),
+    (4, cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION),
+    (2, cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION),
+)
+
+
+class DecodeError(ValueError):
+    """The bytes are not an image this decoder can read."""
+
+
+class CropBox(NamedTuple):
+    """A source-pixel rectangle: rows ``top:top+height``, columns ``left:left+width``."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class Decoder(Protocol):
+    """Writes one sample into ``out`` and returns the number of source bytes it consumed.
+
+    ``image_size`` is the side of the square ``out`` it fills (0: it writes no pixels, and
+    ``out`` may have any shape). On bytes it cannot read it raises ``DecodeError``; ``out`` and
+    how much was drawn from ``rng`` are then unspecified (but the same for the same bytes and
+    generator state). It must be safe to call from several threads with different ``out`` and
+    ``rng``.
+    """
+
+    @property
+    def image_size(self) -> int: ...
+
+    def __call__(
+        self, data: bytes | memoryview, out: np.ndarray, rng: np.random.Generator
+    ) -> int: ...
+
+
+def random_resized_crop(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> CropBox:
+    """torchvision's ``RandomResizedCrop.get_params``, drawing from ``rng``.
+
+    Ten tries at an area fraction uniform in ``scale`` and an aspect ratio log-uniform in
+    ``ratio``; if none fits, the largest centred crop whose aspect ratio lies in ``ratio``.
+    """
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return CropBox(top, left, h, w)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return CropBox((height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1))
+
+
+def center_crop(width: int, height: int, image_size: int) -> CropBox:
+    """The source square that ImageNet evaluation keeps: ``Resize(int(S / 0.875))`` then
+    ``CenterCrop(S)``, expressed as one crop of the source (exact up to sub-pixel placement)."""
+    resize_to = int(image_size / EVAL_CROP_FRACTION)
+    side = max(1, min(round(image_size * min(width, height) / resize_to), width, height))
+    return CropBox(int(round((height - side) / 2)), int(round((width - side) / 2)), side, side)
+
+
+def _check_range(name: str, value: tuple[float, float], upper: float | None) -> None:
+    lo, hi = value
+    if not (0 < lo <= hi and (upper is None or hi <= upper)):
+        bound = f" <= {upper}" if upper is not None else ""
+        raise ValueError(f"expected 0 < {name}[0] <= {name}[1]{bound}, got {name}={value}")
+
+
+class ImageDecoder:
+    """Decodes JPEG/PNG/WebP bytes with OpenCV into a uint8 ``[S, S, 3]`` RGB array.
+
+    Any input comes out as 8-bit 3-channel RGB: grayscale and CMYK JPEGs are converted, PNG alpha
+    is dropped, 16-bit PNGs are scaled to 8 bits, palettes are expanded. With ``reduced_decode``
+    a JPEG whose crop is at least 2, 4 or 8 times the output side (in both dimensions) is decoded
+    at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, which is faster and still downscales.
+    It keeps no per-call state, so one instance may serve many threads.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        train: bool,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        interpolation: int = cv2.INTER_LINEAR,
+        reduced_decode: bool = True,
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"expected image_size >= 1, got image_size={image_size}")
+        _check_range("scale", scale, 1.0)
+        _check_range("ratio", ratio, None)
+        self._size = image_size
+        self.train = train
+        self.scale = scale
+        self.ratio = ratio
+        self.interpolation = interpolation
+        self.reduced_decode = reduced_decode
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else "eval"
+        return f"ImageDecoder({self._size}, {mode}, reduced_decode={self.reduced_decode})"
+
+    def _box(self, width: int, height: int, rng: np.random.Generator) -> CropBox:
+        if self.train:
+            return random_resized_crop(width, height, rng, self.scale, self.ratio)
+        return center_crop(width, height, self._size)
+
+    def __call__(self, data: bytes | memoryview, out: np.ndarray, rng: np.random.Generator) -> int:
+        """Decode ``data`` into ``out`` (uint8 ``[S, S, 3]``, C-contiguous); return ``len(data)``.
+
+        Draws from ``rng`` only in training mode: the crop, then one draw for the flip.
+        Raises ``DecodeError`` when OpenCV cannot decode the bytes.
+        """
+        s = self._size
+        if out.shape != (s, s, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(
+                f"expected a C-contiguous uint8 out of shape {(s, s, 3)}, got shape={out.shape} "
+                f"dtype={out.dtype} c_contiguous={out.flags.c_contiguous}"
+            )
+        buf = np.frombuffer(data, np.uint8)
+        size = jpeg_size(data) if self.reduced_decode else None
+        if size is not None:
+            box = self._box(size[0], size[1], rng)
+            flags = next(
+                (f for k, f in _REDUCED_FLAGS if min(box.height, box.width) >= k * s), _FULL_FLAGS
+            )
+            image = _imdecode(buf, flags)
+            box = _rescale(box, size, image.shape[1], image.shape[0])
+        else:
+            image = _imdecode(buf, _FULL_FLAGS)
+            box = self._box(image.shape[1], image.shape[0], rng)
+        crop = image[box.top : box.top + box.height, box.left : box.left + box.width]
+        cv2.resize(crop, (s, s), dst=out, interpolation=self.interpolation)
+        cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)
+        if self.train and rng.random() < 0.5:
+            cv2.flip(out, 1, dst=out)
+        return len(buf)
+
+
+def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray:
+    image: np.ndarray | None
+    try:
+        image = cv2.imdecode(buf, flags) if buf.size else None
+    except cv2.error:
+        image = None
+    if image is None:
+        head = bytes(buf[:8])
+        raise DecodeError(
+            f"expected JPEG, PNG or WebP image bytes OpenCV can decode, "
+            f"got {buf.size} bytes starting {head!r}"
+        )
+    return image
+
+
+def _rescale(box: CropBox, size: tuple[int, int], width: int, height: int) -> CropBox:
+    """Map a box in a ``size`` image onto the same region of a ``width x height`` image."""
+    sx, sy = width / size[0], height / size[1]
+    top = min(int(round(box.top * sy)), height - 1)
+    left = min(int(round(box.left * sx)), width - 1)
+    bottom = min(max(int(round((box.top + box.height) * sy)), top + 1), height)
+    right = min(max(int(round((box.left + box.width) * sx)), left + 1), width)
+    return CropBox(top, left, bottom - top, right - left)
+
+
+class NoDecode:
+    """The ``--decode none`` step: checks the magic bytes, touches each 4 KiB page, decodes nothing.
+
+    Touching a byte per page makes a memory-mapped buffer resident, as a decoder's read would,
+    without the cost of decoding. ``out`` is left as it is (the batch builder passes a
+    zero-sized view). Bytes that do not start like a JPEG, PNG or WebP raise ``DecodeError``, so
+    the bad-sample policy still sees unreadable members; deeper corruption goes unnoticed.
+    """
+
+    @property
+    def image_size(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "NoDecode()"
+
+    def __call__(self, data: bytes | memoryview, out: np.ndarray, rng: np.random.Generator) -> int:
+        """Return ``len(data)`` after touching its pages; draws nothing from ``rng``."""
+        buf = np.frombuffer(data, np.uint8)
+        if sniff_image_format(bytes(buf[:12])) is None:
+            raise DecodeError(
+                f"expected JPEG, PNG or WebP image bytes, got {buf.size} bytes "
+                f"starting {bytes(buf[:8])!r}"
+            )
+        int(buf[::_PAGE].sum())
+        return len(buf)
+
+
+def train_transform(
+    image_size: int,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    interpolation: int = cv2.INTER_LINEAR,
+    reduced_decode: bool = True,
+) -> ImageDecoder:
+    """The training decoder: random resized crop to ``image_size``, then a random flip."""
+    return ImageDecoder(
+        image_size,
+        train=True,
+        scale=scale,
+        ratio=ratio,
+        interpolation=interpolation,
+        reduced_decode=reduced_decode,
+    )
+
+
+def eval_transform(
+    image_size: int, *, interpolation: int = cv2.INTER_LINEAR, reduced_decode: bool = True
+) -> ImageDecoder:
+    """The evaluation decoder: the ImageNet centre crop at ``image_size``; draws no randomness."""
+    return ImageDecoder(
+        image_size, train=False, interpolation=interpolation, reduced_decode=reduced_decode
+    )

@@ -1,0 +1,174 @@
+"""GPU delivery (design section 3): batches copied on a side stream and normalised on the device.
+
+``DevicePrefetcher`` wraps any iterable of ``Batch`` (a DataLoader over the loader's dataset,
+typically) and yields ``DeviceBatch``: float32 ``[B, 3, H, W]`` images normalised by
+``mean``/``std``, in channels_last memory format by default. It works one batch ahead: while the
+consumer computes on batch ``k``, batch ``k + 1`` is already being copied and converted.
+
+On CUDA, for each batch:
+
+1. the host images are pinned (skipped when the DataLoader's ``pin_memory`` already did);
+2. on a side stream, the uint8 NHWC images (plus labels and padding flags) are copied with
+   ``non_blocking=True`` and converted to normalised float NCHW on the device, and an event is
+   recorded after the last kernel;
+3. when the consumer asks for the batch, its current stream waits on that event, and every
+   device tensor of the batch is ``record_stream``-ed on the consumer stream.
+
+Invariants. Side-stream work for a batch is complete, from the consumer stream's point of view,
+before any kernel the consumer enqueues after receiving it; the host never blocks on it. The
+device tensors were allocated on the side stream; ``record_stream`` keeps the caching allocator
+from handing their memory to the side stream again until the consumer stream's work queued up to
+the batch's release has finished. The pinned host tensors are held by the prefetcher until the
+batch is handed over, and the CUDA caching host allocator (behind ``Tensor.pin_memory()``, which
+the DataLoader uses too) does not reuse a pinned block before the copies that read it have
+completed; host memory pinned by other means must outlive the copy by itself. The
+``mean``/``std`` constants are on the device before the first batch (the constructor
+synchronises). The prefetcher never writes into a host batch it is given. ``ids`` and ``nbytes``
+stay on the host: they feed the delivery counters, which run on the CPU, and moving them would
+cost a device-to-host synchronisation later.
+
+Without CUDA the same conversion runs on the CPU, without streams or pinning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from typing import NamedTuple
+
+import torch
+
+from loader.batch import Batch
+
+__all__ = ["DeviceBatch", "DevicePrefetcher", "resolve_device"]
+
+
+class DeviceBatch(NamedTuple):
+    """A batch ready for the model.
+
+    ``images`` float32 ``[B, 3, H, W]`` normalised, on the device (channels_last unless the
+    prefetcher was told otherwise); ``labels`` int64 and ``padded`` bool on the device; ``ids``
+    and ``nbytes`` int64 on the host.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: torch.Tensor
+    padded: torch.Tensor
+    nbytes: torch.Tensor
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` means CUDA when available, else the CPU; a CUDA device must be available."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"expected a device this machine has, got device={device!r} without CUDA")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"expected device 'auto', 'cpu' or 'cuda[:N]', got device={device!r}")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
+
+
+def _channel_constants(name: str, values: Sequence[float], device: torch.device) -> torch.Tensor:
+    if len(values) != 3:
+        raise ValueError(f"expected 3 per-channel values for {name}, got {name}={values!r}")
+    tensor = torch.tensor([255.0 * v for v in values], dtype=torch.float32)
+    if name == "std" and bool((tensor <= 0).any()):
+        raise ValueError(f"expected positive std values, got std={values!r}")
+    return tensor.view(1, 3, 1, 1).to(device)
+
+
+class DevicePrefetcher:
+    """Iterates ``loader`` and yields each ``Batch`` as a ``DeviceBatch`` on ``device``.
+
+    Order is preserved and nothing is dropped. Each ``iter()`` starts a new pass over
+    ``loader`` (so a DataLoader epoch per ``iter()``). Not thread-safe: consume from one thread.
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[Batch],
+        device: str | torch.device = "auto",
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        channels_last: bool = True,
+    ) -> None:
+        self.loader = loader
+        self.device = resolve_device(device)
+        self.channels_last = channels_last
+        self._mean = _channel_constants("mean", mean, self.device)
+        self._std = _channel_constants("std", std, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def __len__(self) -> int:
+        """The loader's length; ``TypeError`` when the loader has none."""
+        if not isinstance(self.loader, Sized):
+            raise TypeError(f"expected a loader with a length, got {type(self.loader).__name__}")
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[DeviceBatch]:
+        if self.device.type == "cuda":
+            return self._iter_cuda()
+        return (self._convert(Batch(*batch)) for batch in self.loader)
+
+    def _convert(self, batch: Batch) -> DeviceBatch:
+        """Copy ``batch`` to the device (non-blocking) and normalise; runs on the current stream."""
+        if batch.images.dtype != torch.uint8 or batch.images.dim() != 4:
+            raise ValueError(
+                f"expected uint8 images [B, H, W, 3], got dtype={batch.images.dtype} "
+                f"shape={tuple(batch.images.shape)}"
+            )
+        if batch.images.shape[3] != 3:
+            raise ValueError(
+                f"expected 3-channel NHWC images, got shape={tuple(batch.images.shape)}"
+            )
+        pixels = batch.images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = pixels.to(dtype=torch.float32, memory_format=layout)
+        images.sub_(self._mean).div_(self._std)
+        return DeviceBatch(
+            images,
+            batch.labels.to(self.device, non_blocking=True),
+            batch.ids,
+            batch.padded.to(self.device, non_blocking=True),
+            batch.nbytes,
+        )
+
+    def _iter_cuda(self) -> Iterator[DeviceBatch]:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        batches = iter(self.loader)
+        pending = self._launch(batches, side)
+        while pending is not None:
+            host, ready, event = pending
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_event(event)
+            for tensor in (ready.images, ready.labels, ready.padded):
+                tensor.record_stream(consumer)
+            pending = self._launch(batches, side)
+            del host
+            yield ready
+
+    def _launch(
+        self, batches: Iterator[Batch], side: torch.cuda.Stream
+    ) -> tuple[Batch, DeviceBatch, torch.cuda.Event] | None:
+        """Start the next batch's copy and conversion on ``side``; ``None`` when exhausted."""
+        item = next(batches, None)
+        if item is None:
+            return None
+        batch = Batch(*item)
+        host = batch._replace(
+            images=_pinned(batch.images), labels=_pinned(batch.labels), padded=_pinned(batch.padded)
+        )
+        with torch.cuda.stream(side):
+            ready = self._convert(host)
+            event = torch.cuda.Event()
+            event.record(side)
+        return host, ready, event
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.is_pinned() else tensor.pin_memory()

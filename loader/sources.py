@@ -1,0 +1,195 @@
+"""Turn what the user names (manifest, shard list, brace pattern) into the shards to read.
+
+Accepted inputs:
+
+- a manifest: a ``manifest.json`` path, a directory holding one, or a URL ending in ``.json``
+  (or ``/``, meaning ``.../manifest.json``); its shard URLs are resolved against its location;
+- shard URLs or paths, as a list, a single ``.tar`` location, or a brace pattern such as
+  ``data/shard-{000000..000007}.tar`` (each list item may be a pattern too). Each shard's
+  sample count comes from the ``.idx.npy`` sidecar beside it when there is one, else from a
+  header scan, so shards written by other tools (webdataset's ``ShardWriter``) work; they have
+  no class names. ``first_index`` is assigned cumulatively in the given order.
+
+Local locations become absolute paths; URLs (``file://``, ``http(s)://``, any fsspec scheme)
+are kept as given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import braceexpand
+
+from loader._location import is_local, is_url, join, local_path, parent, sidecar_url
+from loader._remote import RemoteFile
+from loader._scanio import scan_location
+from shards.format import MANIFEST_NAME, read_index
+from shards.manifest import Manifest, ManifestError
+
+__all__ = ["DatasetSource", "ShardSource", "resolve_source"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """One shard: where it is, how many samples it holds and the global id of its first."""
+
+    url: str
+    nsamples: int
+    first_index: int
+    index_url: str | None
+    sha256: str | None
+    filesize: int | None
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """The shards of a dataset in global-id order; ``classes`` is empty for foreign shards."""
+
+    shards: tuple[ShardSource, ...]
+    classes: tuple[str, ...]
+    num_samples: int
+    origin: str
+
+
+def resolve_source(source: str | os.PathLike[str] | Sequence[str]) -> DatasetSource:
+    """Resolve a manifest, shard list or brace pattern (see the module docstring).
+
+    Raises ``FileNotFoundError`` naming a missing local manifest or shard (or any missing
+    shard of a list), ``ManifestError`` for a malformed manifest, ``ShardFormatError`` for a
+    listed shard whose tar is corrupt, and ``ValueError`` for an empty or repeated list.
+    """
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str):
+        if not source:
+            raise ValueError("expected a manifest, shard list or brace pattern, got ''")
+        if "{" not in source and _is_manifest(source):
+            return _from_manifest(source)
+        return _from_shards(list(braceexpand.braceexpand(source)), source)
+    if isinstance(source, bytes) or not isinstance(source, Sequence):
+        raise ValueError(
+            "expected a manifest path or URL, a brace pattern or a list of shard URLs, "
+            f"got {type(source).__name__}"
+        )
+    urls: list[str] = []
+    for item in source:
+        if not isinstance(item, str | os.PathLike):
+            raise ValueError(f"expected shard URLs or paths, got an item {item!r}")
+        urls.extend(braceexpand.braceexpand(os.fspath(item)))
+    return _from_shards(urls, repr(list(source)) if len(source) < 4 else f"{len(source)} shards")
+
+
+def _is_manifest(location: str) -> bool:
+    if location.endswith((".json", "/")):
+        return True
+    if is_url(location) and not location.startswith("file://"):
+        return False
+    path = local_path(location)
+    if os.path.isdir(path):
+        return True
+    if location.endswith(".tar") or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(512).lstrip().startswith(b"{")
+
+
+def _from_manifest(location: str) -> DatasetSource:
+    if is_local(location):
+        path = local_path(location)
+        if os.path.isdir(path):
+            path = os.path.join(path, MANIFEST_NAME)
+        manifest = Manifest.load(path)
+        base, source = os.path.dirname(path), path
+    else:
+        if location.endswith("/"):
+            location += MANIFEST_NAME
+        manifest = _load_remote_manifest(location)
+        base, source = parent(location), location
+    shards = []
+    for entry in manifest.shards:
+        url = join(base, entry.url)
+        if is_local(url) and not os.path.isfile(local_path(url)):
+            raise FileNotFoundError(
+                f"shard {url} listed in manifest {source} not found; rebuild with "
+                "'shardfeed shard' or fix the manifest"
+            )
+        shards.append(
+            ShardSource(
+                url=url,
+                nsamples=entry.nsamples,
+                first_index=entry.first_index,
+                index_url=join(base, entry.index_url) if entry.index_url else None,
+                sha256=entry.sha256 or None,
+                filesize=entry.filesize if entry.filesize >= 0 else None,
+            )
+        )
+    return DatasetSource(tuple(shards), tuple(manifest.classes), manifest.num_samples, location)
+
+
+def _load_remote_manifest(url: str) -> Manifest:
+    try:
+        raw = RemoteFile(url).read_all()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no manifest at {url}") from None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{url}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{url}: expected a JSON object, got {type(data).__name__}")
+    return Manifest.from_dict(data, source=url)
+
+
+def _from_shards(urls: list[str], origin: str) -> DatasetSource:
+    if not urls:
+        raise ValueError("expected at least one shard, got an empty list")
+    urls = [u if is_url(u) else os.path.abspath(u) for u in urls]
+    seen: set[str] = set()
+    for u in urls:
+        if u in seen:
+            raise ValueError(f"expected each shard once, got {u} twice")
+        seen.add(u)
+    shards: list[ShardSource] = []
+    first = 0
+    for url in urls:
+        shard = _describe_shard(url, first)
+        shards.append(shard)
+        first += shard.nsamples
+    return DatasetSource(tuple(shards), (), first, origin)
+
+
+def _describe_shard(url: str, first: int) -> ShardSource:
+    sidecar = sidecar_url(url)
+    try:
+        if is_local(url):
+            filesize: int | None = os.path.getsize(local_path(url))
+        else:
+            filesize = RemoteFile(url).size()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard {url} not found") from None
+    rows = _sidecar_rows(sidecar)
+    nsamples = len(scan_location(url).index) if rows is None else rows
+    log.debug("shard %s: %d samples (%s)", url, nsamples, "scan" if rows is None else "sidecar")
+    return ShardSource(url, nsamples, first, None if rows is None else sidecar, None, filesize)
+
+
+def _sidecar_rows(sidecar: str) -> int | None:
+    """Row count of the sidecar index at ``sidecar``, or ``None`` when there is none."""
+    try:
+        if is_local(sidecar):
+            if not os.path.isfile(local_path(sidecar)):
+                return None
+            with open(local_path(sidecar), "rb") as f:
+                return len(read_index(f))
+        remote = RemoteFile(sidecar)
+        if not remote.exists():
+            return None
+        return len(read_index(remote.read_all()))
+    except (ValueError, EOFError) as exc:
+        raise ValueError(f"unreadable sidecar index {sidecar}: {exc}; rebuild it") from exc

@@ -1,0 +1,59 @@
+"""The ``shardfeed`` console script: one parser, subcommands registered by the part owning them.
+
+Each part's ``cli.register(subparsers)`` adds its subcommands with ``set_defaults(func=...)``;
+a handler takes the parsed ``argparse.Namespace`` and returns the exit code. Errors a user can
+fix (``ValueError``, ``FileNotFoundError``, ``PermissionError``, ``NotADirectoryError``) become
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from loader import cli as loader_cli
+from shards import cli as shards_cli
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("shardfeed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardfeed",
+        description="Build tar shards from an image folder and stream them, exactly once.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shards_cli.register(sub)
+    loader_cli.register(sub)
+    from server import _serve_cli
+
+    _serve_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("shardfeed: interrupted\n")
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        sys.stderr.write(f"shardfeed {args.command}: error: {exc}\n")
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

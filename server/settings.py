@@ -1,0 +1,84 @@
+"""Service settings: one pydantic-settings class, every field also read from ``SHARDFEED_<NAME>``.
+
+``SHARDFEED_DATA_ROOTS`` takes either a JSON list or paths separated by ``os.pathsep`` (``:`` on
+POSIX, like ``PATH``); ``SHARDFEED_TOKEN`` is the bearer token that every POST and DELETE needs
+when it is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; defaults bind to 127.0.0.1 and read no data at all.
+
+    The ``max_*`` fields are the limits a request is checked against (422 naming the field);
+    they cannot exceed the bench engine's own bounds, which the request models enforce too.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SHARDFEED_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", min_length=1, description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    db: Path = Field(Path("shardfeed.db"), description="SQLite file that keeps runs and stats")
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="folders benchmarks may read; everything else is refused with 403",
+    )
+    token: SecretStr | None = Field(None, description="bearer token for POST and DELETE")
+    max_workers: int = Field(16, ge=0, le=64, description="most DataLoader workers per run")
+    max_epochs: int = Field(20, ge=1, le=1000, description="most epochs per run")
+    max_repeat: int = Field(10, ge=1, le=100, description="most rounds per run")
+    max_body_bytes: int = Field(
+        256 * 1024, ge=1024, le=64 << 20, description="largest request body accepted"
+    )
+    max_queued: int = Field(32, ge=1, le=10_000, description="most runs waiting at once")
+    cancel_grace_s: float = Field(
+        5.0, gt=0, le=300, description="how long a cancelled run may take to stop before a kill"
+    )
+    job_stale_s: float = Field(
+        30.0, gt=0, description="a rank silent this long counts as stopped (rate 0)"
+    )
+    job_max_reports: int = Field(
+        20_000, ge=10, description="reports kept per job; older ones are pruned"
+    )
+    sse_heartbeat_s: float = Field(15.0, gt=0, le=300, description="SSE keep-alive interval")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("data_roots")
+    @classmethod
+    def _resolve_roots(cls, value: list[Path]) -> list[Path]:
+        resolved = []
+        for root in value:
+            path = Path(root).expanduser().resolve()
+            if not path.is_dir():
+                raise ValueError(f"expected an existing folder as data root, got {str(root)!r}")
+            resolved.append(path)
+        return resolved
+
+    def token_value(self) -> str | None:
+        """The configured token in clear, or None when the service is open."""
+        return self.token.get_secret_value() if self.token is not None else None

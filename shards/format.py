@@ -1,0 +1,141 @@
+"""The on-disk shard format (design section 2): names, tar headers, the offset sidecar.
+
+A shard is a plain POSIX (ustar) tar. A sample is three adjacent members sharing one key:
+``KEY.<ext>`` (the image; ``ext`` sniffed from the bytes), ``KEY.cls`` (class index as ASCII
+decimal) and ``KEY.json`` (metadata). Keys are zero-padded decimal plan positions: no dot, no
+slash, unique across the dataset and sorted in sample order.
+
+Every header has fixed mtime, uid, gid, owner names and mode, so the same input gives the same
+bytes. Beside each shard ``shard-NNNNNN.tar`` lies ``shard-NNNNNN.idx.npy``: a NumPy structured
+array (``INDEX_DTYPE``), one row per sample, that lets a reader slice the k-th sample's image out
+of a memory map without parsing any tar header.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from typing import Final
+
+import numpy as np
+
+__all__ = [
+    "BLOCK",
+    "IMAGE_EXTENSIONS",
+    "INDEX_DTYPE",
+    "MANIFEST_NAME",
+    "end_of_archive",
+    "index_name",
+    "make_key",
+    "padding",
+    "read_index",
+    "shard_name",
+    "sniff_image_format",
+    "tar_member_header",
+]
+
+BLOCK: Final = 512
+MANIFEST_NAME: Final = "manifest.json"
+IMAGE_EXTENSIONS: Final = ("jpg", "png", "webp")
+MTIME: Final = 0
+MODE: Final = 0o444
+KEY_WIDTH: Final = 9
+
+INDEX_DTYPE: Final = np.dtype(
+    [
+        ("offset", "<i8"),  # first header byte of the sample's first member
+        ("end", "<i8"),  # one past the last byte (padding included) of its last member
+        ("image_offset", "<i8"),  # first byte of the image payload
+        ("image_size", "<i8"),  # image payload length in bytes
+        ("label", "<i8"),  # class index, as in KEY.cls
+    ]
+)
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index`` (0-based)."""
+    return f"shard-{index:06d}.tar"
+
+
+def index_name(shard: str) -> str:
+    """Sidecar index file name for a shard file name (``x.tar`` -> ``x.idx.npy``)."""
+    stem = shard[: -len(".tar")] if shard.endswith(".tar") else shard
+    return f"{stem}.idx.npy"
+
+
+def make_key(position: int, total: int) -> str:
+    """The key of the sample at plan ``position``: zero-padded, so keys sort in sample order."""
+    if position < 0:
+        raise ValueError(f"expected a non-negative position, got position={position}")
+    width = max(KEY_WIDTH, len(str(max(total - 1, 0))))
+    return f"{position:0{width}d}"
+
+
+def sniff_image_format(head: bytes) -> str | None:
+    """The image format named by the magic bytes at the start of a file, else ``None``.
+
+    Returns one of ``IMAGE_EXTENSIONS``; never looks at a file name.
+    """
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def tar_member_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header of a regular file member with reproducible metadata.
+
+    Byte-identical to ``tarfile.TarInfo.tobuf(USTAR_FORMAT)`` for these fields, built directly
+    because the builder writes one per member. Names longer than 100 bytes are refused (keys are
+    short by construction).
+    """
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ValueError(f"expected a member name of at most 100 bytes, got name={name!r}")
+    if not 0 <= size < 8**11:
+        raise ValueError(f"expected a member size below 8 GiB, got size={size}")
+    header = bytearray(_HEADER_TEMPLATE)
+    header[0 : len(raw)] = raw
+    header[124:136] = b"%011o\0" % size
+    checksum = sum(header)
+    header[148:156] = b"%06o\0 " % checksum
+    return bytes(header)
+
+
+def _header_template() -> bytes:
+    info = tarfile.TarInfo("x")
+    info.mtime, info.mode, info.uid, info.gid = MTIME, MODE, 0, 0
+    info.uname = info.gname = ""
+    template = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT))
+    template[0:100] = bytes(100)
+    template[124:136] = b" " * 12
+    template[148:156] = b" " * 8
+    return bytes(template)
+
+
+_HEADER_TEMPLATE: Final = _header_template()
+
+
+def padding(size: int) -> bytes:
+    """Zero bytes that pad a payload of ``size`` bytes to a whole tar block."""
+    return b"\0" * (-size % BLOCK)
+
+
+def end_of_archive() -> bytes:
+    """The two zero blocks that end a tar archive."""
+    return b"\0" * (2 * BLOCK)
+
+
+def read_index(data: bytes | io.BufferedIOBase) -> np.ndarray:
+    """Load a sidecar index from bytes or a binary file; checks its dtype."""
+    buf = io.BytesIO(data) if isinstance(data, bytes) else data
+    arr = np.load(buf, allow_pickle=False)
+    if arr.dtype != INDEX_DTYPE or arr.ndim != 1:
+        raise ValueError(
+            f"expected a 1-d sidecar index of dtype {INDEX_DTYPE}, got dtype={arr.dtype} "
+            f"ndim={arr.ndim}"
+        )
+    return arr

@@ -1,0 +1,116 @@
+"""Image facts from the bytes alone: format, size, channels, and whether the file is complete.
+
+Reads only headers (no pixel decode), so a build can check millions of files cheaply
+(``--verify header``) and the loader can pick a reduced decode scale before decoding.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from shards.format import sniff_image_format
+
+__all__ = ["ImageInfo", "image_info", "is_complete"]
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says: ``format`` is one of ``shards.format.IMAGE_EXTENSIONS``."""
+
+    format: str
+    width: int
+    height: int
+    channels: int
+
+
+def image_info(data: bytes | memoryview) -> ImageInfo | None:
+    """Parse the header of a JPEG, PNG or WebP; ``None`` when it is not one or is malformed."""
+    buf = bytes(data[:65536]) if isinstance(data, memoryview) else data
+    fmt = sniff_image_format(buf[:16])
+    if fmt == "jpg":
+        return _jpeg_info(buf)
+    if fmt == "png":
+        return _png_info(buf)
+    if fmt == "webp":
+        return _webp_info(buf)
+    return None
+
+
+def is_complete(data: bytes | memoryview) -> bool:
+    """Whether the file ends where its format says it must (JPEG EOI after the scan, PNG IEND).
+
+    A truncated JPEG still decodes in OpenCV (the missing rows come out grey, with only a
+    warning), so this structural check is what tells a cut-off download from a whole image.
+    """
+    mv = memoryview(data)
+    fmt = sniff_image_format(bytes(mv[:16]))
+    if fmt == "jpg":
+        raw = bytes(mv)
+        return raw.rfind(b"\xff\xd9") > raw.rfind(b"\xff\xda") >= 0
+    if fmt == "png":
+        return bytes(mv[-512:]).rfind(b"IEND") >= 0
+    if fmt == "webp":
+        if len(mv) < 12:
+            return False
+        (riff_size,) = struct.unpack_from("<I", mv, 4)
+        return len(mv) >= riff_size + 8
+    return False
+
+
+def _jpeg_info(buf: bytes) -> ImageInfo | None:
+    i, n = 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack_from(">H", buf, i + 2)
+        if marker in _JPEG_SOF:
+            if i + 10 > n:
+                return None
+            height, width = struct.unpack_from(">HH", buf, i + 5)
+            channels = buf[i + 9]
+            if width == 0 or height == 0:
+                return None
+            return ImageInfo("jpg", width, height, channels)
+        if marker in (0xDA, 0xD9):
+            return None
+        i += 2 + length
+    return None
+
+
+def _png_info(buf: bytes) -> ImageInfo | None:
+    if len(buf) < 26 or buf[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack_from(">II", buf, 16)
+    color_type = buf[25]
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color_type)
+    if channels is None or width == 0 or height == 0:
+        return None
+    return ImageInfo("png", width, height, channels)
+
+
+def _webp_info(buf: bytes) -> ImageInfo | None:
+    if len(buf) < 30:
+        return None
+    chunk = buf[12:16]
+    if chunk == b"VP8 ":
+        width, height = struct.unpack_from("<HH", buf, 26)
+        return ImageInfo("webp", width & 0x3FFF, height & 0x3FFF, 3)
+    if chunk == b"VP8L":
+        bits = int.from_bytes(buf[21:25], "little")
+        channels = 4 if bits >> 28 & 1 else 3
+        return ImageInfo("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, channels)
+    if chunk == b"VP8X":
+        width = int.from_bytes(buf[24:27], "little") + 1
+        height = int.from_bytes(buf[27:30], "little") + 1
+        return ImageInfo("webp", width, height, 4 if buf[20] & 0x10 else 3)
+    return None

@@ -1,0 +1,294 @@
+"""End-to-end tests of ``make_loader`` with real DataLoader worker processes.
+
+Every test writes tiny shards of real JPEGs and checks what arrives in the main process: each
+global id exactly once per epoch (``DuplicateTracker``), a new order every epoch, the batch count
+``len(loader)`` promises, and the batch layout.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from loader.batch import Batch
+from loader.dataloader import WorkerInit, make_loader
+from loader.dataset import ShardDataset
+from loader.tracker import DuplicateTracker, EpochCounts
+
+
+def jpeg_bytes(gid: int) -> bytes:
+    """A real 20x24 JPEG whose colour depends on ``gid``."""
+    image = np.zeros((20, 24, 3), np.uint8)
+    image[:, :, 0] = gid * 5 % 256
+    image[:, :12, 1] = 255 - gid * 3 % 256
+    image[10:, :, 2] = gid * 11 % 256
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_worker_count_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+        yield
+
+
+class EpochRun(NamedTuple):
+    counts: EpochCounts
+    ids: list[int]
+    sizes: list[int]
+
+
+def run_epochs(
+    loader: Any, num_samples: int, epochs: int, *, set_epoch: bool
+) -> list[EpochRun]:
+    """Iterate ``epochs`` epochs, tracking every id; ``set_epoch`` chooses the loop style."""
+    tracker = DuplicateTracker(num_samples)
+    runs = []
+    for epoch in range(epochs):
+        if set_epoch:
+            loader.dataset.set_epoch(epoch)
+        tracker.start_epoch(epoch)
+        ids: list[int] = []
+        sizes: list[int] = []
+        for batch in loader:
+            tracker.update(batch.ids, batch.padded)
+            ids.extend(batch.ids.tolist())
+            sizes.append(len(batch.ids))
+        runs.append(EpochRun(tracker.end_epoch(), ids, sizes))
+    return runs
+
+
+# shard counts 1, 2, 3 and 7 with uneven sizes; batch sizes leave a partial batch
+LAYOUTS = {
+    1: ([47], 5),
+    2: ([29, 18], 4),
+    3: ([5, 31, 13], 6),
+    7: ([9, 2, 11, 1, 8, 13, 6], 7),
+}
+MODES = [
+    pytest.param(True, True, id="persistent-set_epoch"),
+    pytest.param(True, False, id="persistent-no_set_epoch"),
+    pytest.param(False, True, id="fresh-set_epoch"),
+    pytest.param(False, False, id="fresh-no_set_epoch"),
+]
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory, loader_kit: Any) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("layouts")
+    return {
+        n: loader_kit.write_test_shards(root / f"s{n}", sizes, image_bytes=jpeg_bytes)
+        for n, (sizes, _) in LAYOUTS.items()
+    }
+
+
+@pytest.mark.parametrize(("persistent", "set_epoch"), MODES)
+@pytest.mark.parametrize("num_shards", sorted(LAYOUTS))
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 3, 5])
+def test_every_id_exactly_once_per_epoch_in_a_new_order(
+    layouts: dict[int, Path],
+    num_workers: int,
+    num_shards: int,
+    persistent: bool,
+    set_epoch: bool,
+) -> None:
+    if num_workers == 0 and persistent:
+        pytest.skip("persistent workers need workers")
+    sizes, batch_size = LAYOUTS[num_shards]
+    total = sum(sizes)
+    loader = make_loader(
+        layouts[num_shards],
+        batch_size=batch_size,
+        num_workers=num_workers,
+        image_size=16,
+        shuffle_buffer=8,
+        prefetch_factor=2,
+        persistent_workers=persistent,
+    )
+    runs = run_epochs(loader, total, 2, set_epoch=set_epoch)
+    for epoch, run in enumerate(runs):
+        assert run.counts == EpochCounts(epoch, total, total, 0, 0, 0)
+        assert len(run.sizes) == len(loader) == -(-total // batch_size)
+        assert sum(s < batch_size for s in run.sizes) == 1
+    assert sorted(runs[0].ids) == sorted(runs[1].ids) == list(range(total))
+    assert runs[0].ids != runs[1].ids
+
+
+def test_workers_outnumbering_batches_leave_some_idle(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [3, 4], image_bytes=jpeg_bytes)
+    loader = make_loader(manifest, batch_size=4, num_workers=5, image_size=16, prefetch_factor=1)
+    runs = run_epochs(loader, 7, 2, set_epoch=False)
+    assert [r.counts.missing + r.counts.duplicates for r in runs] == [0, 0]
+    assert [sorted(r.sizes) for r in runs] == [[3, 4], [3, 4]]
+
+
+def test_set_epoch_replays_an_epoch_in_persistent_workers(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [11, 9, 14], image_bytes=jpeg_bytes)
+    loader = make_loader(manifest, batch_size=4, num_workers=2, image_size=16, prefetch_factor=1)
+    orders = []
+    for epoch in (3, 4, 3):
+        loader.dataset.set_epoch(epoch)
+        orders.append([i for b in loader for i in b.ids.tolist()])
+    assert orders[0] == orders[2] != orders[1]
+    assert sorted(orders[1]) == list(range(34))
+
+
+def test_epochs_advance_by_themselves_like_set_epoch(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [10, 13], image_bytes=jpeg_bytes)
+    options: dict[str, Any] = {"batch_size": 3, "image_size": 16, "prefetch_factor": 1}
+    free = make_loader(manifest, num_workers=2, **options)
+    chosen = make_loader(manifest, num_workers=2, persistent_workers=False, **options)
+    free_runs = run_epochs(free, 23, 3, set_epoch=False)
+    chosen_runs = run_epochs(chosen, 23, 3, set_epoch=True)
+    assert [r.ids for r in free_runs] == [r.ids for r in chosen_runs]
+    assert free.dataset.next_epoch == 3
+
+
+def test_batches_have_the_promised_layout(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [6, 7], image_bytes=jpeg_bytes)
+    loader = make_loader(manifest, batch_size=4, num_workers=2, image_size=16, prefetch_factor=1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 4
+    for batch in batches:
+        assert isinstance(batch, Batch)
+        n = len(batch.ids)
+        assert batch.images.dtype == torch.uint8 and batch.images.shape == (n, 16, 16, 3)
+        assert batch.labels.dtype == torch.int64 and batch.labels.shape == (n,)
+        assert batch.ids.dtype == torch.int64
+        assert batch.padded.dtype == torch.bool and not batch.padded.any()
+        assert batch.labels.tolist() == [loader_kit.label_of(i) for i in batch.ids.tolist()]
+        assert int(batch.images.float().std()) > 0
+
+
+def test_eval_mode_is_deterministic(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
+
+    def images_by_id() -> dict[int, bytes]:
+        loader = make_loader(
+            manifest, batch_size=5, num_workers=2, image_size=16, train=False, prefetch_factor=1
+        )
+        seen = {}
+        for epoch in range(2):
+            for batch in loader:
+                for i, image in zip(batch.ids.tolist(), batch.images, strict=True):
+                    assert seen.setdefault(i, image.numpy().tobytes()) == image.numpy().tobytes()
+            assert len(seen) == 17, epoch
+        return seen
+
+    assert images_by_id() == images_by_id()
+    ordered = make_loader(manifest, batch_size=5, num_workers=0, image_size=16, train=False)
+    a, b = ([i for x in ordered for i in x.ids.tolist()] for _ in range(2))
+    ordered.dataset.set_epoch(0)
+    assert [i for x in ordered for i in x.ids.tolist()] == a
+    assert sorted(a) == sorted(b) == list(range(17))
+
+
+def _record_threads(path: str, worker_id: int) -> None:
+    with open(path, "a") as f:
+        f.write(f"{worker_id} {cv2.getNumThreads()} {os.getpid()}\n")
+
+
+class _Recorder:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __call__(self, worker_id: int) -> None:
+        _record_threads(self.path, worker_id)
+
+
+def test_workers_run_one_opencv_thread_and_the_user_init(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path / "d", [5, 5], image_bytes=jpeg_bytes)
+    record = tmp_path / "init.txt"
+    loader = make_loader(
+        manifest,
+        batch_size=4,
+        num_workers=2,
+        image_size=16,
+        prefetch_factor=1,
+        worker_init_fn=_Recorder(record),
+    )
+    assert len(list(loader)) == 3
+    rows = sorted(line.split() for line in record.read_text().splitlines())
+    assert [(w, t) for w, t, _ in rows] == [("0", "1"), ("1", "1")]
+    assert {pid for _, _, pid in rows}.isdisjoint({str(os.getpid())})
+
+
+def test_worker_init_is_picklable_and_composes() -> None:
+    import pickle
+
+    calls: list[int] = []
+    init = WorkerInit(calls.append)
+    before = cv2.getNumThreads()
+    try:
+        init(3)
+        assert calls == [3] and cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+    assert pickle.loads(pickle.dumps(WorkerInit())).user_fn is None
+
+
+def test_spawned_workers_follow_set_epoch(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [8, 9], image_bytes=jpeg_bytes)
+    loader = make_loader(
+        manifest,
+        batch_size=4,
+        num_workers=2,
+        image_size=16,
+        prefetch_factor=1,
+        multiprocessing_context="spawn",
+    )
+    reference = make_loader(manifest, batch_size=4, num_workers=2, image_size=16)
+    for epoch in (0, 5, 1):
+        loader.dataset.set_epoch(epoch)
+        reference.dataset.set_epoch(epoch)
+        got = [i for b in loader for i in b.ids.tolist()]
+        assert got == [i for b in reference for i in b.ids.tolist()]
+        assert sorted(got) == list(range(17))
+
+
+def test_a_ready_dataset_is_used_as_it_is(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [5, 6], image_bytes=jpeg_bytes)
+    dataset = ShardDataset(manifest, batch_size=3, image_size=8)
+    loader = make_loader(dataset, num_workers=0)
+    assert loader.dataset is dataset
+    assert [b.images.shape[1] for b in loader] == [8] * 4
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        make_loader(dataset, num_workers=0, shuffle_buffer=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"num_workers": -1}, "num_workers=-1"),
+        ({"num_workers": 1.5}, "num_workers=1.5"),
+        ({"prefetch_factor": 0}, "prefetch_factor=0"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"image_size": -3}, "image_size=-3"),
+        ({"seed": -1}, "seed=-1"),
+        ({"even": "spread"}, "even='spread'"),
+        ({"bad_samples": "ignore"}, "bad_samples='ignore'"),
+        ({"shuffle_buffer": -2}, "shuffle_buffer=-2"),
+        ({"multiprocessing_context": "teleport", "num_workers": 1}, "teleport"),
+    ],
+)
+def test_bad_arguments_are_named(
+    tmp_path: Path, loader_kit: Any, kwargs: dict[str, Any], named: str
+) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [4])
+    with pytest.raises(ValueError, match=named.replace("[", r"\[").replace(".", r"\.")):
+        make_loader(manifest, **kwargs)
+
+
+def test_a_missing_source_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        make_loader(tmp_path / "nowhere" / "manifest.json", num_workers=0)

@@ -1,0 +1,111 @@
+"""Tests for shards.imageinfo: sizes and channels from headers, completeness, garbage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from shards.imageinfo import ImageInfo, image_info, is_complete
+
+W, H = 37, 23  # not square and not equal, so a width/height swap shows
+
+
+def _encode(kit: Any, ext: str, channels: int, params: list[int] | None = None) -> bytes:
+    return bytes(kit.encode(ext, kit.make_pixels(7, channels, W, H), params))
+
+
+@pytest.mark.parametrize(
+    ("ext", "channels", "params", "expected"),
+    [
+        (".jpg", 3, None, ImageInfo("jpg", W, H, 3)),
+        (".jpg", 1, None, ImageInfo("jpg", W, H, 1)),
+        (".jpg", 3, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], ImageInfo("jpg", W, H, 3)),
+        (".png", 3, None, ImageInfo("png", W, H, 3)),
+        (".png", 1, None, ImageInfo("png", W, H, 1)),
+        (".png", 4, None, ImageInfo("png", W, H, 4)),
+        (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 80], ImageInfo("webp", W, H, 3)),  # VP8
+        (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 101], ImageInfo("webp", W, H, 3)),  # VP8L
+        (".webp", 4, [cv2.IMWRITE_WEBP_QUALITY, 101], ImageInfo("webp", W, H, 4)),  # VP8L+alpha
+        (".webp", 4, [cv2.IMWRITE_WEBP_QUALITY, 80], ImageInfo("webp", W, H, 4)),  # VP8X
+    ],
+)
+def test_image_info_reads_format_size_and_channels(
+    kit: Any, ext: str, channels: int, params: list[int] | None, expected: ImageInfo
+) -> None:
+    data = _encode(kit, ext, channels, params)
+    assert image_info(data) == expected
+    assert image_info(memoryview(data)) == expected
+
+
+def test_image_info_of_cmyk_jpeg_says_four_channels(kit: Any) -> None:
+    data = (kit.data / "cmyk.jpg").read_bytes()
+    assert image_info(data) == ImageInfo("jpg", 40, 30, 4)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape == (30, 40, 3)
+
+
+def test_image_info_sniffs_bytes_not_names(kit: Any) -> None:
+    assert image_info(_encode(kit, ".png", 3)) == ImageInfo("png", W, H, 3)
+
+
+@pytest.mark.parametrize(
+    ("ext", "channels", "params"),
+    [
+        (".jpg", 3, None),
+        (".jpg", 3, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        (".png", 3, None),
+        (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 80]),
+        (".webp", 4, [cv2.IMWRITE_WEBP_QUALITY, 101]),
+    ],
+)
+def test_is_complete_on_whole_and_cut_files(
+    kit: Any, ext: str, channels: int, params: list[int] | None
+) -> None:
+    data = _encode(kit, ext, channels, params)
+    assert is_complete(data)
+    assert is_complete(memoryview(data))
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 13):
+        assert not is_complete(data[:cut]), f"{ext} cut to {cut} of {len(data)} bytes"
+
+
+def test_is_complete_jpeg_cut_before_scan(kit: Any) -> None:
+    data = _encode(kit, ".jpg", 3)
+    sos = data.index(b"\xff\xda")
+    assert image_info(data[:sos]) == ImageInfo("jpg", W, H, 3)
+    assert not is_complete(data[:sos])
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"hello world, not an image",
+        bytes(range(256)) * 4,
+        b"\xff\xd8\xff\xe0" + b"\0" * 64,  # JPEG magic, then nonsense
+        b"\xff\xd8\xff",
+        b"\x89PNG\r\n\x1a\n",  # PNG signature alone
+        b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rXXXX" + b"\0" * 17,  # no IHDR
+        b"RIFF\x10\0\0\0WEBP",  # WebP header alone
+        b"RIFF\x80\0\0\0WEBPABCD" + b"\0" * 40,  # unknown WebP chunk, cut
+        b"GIF89a" + b"\0" * 40,
+    ],
+)
+def test_garbage_gives_none_and_incomplete(garbage: bytes) -> None:
+    assert image_info(garbage) is None
+    assert not is_complete(garbage)
+
+
+def test_png_with_zero_width_is_rejected(kit: Any) -> None:
+    data = bytearray(_encode(kit, ".png", 3))
+    data[16:20] = b"\0\0\0\0"
+    assert image_info(bytes(data)) is None
+
+
+def test_jpeg_with_zero_height_is_rejected(kit: Any) -> None:
+    data = bytearray(_encode(kit, ".jpg", 3))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 7] = b"\0\0"
+    assert image_info(bytes(data)) is None
