@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/shardfeed demo
+	rm -rf build/demo
+	$(BIN)/shardfeed sample build/demo/src --images 2000 --classes 10 --seed 0 --workers 2
+	$(BIN)/shardfeed shard build/demo/src build/demo/shards --num-shards 8 --workers 2
+	$(BIN)/shardfeed verify build/demo/shards
+	$(BIN)/shardfeed inspect build/demo/shards
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

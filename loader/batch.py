@@ -19,7 +19,7 @@ for a ``[256, 224, 224, 3]`` batch that copy cost 70-150 ms per batch here, agai
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +44,35 @@ class Batch(NamedTuple):
     ids: torch.Tensor
     padded: torch.Tensor
     nbytes: torch.Tensor
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle the four per-sample columns as one small inline array, ``images`` as itself.
+
+        Between DataLoader processes every CPU tensor travels as its own shared-memory segment
+        whose file descriptor the receiver fetches over a socket (about 0.3 ms per tensor in
+        the main process). Packing labels, ids, padding and byte counts into one array sent by
+        value leaves one such transfer per batch (none for a ``[B, 0, 0, 3]`` batch), which
+        roughly thirds the main process's cost per batch. The rebuilt batch is equal field by
+        field; its four columns are views of one ``[4, B]`` int64 tensor (``padded`` a bool
+        copy). Batches whose columns are not 1-D CPU tensors of one length pickle field by field.
+        """
+        columns = (self.labels, self.ids, self.padded, self.nbytes)
+        n = len(self.labels)
+        packable = all(
+            isinstance(c, torch.Tensor) and c.device.type == "cpu" and c.shape == (n,)
+            for c in columns
+        )
+        if not packable:
+            return (Batch, tuple(self))
+        packed = np.empty((4, n), dtype=np.int64)
+        for row, column in zip(packed, columns, strict=True):
+            row[:] = column.numpy()
+        return (_unpack_batch, (self.images, packed))
+
+
+def _unpack_batch(images: torch.Tensor, packed: np.ndarray) -> Batch:
+    columns = torch.from_numpy(packed)
+    return Batch(images, columns[0], columns[1], columns[2].bool(), columns[3])
 
 
 class BatchBuilder:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -15,7 +15,7 @@ from loader.batch import Batch
 from loader.dataset import ShardDataset
 from loader.sources import DatasetSource
 
-__all__ = ["WorkerInit", "make_loader"]
+__all__ = ["ShardLoader", "WorkerInit", "make_loader"]
 
 
 class WorkerInit:
@@ -34,6 +34,51 @@ class WorkerInit:
             self.user_fn(worker_id)
 
 
+class _ClosingIterator:
+    """Wraps a DataLoader iterator; on an error from it, stops its workers before re-raising.
+
+    PyTorch stops the workers when the iterator is collected, but the traceback of a worker's
+    error puts the iterator in a reference cycle, and when the cycle collector gets to it the
+    queues that carry the stop signal are already closed: each worker then holds the
+    collector (and the program) for 5 s until it is killed.
+    """
+
+    def __init__(self, iterator: Iterator[Batch], loader: DataLoader[Batch]) -> None:
+        self._iterator = iterator
+        self._loader = loader
+
+    def __iter__(self) -> _ClosingIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._iterator)  # type: ignore[arg-type]
+
+    def __next__(self) -> Batch:
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop this iteration's workers now (a persistent loader starts new ones next time)."""
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        if getattr(self._loader, "_iterator", None) is self._iterator:
+            self._loader._iterator = None
+
+
+class ShardLoader(DataLoader[Batch]):
+    """The DataLoader ``make_loader`` returns: a plain ``DataLoader`` whose iterator stops its
+    workers as soon as an error reaches the main process (see ``_ClosingIterator``)."""
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        return _ClosingIterator(super().__iter__(), self)
+
+
 def make_loader(
     source: str | os.PathLike[str] | Sequence[str] | DatasetSource | ShardDataset,
     *,
@@ -48,7 +93,7 @@ def make_loader(
     multiprocessing_context: str | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     **dataset_options: Any,
-) -> DataLoader[Batch]:
+) -> ShardLoader:
     """A DataLoader over a ``ShardDataset`` that yields whole ``Batch`` objects.
 
     Batches are built in the workers (``batch_size=None`` here), memory is pinned when CUDA is
@@ -87,7 +132,7 @@ def make_loader(
             "multiprocessing_context": multiprocessing_context,
             "worker_init_fn": WorkerInit(worker_init_fn),
         }
-    return DataLoader(
+    return ShardLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,

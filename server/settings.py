@@ -27,31 +27,38 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SHARDFEED_", extra="forbid", frozen=True)
 
-    host: str = Field("127.0.0.1", min_length=1, description="interface to bind")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
-    db: Path = Field(Path("shardfeed.db"), description="SQLite file that keeps runs and stats")
+    host: str = Field(default="127.0.0.1", min_length=1, description="interface to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    db: Path = Field(
+        default=Path("shardfeed.db"), description="SQLite file that keeps runs and stats"
+    )
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="folders benchmarks may read; everything else is refused with 403",
     )
-    token: SecretStr | None = Field(None, description="bearer token for POST and DELETE")
-    max_workers: int = Field(16, ge=0, le=64, description="most DataLoader workers per run")
-    max_epochs: int = Field(20, ge=1, le=1000, description="most epochs per run")
-    max_repeat: int = Field(10, ge=1, le=100, description="most rounds per run")
+    token: SecretStr | None = Field(default=None, description="bearer token for POST and DELETE")
+    max_workers: int = Field(default=16, ge=0, le=64, description="most DataLoader workers per run")
+    max_epochs: int = Field(default=20, ge=1, le=1000, description="most epochs per run")
+    max_repeat: int = Field(default=10, ge=1, le=100, description="most rounds per run")
     max_body_bytes: int = Field(
-        256 * 1024, ge=1024, le=64 << 20, description="largest request body accepted"
+        default=256 * 1024, ge=1024, le=64 << 20, description="largest request body accepted"
     )
-    max_queued: int = Field(32, ge=1, le=10_000, description="most runs waiting at once")
+    max_queued: int = Field(default=32, ge=1, le=10_000, description="most runs waiting at once")
     cancel_grace_s: float = Field(
-        5.0, gt=0, le=300, description="how long a cancelled run may take to stop before a kill"
+        default=5.0,
+        gt=0,
+        le=300,
+        description="how long a cancelled run may take to stop before a kill",
     )
     job_stale_s: float = Field(
-        30.0, gt=0, description="a rank silent this long counts as stopped (rate 0)"
+        default=30.0, gt=0, description="a rank silent this long counts as stopped (rate 0)"
     )
     job_max_reports: int = Field(
-        20_000, ge=10, description="reports kept per job; older ones are pruned"
+        default=20_000, ge=10, description="reports kept per job; older ones are pruned"
     )
-    sse_heartbeat_s: float = Field(15.0, gt=0, le=300, description="SSE keep-alive interval")
+    sse_heartbeat_s: float = Field(
+        default=15.0, gt=0, le=300, description="SSE keep-alive interval"
+    )
 
     @field_validator("token", mode="before")
     @classmethod

@@ -13,7 +13,9 @@ from shards.plan import SizingOptions, parse_part
 from shards.validate import VERIFY_LEVELS
 from shards.verify import inspect_build, verify_build
 
-__all__ = ["register"]
+__all__ = ["COMMANDS", "register"]
+
+COMMANDS = frozenset({"inspect", "sample", "shard", "verify"})
 
 log = logging.getLogger("shardfeed")
 

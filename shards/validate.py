@@ -12,7 +12,7 @@ import re
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Final
+from typing import BinaryIO, Final
 
 import cv2
 import numpy as np
@@ -83,7 +83,7 @@ def _decode_jpeg(data: bytes) -> tuple[np.ndarray | None, str | None]:
     output written to fd 2 meanwhile is copied back afterwards). Bytes left over before the
     end-of-image marker, after every pixel was decoded, are not damage.
     """
-    with _FD2_LOCK, tempfile.TemporaryFile() as capture:
+    with _FD2_LOCK, _anonymous_file() as capture:
         saved = os.dup(2)
         try:
             os.dup2(capture.fileno(), 2)
@@ -98,6 +98,12 @@ def _decode_jpeg(data: bytes) -> tuple[np.ndarray | None, str | None]:
     if rest:
         os.write(2, (rest + "\n").encode())
     return pixels, damage[0] if damage else None
+
+
+def _anonymous_file() -> BinaryIO:
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("shardfeed-fd2"), "w+b")
+    return tempfile.TemporaryFile()
 
 
 def reencode(data: bytes, max_side: int, quality: int) -> CheckedImage:

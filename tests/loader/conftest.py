@@ -14,18 +14,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import re
 import threading
 from collections.abc import Callable, Iterator
-from http import HTTPStatus
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from loader._bench_http import RangeRequestHandler as _RangeHandler
 from shards.format import (
     INDEX_DTYPE,
     end_of_archive,
@@ -103,59 +101,6 @@ def write_test_shards(
     path = dir / "manifest.json"
     Manifest(shards=entries, classes=list(CLASSES), name="test").save(path)
     return path
-
-
-class _RangeHandler(SimpleHTTPRequestHandler):
-    """Static files with single-range ``Range: bytes=a-b`` support (206 / 416)."""
-
-    log: list[tuple[str, str, str | None]]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_HEAD(self) -> None:
-        self._serve(body=False)
-
-    def do_GET(self) -> None:
-        self._serve(body=True)
-
-    def _serve(self, *, body: bool) -> None:
-        rng = self.headers.get("Range")
-        self.log.append((self.command, self.path.split("?", 1)[0], rng))
-        path = self.translate_path(self.path)
-        if not os.path.isfile(path):
-            self.send_error(HTTPStatus.NOT_FOUND)
-            return
-        size = os.path.getsize(path)
-        status, lo, hi = HTTPStatus.OK, 0, size
-        if rng is not None:
-            match = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-            if match is None or match.groups() == ("", ""):
-                self.send_error(HTTPStatus.BAD_REQUEST)
-                return
-            first, last = match.groups()
-            if first:
-                lo, hi = int(first), min(int(last) + 1 if last else size, size)
-            else:
-                lo, hi = max(size - int(last), 0), size
-            if lo >= size or lo >= hi:
-                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = HTTPStatus.PARTIAL_CONTENT
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(hi - lo))
-        if status == HTTPStatus.PARTIAL_CONTENT:
-            self.send_header("Content-Range", f"bytes {lo}-{hi - 1}/{size}")
-        self.end_headers()
-        if body:
-            with open(path, "rb") as f:
-                f.seek(lo)
-                self.wfile.write(f.read(hi - lo))
 
 
 class HttpServers:

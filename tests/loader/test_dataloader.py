@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -75,11 +76,19 @@ LAYOUTS = {
     3: ([5, 31, 13], 6),
     7: ([9, 2, 11, 1, 8, 13, 6], 7),
 }
-MODES = [
-    pytest.param(True, True, id="persistent-set_epoch"),
-    pytest.param(True, False, id="persistent-no_set_epoch"),
-    pytest.param(False, True, id="fresh-set_epoch"),
-    pytest.param(False, False, id="fresh-no_set_epoch"),
+GRID = [
+    pytest.param(
+        workers,
+        shards,
+        persistent,
+        set_epoch,
+        id=f"w{workers}-s{shards}-{'persistent' if persistent else 'fresh'}"
+        f"-{'set_epoch' if set_epoch else 'no_set_epoch'}",
+    )
+    for workers in (0, 1, 2, 3, 5)
+    for shards in sorted(LAYOUTS)
+    for persistent in ((False,) if workers == 0 else (True, False))
+    for set_epoch in (True, False)
 ]
 
 
@@ -92,9 +101,7 @@ def layouts(tmp_path_factory: pytest.TempPathFactory, loader_kit: Any) -> dict[i
     }
 
 
-@pytest.mark.parametrize(("persistent", "set_epoch"), MODES)
-@pytest.mark.parametrize("num_shards", sorted(LAYOUTS))
-@pytest.mark.parametrize("num_workers", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize(("num_workers", "num_shards", "persistent", "set_epoch"), GRID)
 def test_every_id_exactly_once_per_epoch_in_a_new_order(
     layouts: dict[int, Path],
     num_workers: int,
@@ -102,8 +109,6 @@ def test_every_id_exactly_once_per_epoch_in_a_new_order(
     persistent: bool,
     set_epoch: bool,
 ) -> None:
-    if num_workers == 0 and persistent:
-        pytest.skip("persistent workers need workers")
     sizes, batch_size = LAYOUTS[num_shards]
     total = sum(sizes)
     loader = make_loader(
@@ -292,3 +297,30 @@ def test_bad_arguments_are_named(
 def test_a_missing_source_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         make_loader(tmp_path / "nowhere" / "manifest.json", num_workers=0)
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_a_worker_error_stops_the_workers_at_once(
+    tmp_path: Path, loader_kit: Any, persistent: bool
+) -> None:
+    def bad_at_9(gid: int) -> bytes:
+        return b"not an image" if gid == 9 else jpeg_bytes(gid)
+
+    manifest = loader_kit.write_test_shards(tmp_path, [6, 7], image_bytes=bad_at_9)
+    loader = make_loader(
+        manifest,
+        batch_size=3,
+        num_workers=2,
+        image_size=16,
+        prefetch_factor=1,
+        persistent_workers=persistent,
+        bad_samples="raise",
+    )
+    before = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(ValueError, match="bad sample in shard"):
+        for _ in loader:
+            pass
+    assert {p.pid for p in psutil.Process().children() if p.is_running()} <= before
+    assert loader._iterator is None
+    with pytest.raises(ValueError, match="bad sample in shard"):
+        list(loader)

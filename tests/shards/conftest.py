@@ -95,7 +95,10 @@ class Expected:
 
 @dataclass
 class Quirky:
-    """The quirky folder and its defined outcomes; paths are POSIX, relative to ``root``."""
+    """The quirky folder and its defined outcomes; paths are POSIX, relative to ``root``.
+
+    It holds a FIFO (``fifo.jpg``): never copy the folder or open each of its files.
+    """
 
     root: Path
     against: Path

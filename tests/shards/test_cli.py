@@ -1,7 +1,9 @@
-"""Tests for shards.cli through the real ``shardfeed`` console script, in subprocesses.
+"""Tests for shards.cli: ``shardfeed shard|verify|inspect|sample`` as a user runs them.
 
-Covers the one-line errors for bad arguments, ``--json`` output, ``--part``/``--merge``, and a
-build killed with SIGKILL at a random moment and finished with ``--resume``.
+Most cases call ``server.cli.main`` in-process (the same code the console script runs, without
+a ~2 s interpreter start per case); the real console script runs in subprocesses where a
+process matters: one-line errors without a traceback, file permissions, and a build killed
+with SIGKILL at a random moment and finished with ``--resume``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from server.cli import main
 from shards.build import build_shards
 from shards.plan import SizingOptions
 
@@ -40,6 +43,18 @@ INSPECT_FIELDS = (SHARD_FIELDS - {
 
 def shardfeed(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SHARDFEED, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run ``shardfeed ARGS`` in-process; returns a CompletedProcess-like result."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return run
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], match: str) -> None:
@@ -89,7 +104,7 @@ def src(tmp_path: Path, kit: Any) -> Path:
     ],
 )
 def test_bad_arguments_give_one_line_error(
-    src: Path, tmp_path: Path, case: str, match: str
+    src: Path, tmp_path: Path, cli: Any, case: str, match: str
 ) -> None:
     out = str(tmp_path / "out")
     (tmp_path / "afile").write_text("x")
@@ -126,8 +141,23 @@ def test_bad_arguments_give_one_line_error(
         "only_out": [out],
         "merge_without_build": ["--merge", str(tmp_path / "full")],
     }[case]
-    assert_one_line_error(shardfeed("shard", *args), match)
+    assert_one_line_error(cli("shard", *args), match)
     assert not list(tmp_path.rglob("shard-*.tar"))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["{tmp}/nope", "{tmp}/out"], "does not exist"),
+        (["{src}", "{tmp}/out", "--num-shards", "0"], "--num-shards"),
+        (["{src}", "{src}/n00000000/out"], "inside the source"),
+    ],
+)
+def test_console_script_errors_are_one_line_without_traceback(
+    src: Path, tmp_path: Path, args: list[str], match: str
+) -> None:
+    filled = [a.format(tmp=tmp_path, src=src) for a in args]
+    assert_one_line_error(shardfeed("shard", *filled), match)
 
 
 def test_output_under_read_only_folder(src: Path, tmp_path: Path, kit: Any) -> None:
@@ -144,19 +174,19 @@ def test_output_under_read_only_folder(src: Path, tmp_path: Path, kit: Any) -> N
     assert "Permission denied" in proc.stderr
 
 
-def test_rerun_and_resume_errors(src: Path, tmp_path: Path) -> None:
+def test_rerun_and_resume_errors(src: Path, tmp_path: Path, cli: Any) -> None:
     out = str(tmp_path / "out")
-    assert shardfeed("shard", str(src), out, "--num-shards", "2").returncode == 0
-    assert_one_line_error(shardfeed("shard", str(src), out, "--num-shards", "2"), "--resume")
+    assert cli("shard", str(src), out, "--num-shards", "2").returncode == 0
+    assert_one_line_error(cli("shard", str(src), out, "--num-shards", "2"), "--resume")
     assert_one_line_error(
-        shardfeed("shard", str(src), out, "--num-shards", "2", "--resume", "--seed", "9"),
+        cli("shard", str(src), out, "--num-shards", "2", "--resume", "--seed", "9"),
         "other input or options",
     )
 
 
-def test_shard_and_inspect_json_print_one_document(src: Path, tmp_path: Path) -> None:
+def test_shard_and_inspect_json_print_one_document(src: Path, tmp_path: Path, cli: Any) -> None:
     out = tmp_path / "out"
-    proc = shardfeed("shard", str(src), str(out), "--num-shards", "3", "--json")
+    proc = cli("shard", str(src), str(out), "--num-shards", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1
     doc = json.loads(proc.stdout)
@@ -165,7 +195,7 @@ def test_shard_and_inspect_json_print_one_document(src: Path, tmp_path: Path) ->
     assert doc["shards_written"] == 3 and doc["images_read"] == 12
     assert doc["bytes"] == sum(p.stat().st_size for p in out.glob("shard-*.tar"))
 
-    proc = shardfeed("inspect", str(out), "--json")
+    proc = cli("inspect", str(out), "--json")
     assert proc.returncode == 0 and proc.stdout.count("\n") == 1, proc.stderr
     info = json.loads(proc.stdout)
     assert set(info) == INSPECT_FIELDS
@@ -174,14 +204,14 @@ def test_shard_and_inspect_json_print_one_document(src: Path, tmp_path: Path) ->
     }
     assert info["build"]["seed"] == 0
 
-    proc = shardfeed("inspect", str(out))
+    proc = cli("inspect", str(out))
     assert proc.returncode == 0
     assert any(line.split()[:2] == ["samples", "12"] for line in proc.stdout.splitlines())
 
 
-def test_verify_exit_codes_and_named_shard(src: Path, tmp_path: Path) -> None:
+def test_verify_exit_codes_and_named_shard(src: Path, tmp_path: Path, cli: Any) -> None:
     out = tmp_path / "out"
-    assert shardfeed("shard", str(src), str(out), "--num-shards", "2").returncode == 0
+    assert cli("shard", str(src), str(out), "--num-shards", "2").returncode == 0
     proc = shardfeed("verify", str(out))
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr
     data = bytearray((out / "shard-000001.tar").read_bytes())
@@ -195,32 +225,32 @@ def test_verify_exit_codes_and_named_shard(src: Path, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_part_builds_then_merge(src: Path, tmp_path: Path, kit: Any) -> None:
+def test_part_builds_then_merge(src: Path, tmp_path: Path, kit: Any, cli: Any) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     common = ["--num-shards", "3", "--seed", "4"]
-    assert shardfeed("shard", str(src), str(whole), *common).returncode == 0
+    assert cli("shard", str(src), str(whole), *common).returncode == 0
     for part in ("2/3", "3/3"):
-        proc = shardfeed("shard", str(src), str(parts), *common, "--part", part, "--json")
+        proc = cli("shard", str(src), str(parts), *common, "--part", part, "--json")
         assert proc.returncode == 0 and json.loads(proc.stdout)["part"] == part, proc.stderr
-    proc = shardfeed("shard", "--merge", str(parts))
+    proc = cli("shard", "--merge", str(parts))
     assert_one_line_error(proc, "shard-000000.tar")
-    assert shardfeed("shard", str(src), str(parts), *common, "--part", "1/3").returncode == 0
-    proc = shardfeed("shard", "--merge", str(parts), "--json")
+    assert cli("shard", str(src), str(parts), *common, "--part", "1/3").returncode == 0
+    proc = cli("shard", "--merge", str(parts), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["samples"] == 12, proc.stderr
     assert kit.file_hashes(parts) == kit.file_hashes(whole)
 
 
-def test_sample_then_shard_then_verify(tmp_path: Path) -> None:
+def test_sample_then_shard_then_verify(tmp_path: Path, cli: Any) -> None:
     folder, out = tmp_path / "sample", tmp_path / "out"
-    proc = shardfeed(
+    proc = cli(
         "sample", str(folder), "--images", "24", "--classes", "3", "--size", "tiny", "--json"
     )
     assert proc.returncode == 0, proc.stderr
-    proc = shardfeed("shard", str(folder), str(out), "--num-shards", "4", "--json")
+    proc = cli("shard", str(folder), str(out), "--num-shards", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert (doc["samples"], doc["classes"], doc["skipped"]) == (24, 3, 0)
-    assert shardfeed("verify", str(out)).returncode == 0
+    assert cli("verify", str(out)).returncode == 0
 
 
 def _sha(path: Path) -> str | None:
@@ -261,7 +291,7 @@ def _run_and_kill(args: list[str], out: Path, rng: random.Random, seen: dict[str
     return count
 
 
-def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path, kit: Any) -> None:
+def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path, kit: Any, cli: Any) -> None:
     src, ref, out = tmp_path / "src", tmp_path / "ref", tmp_path / "out"
     kit.make_plain(src, 300, 6)
     build_shards(src, ref, kit.quick_options(sizing=SizingOptions(max_samples=10)))
@@ -273,18 +303,18 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path, kit: Any) -> Non
     seen: dict[str, set[str]] = defaultdict(set)
     args = ["shard", str(src), str(out), "--max-samples", "10", "--workers", "2"]
     kills = [_run_and_kill(args, out, rng, seen)]
-    assert_one_line_error(shardfeed(*args), "pass --resume")
-    assert_one_line_error(shardfeed(*args, "--resume", "--seed", "1"), "other input or options")
-    kills += [_run_and_kill([*args, "--resume"], out, rng, seen) for _ in range(2)]
+    assert_one_line_error(cli(*args), "pass --resume")
+    assert_one_line_error(cli(*args, "--resume", "--seed", "1"), "other input or options")
+    kills.append(_run_and_kill([*args, "--resume"], out, rng, seen))
     for tar in out.glob("shard-*.tar"):
         seen[tar.name].add(str(_sha(tar)))
     partial = {name: shas for name, shas in seen.items() if shas != {final[name]}}
     assert not partial, f"partial shards seen (random seed {seed}, kills at {kills}): {partial}"
 
-    proc = shardfeed(*args, "--resume", "--json")
+    proc = cli(*args, "--resume", "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["shards_kept"] + summary["shards_written"] == 30
     assert kit.file_hashes(out) == final, f"random seed {seed}, kills at {kills}"
     assert not [p for p in out.rglob("*.tmp")]
-    assert shardfeed("verify", str(out)).returncode == 0
+    assert cli("verify", str(out)).returncode == 0

@@ -66,7 +66,7 @@ def _check_sample(quirky: Any, key: str, files: dict[str, bytes]) -> str:
 
 def test_webdataset_sees_exactly_our_samples(quirky: Any, quirky_built: Any) -> None:
     wds = pytest.importorskip("webdataset")
-    dataset = wds.WebDataset(_urls(quirky_built), shardshuffle=False, empty_check=False)
+    dataset = wds.WebDataset(_urls(quirky_built), shardshuffle=False)
     keys: list[str] = []
     paths: list[str] = []
     for sample in dataset:
@@ -127,7 +127,7 @@ def test_nothing_is_lost_silently(quirky: Any, quirky_built: Any) -> None:
 def test_cmyk_and_gray_decode_to_three_channels(quirky: Any, quirky_built: Any) -> None:
     wds = pytest.importorskip("webdataset")
     seen = set()
-    for sample in wds.WebDataset(_urls(quirky_built), shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset(_urls(quirky_built), shardshuffle=False):
         meta = json.loads(sample["json"])
         if meta["channels"] in (1, 4):
             data = sample[meta["format"]]

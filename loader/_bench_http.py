@@ -1,0 +1,149 @@
+"""A static HTTP server with Range support on 127.0.0.1, for ``bench --http`` and the tests.
+
+``RangeRequestHandler`` serves files below one directory with single-range
+``Range: bytes=a-b`` support (206, and 416 for a range past the end). ``serve_http`` runs one
+such server in a child process, so serving costs the benchmarked (main) process nothing, and
+maps URL prefixes to directories (``/folder/...`` and ``/shards/...`` for the benchmark).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["RangeRequestHandler", "serve_http"]
+
+_COPY_BYTES = 1 << 20
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class RangeRequestHandler(SimpleHTTPRequestHandler):
+    """Static files with single-range ``Range`` support; no directory listings.
+
+    ``log``, when a list, receives ``(method, path, range header)`` for every request (the
+    tests read it); requests are not written to stderr.
+    """
+
+    log: list[tuple[str, str, str | None]] | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, *, body: bool) -> None:
+        rng = self.headers.get("Range")
+        if self.log is not None:
+            self.log.append((self.command, self.path.split("?", 1)[0], rng))
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        size = os.path.getsize(path)
+        status, lo, hi = HTTPStatus.OK, 0, size
+        if rng is not None:
+            match = _RANGE.fullmatch(rng.strip())
+            if match is None or match.groups() == ("", ""):
+                self.send_error(HTTPStatus.BAD_REQUEST)
+                return
+            first, last = match.groups()
+            if first:
+                lo, hi = int(first), min(int(last) + 1 if last else size, size)
+            else:
+                lo, hi = max(size - int(last), 0), size
+            if lo >= size or lo >= hi:
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = HTTPStatus.PARTIAL_CONTENT
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(hi - lo))
+        if status == HTTPStatus.PARTIAL_CONTENT:
+            self.send_header("Content-Range", f"bytes {lo}-{hi - 1}/{size}")
+        self.end_headers()
+        if body:
+            with open(path, "rb") as f:
+                f.seek(lo)
+                _copy(f, self.wfile, hi - lo)
+
+
+def _copy(src: Any, dst: Any, n: int) -> None:
+    while n > 0:
+        chunk = src.read(min(n, _COPY_BYTES))
+        if not chunk:
+            return
+        dst.write(chunk)
+        n -= len(chunk)
+
+
+class _PrefixHandler(RangeRequestHandler):
+    """Maps the first path segment to a directory (``/shards/x.tar`` -> ``roots['shards']``)."""
+
+    roots: Mapping[str, str] = {}
+    protocol_version = "HTTP/1.1"
+
+    def translate_path(self, path: str) -> str:
+        parts = unquote(urlsplit(path).path).lstrip("/").split("/")
+        root = self.roots.get(parts[0]) if parts else None
+        if root is None or any(p in ("..", ".") for p in parts[1:]):
+            return ""
+        return os.path.join(root, *parts[1:])
+
+
+def _run_server(roots: dict[str, str], ready: Any) -> None:
+    handler = type("Handler", (_PrefixHandler,), {"roots": roots})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    ready.send(server.server_address[1])
+    ready.close()
+    server.serve_forever(0.2)
+
+
+@contextmanager
+def serve_http(roots: Mapping[str, str | os.PathLike[str]]) -> Iterator[str]:
+    """Serve each directory of ``roots`` under ``/<name>/`` from a child process on 127.0.0.1.
+
+    Yields the base URL (``http://127.0.0.1:PORT/``); the server process is terminated on exit.
+    Raises ``NotADirectoryError`` for a root that is not a directory and ``ValueError`` for a
+    name that is not one plain path segment.
+    """
+    resolved: dict[str, str] = {}
+    for name, root in roots.items():
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"expected a plain URL segment as root name, got name={name!r}")
+        if not os.path.isdir(root):
+            raise NotADirectoryError(f"expected a directory to serve, got {name}={root}")
+        resolved[name] = os.path.abspath(root)
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_run_server, args=(resolved, send), daemon=True)
+    process.start()
+    send.close()
+    try:
+        if not receive.poll(30):
+            raise RuntimeError("the benchmark HTTP server did not start within 30 s")
+        port = receive.recv()
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        receive.close()
+        process.terminate()
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+

@@ -1,0 +1,205 @@
+"""Training-job stats: per-rank state from cumulative reports, and aggregation across ranks.
+
+A reporter sends cumulative counters (samples, bytes, seconds blocked on data) plus its own
+monotonic ``elapsed_s``. From two consecutive reports of a rank we derive the work done in
+between (a :class:`Delta`); counters going backwards mean the reporter restarted, and the new
+report then counts from zero. A job's time series is the sum of all its ranks' deltas, each
+spread evenly over the interval it covers. Tracker counters (duplicates, missing, ...) are
+summed over the ranks that send them, so a distributed job should send rank-local counts over
+disjoint id ranges, or merged counts from one rank only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["MAX_BUCKETS", "Delta", "JobReport", "RankState", "advance_rank", "series", "summarize"]
+
+MAX_BUCKETS = 2000
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """One report of one rank, as received (counters cumulative since the reporter started)."""
+
+    job: str
+    rank: int
+    received_at: float
+    samples: int
+    bytes: int
+    blocked_s: float
+    elapsed_s: float | None = None
+    epoch: int | None = None
+    tracker: Mapping[str, int] = field(default_factory=dict)
+    failed_sends: int = 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Work one rank did between two reports, over ``dt`` seconds (0 when unknown)."""
+
+    dt: float
+    samples: int
+    bytes: int
+    blocked_s: float
+
+
+@dataclass(frozen=True)
+class RankState:
+    """The latest report of a rank plus its rates over the last interval."""
+
+    rank: int
+    first_at: float
+    last_at: float
+    samples: int
+    bytes: int
+    blocked_s: float
+    elapsed_s: float | None
+    epoch: int | None
+    tracker: dict[str, int]
+    failed_sends: int
+    reports: int
+    samples_per_s: float
+    mb_per_s: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RankState:
+        return cls(**json.loads(text))
+
+
+def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankState, Delta]:
+    """The rank's state after ``report`` and the work done since ``previous``."""
+    restarted = (
+        previous is None or report.samples < previous.samples or report.bytes < (previous.bytes)
+    )
+    if (
+        previous is not None
+        and report.elapsed_s is not None
+        and previous.elapsed_s is not None
+        and report.elapsed_s < previous.elapsed_s
+    ):
+        restarted = True
+    if restarted or previous is None:
+        dt = report.elapsed_s if report.elapsed_s and report.elapsed_s > 0 else 0.0
+        delta = Delta(dt, report.samples, report.bytes, report.blocked_s)
+        first_at, reports = report.received_at, 1
+    else:
+        if report.elapsed_s is not None and previous.elapsed_s is not None:
+            dt = report.elapsed_s - previous.elapsed_s
+        else:
+            dt = max(report.received_at - previous.last_at, 0.0)
+        delta = Delta(
+            dt,
+            report.samples - previous.samples,
+            report.bytes - previous.bytes,
+            max(report.blocked_s - previous.blocked_s, 0.0),
+        )
+        first_at, reports = previous.first_at, previous.reports + 1
+    if dt > 0:
+        samples_per_s = delta.samples / dt
+        mb_per_s = delta.bytes / dt / 1e6
+    elif previous is not None and not restarted:
+        samples_per_s, mb_per_s = previous.samples_per_s, previous.mb_per_s
+    else:
+        samples_per_s = mb_per_s = 0.0
+    state = RankState(
+        rank=report.rank,
+        first_at=first_at,
+        last_at=report.received_at,
+        samples=report.samples,
+        bytes=report.bytes,
+        blocked_s=report.blocked_s,
+        elapsed_s=report.elapsed_s,
+        epoch=report.epoch,
+        tracker=dict(report.tracker),
+        failed_sends=report.failed_sends,
+        reports=reports,
+        samples_per_s=round(samples_per_s, 3),
+        mb_per_s=round(mb_per_s, 4),
+    )
+    return state, delta
+
+
+def summarize(
+    job: str, ranks: Sequence[RankState], *, now: float, stale_s: float
+) -> dict[str, Any]:
+    """A job's figures across ranks; a rank silent for ``stale_s`` adds no rate.
+
+    ``duplicates`` and ``missing`` are None when no rank sent tracker counts.
+    """
+    active = [r for r in ranks if now - r.last_at <= stale_s]
+    tracker: dict[str, int] = {}
+    for rank in ranks:
+        for key, value in rank.tracker.items():
+            tracker[key] = tracker.get(key, 0) + int(value)
+    epochs = [r.epoch for r in ranks if r.epoch is not None]
+    return {
+        "job": job,
+        "ranks": [dict(asdict(r), active=r in active) for r in ranks],
+        "active_ranks": len(active),
+        "samples": sum(r.samples for r in ranks),
+        "bytes": sum(r.bytes for r in ranks),
+        "blocked_s": round(sum(r.blocked_s for r in ranks), 6),
+        "samples_per_s": round(sum(r.samples_per_s for r in active), 3),
+        "mb_per_s": round(sum(r.mb_per_s for r in active), 4),
+        "epoch": max(epochs) if epochs else None,
+        "tracker": tracker,
+        "duplicates": tracker.get("duplicates") if tracker else None,
+        "missing": tracker.get("missing") if tracker else None,
+        "failed_sends": sum(r.failed_sends for r in ranks),
+        "first_at": min((r.first_at for r in ranks), default=None),
+        "last_at": max((r.last_at for r in ranks), default=None),
+    }
+
+
+def series(
+    deltas: Iterable[tuple[float, float, int, int, float]],
+    *,
+    start: float,
+    end: float,
+    bucket_s: float,
+) -> list[dict[str, float]]:
+    """Rates per time bucket in ``[start, end)``, buckets aligned to multiples of ``bucket_s``.
+
+    Each delta ``(received_at, dt, samples, bytes, blocked_s)`` is spread evenly over
+    ``[received_at - dt, received_at]``; with ``dt == 0`` it lands in the bucket of
+    ``received_at``. The bucket width grows when needed to keep at most ``MAX_BUCKETS``.
+    """
+    if not (bucket_s > 0 and math.isfinite(bucket_s)):
+        raise ValueError(f"expected a finite bucket_s > 0, got bucket_s={bucket_s}")
+    if end <= start:
+        return []
+    bucket_s = max(bucket_s, (end - start) / MAX_BUCKETS)
+    first = math.floor(start / bucket_s)
+    count = max(math.ceil(end / bucket_s) - first, 1)
+    sums = [[0.0, 0.0, 0.0] for _ in range(count)]
+    for at, dt, samples, nbytes, blocked in deltas:
+        lo, hi = (at - dt, at) if dt > 0 else (at, at)
+        i_lo = max(math.floor(lo / bucket_s) - first, 0)
+        i_hi = min(math.floor(hi / bucket_s) - first, count - 1)
+        if i_hi < 0 or i_lo >= count:
+            continue
+        for i in range(i_lo, i_hi + 1):
+            b_lo, b_hi = (first + i) * bucket_s, (first + i + 1) * bucket_s
+            share = 1.0 if dt <= 0 else (min(hi, b_hi) - max(lo, b_lo)) / dt
+            if share <= 0:
+                continue
+            sums[i][0] += samples * share
+            sums[i][1] += nbytes * share
+            sums[i][2] += blocked * share
+    return [
+        {
+            "t": round((first + i) * bucket_s, 3),
+            "samples_per_s": round(s / bucket_s, 3),
+            "mb_per_s": round(b / bucket_s / 1e6, 4),
+            "blocked_s_per_s": round(w / bucket_s, 4),
+        }
+        for i, (s, b, w) in enumerate(sums)
+    ]

@@ -1,0 +1,136 @@
+"""Request and response bodies of the HTTP API (pydantic), with their hard limits.
+
+The bounds here are the widest the service ever accepts; a service's own, tighter limits
+(``Settings.max_workers``, ``max_epochs``, ``max_repeat``) are checked by the routes with the
+same 422 shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+__all__ = [
+    "DEFAULT_MODES",
+    "JOB_PATTERN",
+    "MODES",
+    "BenchmarkRequest",
+    "RunCreated",
+    "RunList",
+    "RunOut",
+    "RunSummary",
+    "StatsAccepted",
+    "StatsReport",
+]
+
+JOB_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+MAX_COUNT = 2**62
+
+Mode = Literal["map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata"]
+MODES: tuple[Mode, ...] = (
+    "map",
+    "tar-naive",
+    "tar-per-worker",
+    "tar-aware",
+    "webdataset",
+    "litdata",
+)
+DEFAULT_MODES: tuple[Mode, ...] = ("map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset")
+Status = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+PathText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+TrackerKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
+class BenchmarkRequest(BaseModel):
+    """The options of ``shardfeed bench``, by their flag names in snake case."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: PathText | None = Field(
+        default=None, description="source image folder (map mode), under a data root"
+    )
+    shards: PathText = Field(description="shard folder with manifest.json, under a data root")
+    modes: list[Mode] = Field(
+        default_factory=lambda: list(DEFAULT_MODES), min_length=1, max_length=len(MODES)
+    )
+    workers: int = Field(default=2, ge=0, le=64, description="DataLoader workers")
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    epochs: int = Field(default=1, ge=1, le=1000)
+    image_size: int = Field(default=224, ge=8, le=2048)
+    latency_ms: float = Field(
+        default=0.0, ge=0, le=10_000, allow_inf_nan=False, description="simulated per-open latency"
+    )
+    decode: bool = Field(default=True, description="false is --decode none: read bytes only")
+    repeat: int = Field(default=1, ge=1, le=100, description="rounds; figures are medians")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @field_validator("modes")
+    @classmethod
+    def _unique_modes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"expected each mode once, got modes={value}")
+        return value
+
+    def to_config(self) -> dict[str, Any]:
+        """Keyword arguments for ``loader.bench.BenchConfig``."""
+        doc = self.model_dump()
+        doc["modes"] = list(self.modes)
+        return doc
+
+
+class RunCreated(BaseModel):
+    id: str
+    status: Status
+
+
+class _RunBase(BaseModel):
+    id: str
+    status: Status
+    progress: float
+    error: str | None
+    config: dict[str, Any]
+    cancel_requested: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    last_event: dict[str, Any] | None
+
+
+class RunOut(_RunBase):
+    """A benchmark run; ``result`` is the bench JSON once the run is done, else null."""
+
+    result: dict[str, Any] | None
+
+
+class RunSummary(_RunBase):
+    """A run in a listing: no full result, but the headline figures of each mode."""
+
+    modes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+    counts: dict[str, int]
+
+
+class StatsReport(BaseModel):
+    """One rank's cumulative counters, as ``loader.StatsReporter`` sends them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    rank: int = Field(default=0, ge=0, le=1_000_000)
+    samples: Count
+    bytes: Count = 0
+    blocked_s: float = Field(default=0.0, ge=0, le=1e12, allow_inf_nan=False)
+    elapsed_s: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+    epoch: int | None = Field(default=None, ge=0, le=2**31)
+    tracker: dict[TrackerKey, Count] = Field(default_factory=dict, max_length=32)
+    failed_sends: Count = 0
+
+
+class StatsAccepted(BaseModel):
+    job: str
+    rank: int
+    samples_per_s: float

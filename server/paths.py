@@ -1,0 +1,133 @@
+"""Confinement of benchmark inputs to the configured data roots.
+
+A path is accepted only when its fully resolved form (every symlink followed) lies under one
+of the roots; relative paths are taken relative to the first root. A shard folder's manifest
+is read too, and every shard it lists must resolve under a root as well, so a manifest cannot
+smuggle in ``../../etc/passwd`` or a URL. Missing inputs are reported only after the
+confinement check, so the service never tells whether a path outside the roots exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MissingInput", "PathRefused", "check_bench_inputs", "resolve_under_roots"]
+
+_MAX_MANIFEST_BYTES = 256 << 20
+
+
+class PathRefused(PermissionError):
+    """An input path outside the data roots; ``field`` names the request field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class MissingInput(FileNotFoundError):
+    """An input under the roots that does not exist or is not what the field needs."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def resolve_under_roots(value: str, roots: Sequence[Path], field: str) -> Path:
+    """``value`` resolved, or PathRefused saying why it is not under any of ``roots``.
+
+    ``roots`` must already be resolved. Raises ValueError for a string that is no path at
+    all (a NUL byte).
+    """
+    if "\x00" in value:
+        raise ValueError(f"expected a path without NUL bytes, got {field}={value!r}")
+    if not roots:
+        raise PathRefused(
+            field, "no data roots are configured; start the service with --data-root DIR"
+        )
+    if "://" in value or value.startswith("file:"):
+        raise PathRefused(
+            field, f"{value!r} is a URL; only local paths under the data roots are read"
+        )
+    raw = Path(value)
+    joined = raw if raw.is_absolute() else roots[0] / raw
+    resolved = joined.resolve()
+    if any(_is_under(resolved, root) for root in roots):
+        return resolved
+    lexical = Path(os.path.normpath(joined))
+    shown = ", ".join(str(r) for r in roots)
+    if ".." in raw.parts and not any(_is_under(lexical, root) for root in roots):
+        reason = f"{value!r} climbs out of the data roots with '..' (roots: {shown})"
+    elif any(_is_under(lexical, root) for root in roots):
+        reason = (
+            f"{value!r} goes through a symlink that points outside the data roots "
+            f"(it resolves to {str(resolved)!r}; roots: {shown})"
+        )
+    else:
+        reason = f"{value!r} is outside the data roots (roots: {shown})"
+    raise PathRefused(field, reason)
+
+
+def _manifest_of(shards: Path) -> Path:
+    manifest = shards / "manifest.json" if shards.is_dir() else shards
+    if not manifest.is_file():
+        raise MissingInput(
+            "shards", f"expected a shard folder with manifest.json, got {str(shards)!r}"
+        )
+    return manifest
+
+
+def _check_manifest(manifest: Path, roots: Sequence[Path]) -> None:
+    try:
+        if manifest.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise MissingInput("shards", f"manifest {str(manifest)!r} is larger than 256 MB")
+        doc: Any = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        if isinstance(exc, MissingInput):
+            raise
+        raise MissingInput("shards", f"manifest {str(manifest)!r} is not JSON: {exc}") from exc
+    shardlist = doc.get("shardlist") if isinstance(doc, dict) else None
+    if not isinstance(shardlist, list):
+        raise MissingInput("shards", f"manifest {str(manifest)!r} has no shardlist")
+    for entry in shardlist:
+        url = entry.get("url") if isinstance(entry, dict) else None
+        if not isinstance(url, str):
+            raise MissingInput("shards", f"manifest {str(manifest)!r} lists a shard without url")
+        if "://" in url or url.startswith("file:") or Path(url).is_absolute():
+            target = url
+        else:
+            target = str(manifest.parent / url)
+        try:
+            resolve_under_roots(target, roots, "shards")
+        except PathRefused as exc:
+            raise PathRefused(
+                "shards", f"manifest {str(manifest)!r} lists shard {url!r}: {exc.reason}"
+            ) from exc
+
+
+def check_bench_inputs(
+    folder: str | None, shards: str, roots: Sequence[Path]
+) -> tuple[str | None, str]:
+    """The resolved ``(folder, shards)`` of a benchmark request, checked against ``roots``.
+
+    Raises PathRefused (-> 403) for anything outside the roots, MissingInput (-> 422) for a
+    folder that is not a directory or shards without a readable manifest.
+    """
+    resolved_folder = None
+    if folder is not None:
+        path = resolve_under_roots(folder, roots, "folder")
+        if not path.is_dir():
+            raise MissingInput("folder", f"expected an image folder, got {str(path)!r}")
+        resolved_folder = str(path)
+    shards_path = resolve_under_roots(shards, roots, "shards")
+    _check_manifest(_manifest_of(shards_path), roots)
+    return resolved_folder, str(shards_path)

@@ -1,0 +1,102 @@
+"""``/api/jobs``: stats reports from training jobs and their time series across ranks."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+
+from server._state import Service, get_service, require_token
+from server.jobs import MAX_BUCKETS, JobReport, series, summarize
+from server.models import JOB_PATTERN, StatsAccepted, StatsReport
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+JobName = Annotated[
+    str, Path(pattern=JOB_PATTERN, description="job name: letters, digits, '_', '.', '-'")
+]
+
+
+@router.post(
+    "/{job}/stats",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=StatsAccepted,
+    dependencies=[Depends(require_token)],
+    responses={401: {}, 413: {}, 422: {}},
+)
+def post_stats(
+    job: JobName, report: StatsReport, service: Annotated[Service, Depends(get_service)]
+) -> StatsAccepted:
+    """Take one rank's cumulative counters (``loader.StatsReporter`` sends them)."""
+    state = service.store.add_report(
+        JobReport(
+            job=job,
+            rank=report.rank,
+            received_at=service.clock(),
+            samples=report.samples,
+            bytes=report.bytes,
+            blocked_s=report.blocked_s,
+            elapsed_s=report.elapsed_s,
+            epoch=report.epoch,
+            tracker=report.tracker,
+            failed_sends=report.failed_sends,
+        ),
+        keep=service.settings.job_max_reports,
+    )
+    service.metrics.reports.inc()
+    service.bus.publish(
+        {
+            "type": "job",
+            "job": job,
+            "rank": state.rank,
+            "samples": state.samples,
+            "samples_per_s": state.samples_per_s,
+            "epoch": state.epoch,
+            "tracker": state.tracker,
+        }
+    )
+    return StatsAccepted(job=job, rank=state.rank, samples_per_s=state.samples_per_s)
+
+
+@router.get("")
+def list_jobs(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
+    """Every job that ever reported, with its current figures across ranks."""
+    now = service.clock()
+    stale = service.settings.job_stale_s
+    jobs = []
+    for name in service.store.job_names():
+        doc = summarize(name, service.store.job_ranks(name), now=now, stale_s=stale)
+        doc.pop("ranks")
+        jobs.append(doc)
+    return {"jobs": jobs}
+
+
+@router.get("/{job}", responses={404: {}})
+def get_job(
+    job: JobName,
+    service: Annotated[Service, Depends(get_service)],
+    window_s: Annotated[float, Query(gt=0, le=7 * 86400, allow_inf_nan=False)] = 600.0,
+    bucket_s: Annotated[float, Query(ge=0.1, le=86400, allow_inf_nan=False)] = 2.0,
+) -> dict[str, Any]:
+    """A job's figures per rank and in total, and its rates over the last ``window_s``.
+
+    ``series`` holds one point per ``bucket_s`` (wider when the window would need more than
+    2000), summed across ranks; the bucket still filling is left out.
+    """
+    ranks = service.store.job_ranks(job)
+    if not ranks:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job named {job!r} has reported")
+    now = service.clock()
+    doc = summarize(job, ranks, now=now, stale_s=service.settings.job_stale_s)
+    width = max(bucket_s, window_s / MAX_BUCKETS)
+    start = now - window_s
+    end = math.floor(now / width) * width
+    doc["window_s"] = window_s
+    doc["bucket_s"] = width
+    doc["series"] = series(
+        service.store.job_deltas(job, start), start=start, end=end, bucket_s=width
+    )
+    return doc

@@ -1,0 +1,354 @@
+// shardfeed dashboard: plain DOM + inline SVG, no libraries, no network beyond this origin.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const FINISHED = new Set(["done", "failed", "cancelled", "interrupted"]);
+const state = { runs: [], selected: null, info: null, jobTimer: null, runTimer: null };
+
+function $(sel) { return document.querySelector(sel); }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined) continue;
+    if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function fmtInt(v) { return Number.isFinite(v) ? String(Math.round(v)) : "–"; }
+function fmt1(v) { return Number.isFinite(v) ? v.toFixed(1) : "–"; }
+function fmt2(v) { return Number.isFinite(v) ? v.toFixed(2) : "–"; }
+function fmtTime(t) { return t ? new Date(t * 1000).toLocaleString() : "–"; }
+
+async function api(path, options) {
+  const res = await fetch(path, options);
+  const text = await res.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (e) { body = { detail: text }; }
+  if (!res.ok) {
+    const detail = body && body.detail;
+    const msg = Array.isArray(detail)
+      ? detail.map((d) => `${(d.loc || []).slice(1).join(".") || "body"}: ${d.msg}`).join("; ")
+      : (detail || res.statusText);
+    const err = new Error(`${res.status}: ${msg}`);
+    err.status = res.status;
+    throw err;
+  }
+  return body;
+}
+
+function authHeaders() {
+  const token = sessionStorage.getItem("shardfeed-token");
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// ---- runs -------------------------------------------------------------------------------
+
+async function loadRuns() {
+  const doc = await api("/api/benchmarks?limit=50");
+  state.runs = doc.runs;
+  renderRuns();
+  if (!state.selected) {
+    const fromHash = location.hash.startsWith("#run=") ? location.hash.slice(5) : null;
+    const done = state.runs.find((r) => r.status === "done");
+    const pick = fromHash || (done && done.id) || (state.runs[0] && state.runs[0].id);
+    if (pick) selectRun(pick);
+  }
+}
+
+function renderRuns() {
+  const body = $("#runs tbody");
+  body.replaceChildren();
+  $("#runs-empty").hidden = state.runs.length > 0;
+  for (const run of state.runs) {
+    const link = el("a", { href: `#run=${run.id}`, "data-run": run.id }, run.id);
+    link.addEventListener("click", (ev) => { ev.preventDefault(); selectRun(run.id); });
+    const cancel = FINISHED.has(run.status) ? "" : el("button", { type: "button", class: "small" }, "cancel");
+    if (cancel) cancel.addEventListener("click", () => cancelRun(run.id));
+    const row = el("tr", { "data-run": run.id, class: run.id === state.selected ? "selected" : null },
+      el("td", {}, link),
+      el("td", {}, el("span", { class: `status ${run.status}` }, run.status)),
+      el("td", {}, el("progress", { max: "1", value: String(run.progress), "data-run-progress": run.id })),
+      el("td", {}, fmtTime(run.created_at)),
+      el("td", {}, (run.config.modes || []).join(", ")),
+      el("td", {}, cancel));
+    body.append(row);
+  }
+}
+
+async function selectRun(id) {
+  state.selected = id;
+  if (location.hash !== `#run=${id}`) history.replaceState(null, "", `#run=${id}`);
+  for (const row of document.querySelectorAll("#runs tbody tr")) {
+    row.classList.toggle("selected", row.dataset.run === id);
+  }
+  await loadRun(id);
+}
+
+async function loadRun(id) {
+  let run;
+  try { run = await api(`/api/benchmarks/${id}`); } catch (e) { return; }
+  if (state.selected !== id) return;
+  renderRun(run);
+}
+
+function renderRun(run) {
+  const section = $("#run-detail");
+  section.hidden = false;
+  section.dataset.run = run.id;
+  section.dataset.status = run.status;
+  $("#run-id").textContent = run.id;
+  const status = $("#run-status");
+  status.textContent = run.status;
+  status.className = `status ${run.status}`;
+  const c = run.config;
+  $("#run-meta").textContent =
+    `${c.workers} workers · batch ${c.batch_size} · ${c.epochs} epoch(s) · image ${c.image_size}px` +
+    ` · latency ${c.latency_ms} ms · ${c.decode ? "decode" : "no decode"} · repeat ${c.repeat}` +
+    ` · shards ${c.shards}` + (run.finished_at ? ` · finished ${fmtTime(run.finished_at)}` : "");
+  $("#run-progress").value = run.progress;
+  const err = $("#run-error");
+  err.hidden = !run.error;
+  err.textContent = run.error || "";
+  const cancel = $("#run-cancel");
+  cancel.hidden = FINISHED.has(run.status);
+  cancel.onclick = () => cancelRun(run.id);
+  const result = run.result;
+  drawChart(result);
+  renderModes(result);
+  section.dataset.rendered = result ? "result" : "pending";
+}
+
+function verdict(m) {
+  if (m.status && m.status !== "ok") return { text: m.status, cls: "na", title: m.reason || "" };
+  const parts = [];
+  if (m.duplicates > 0) parts.push(`${m.duplicates} duplicates`);
+  if (m.missing > 0) parts.push(`${m.missing} missing`);
+  if (parts.length === 0) {
+    return { text: m.padded > 0 ? `exactly once (+${m.padded} padded)` : "exactly once", cls: "ok" };
+  }
+  return { text: parts.join(", "), cls: "bad" };
+}
+
+function renderModes(result) {
+  const body = $("#modes-table tbody");
+  body.replaceChildren();
+  if (!result) {
+    body.append(el("tr", {}, el("td", { colspan: "9", class: "meta" }, "no result yet")));
+    return;
+  }
+  for (const [mode, m] of Object.entries(result.modes || {})) {
+    const v = verdict(m);
+    const ok = !m.status || m.status === "ok";
+    const cell = (field, text) => el("td", { "data-field": field, class: "num" }, ok ? text : "–");
+    body.append(el("tr", { "data-mode": mode, "data-status": m.status || "ok" },
+      el("th", { scope: "row" }, mode),
+      cell("samples_per_s", fmt1(m.samples_per_s)),
+      cell("ratio_to_limit", fmt2(m.ratio_to_limit)),
+      cell("samples", fmtInt(m.samples)),
+      cell("unique", fmtInt(m.unique)),
+      cell("duplicates", fmtInt(m.duplicates)),
+      cell("missing", fmtInt(m.missing)),
+      cell("padded", fmtInt(m.padded)),
+      el("td", { "data-field": "verdict", class: `verdict ${v.cls}`, title: v.title || null }, v.text)));
+  }
+}
+
+function drawChart(result) {
+  const box = $("#chart");
+  box.replaceChildren();
+  if (!result) { box.append(el("p", { class: "meta" }, "waiting for the run to finish…")); return; }
+  const modes = Object.entries(result.modes || {}).filter(([, m]) => !m.status || m.status === "ok");
+  const limit = result.limit && Number.isFinite(result.limit.samples_per_s) ? result.limit.samples_per_s : null;
+  const maxValue = Math.max(limit || 0, ...modes.map(([, m]) => m.samples_per_s || 0), 1);
+  const rowH = 30, left = 130, right = 210, width = 760, top = 20;
+  const height = top + rowH * Math.max(modes.length, 1) + 24;
+  const plot = width - left - right;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "data-chart": "modes" });
+  chart.append(svg("title", {}, "samples per second per mode; dashed line: raw read limit"));
+  modes.forEach(([mode, m], i) => {
+    const y = top + i * rowH;
+    const w = Math.max(1, (plot * (m.samples_per_s || 0)) / maxValue);
+    const bad = (m.duplicates || 0) > 0 || (m.missing || 0) > 0;
+    chart.append(svg("text", { x: left - 8, y: y + rowH / 2 + 4, "text-anchor": "end", class: "label" }, mode));
+    chart.append(svg("rect", {
+      x: left, y: y + 4, width: w.toFixed(1), height: rowH - 8, rx: 3,
+      class: bad ? "bar bad" : "bar", "data-mode": mode, "data-value": m.samples_per_s,
+    }));
+    const ratio = Number.isFinite(m.ratio_to_limit) ? ` · ${fmt2(m.ratio_to_limit)}× limit` : "";
+    chart.append(svg("text", { x: left + w + 6, y: y + rowH / 2 + 4, class: "value", "data-mode": mode },
+      `${fmt1(m.samples_per_s)}/s${ratio}`));
+  });
+  if (limit) {
+    const x = left + (plot * limit) / maxValue;
+    chart.append(svg("line", { x1: x, x2: x, y1: top - 6, y2: height - 20, class: "limit" }));
+    chart.append(svg("text", { x, y: height - 6, "text-anchor": "middle", class: "limit-label" },
+      `limit ${fmt1(limit)}/s`));
+  }
+  if (modes.length === 0) chart.append(svg("text", { x: left, y: top + 18, class: "label" }, "no mode ran"));
+  box.append(chart);
+}
+
+async function cancelRun(id) {
+  try {
+    await api(`/api/benchmarks/${id}`, { method: "DELETE", headers: authHeaders() });
+  } catch (e) {
+    alert(`could not cancel ${id}: ${e.message}`);
+  }
+  scheduleRuns();
+}
+
+// ---- jobs -------------------------------------------------------------------------------
+
+async function loadJobs() {
+  const doc = await api("/api/jobs");
+  const box = $("#jobs");
+  $("#jobs-empty").hidden = doc.jobs.length > 0;
+  const cards = await Promise.all(doc.jobs.map(async (job) => {
+    const detail = await api(`/api/jobs/${encodeURIComponent(job.job)}?window_s=300&bucket_s=2`);
+    return renderJob(detail);
+  }));
+  box.replaceChildren(...cards);
+}
+
+function renderJob(job) {
+  const dup = job.duplicates === null ? "–" : fmtInt(job.duplicates);
+  const miss = job.missing === null ? "–" : fmtInt(job.missing);
+  const card = el("div", { class: "job", "data-job": job.job },
+    el("h3", {}, job.job),
+    el("p", { class: "meta" },
+      el("span", { "data-field": "samples_per_s" }, fmt1(job.samples_per_s)), " samples/s · ",
+      el("span", { "data-field": "samples" }, fmtInt(job.samples)), " samples · ",
+      `${job.active_ranks}/${job.ranks.length} ranks active · epoch ${job.epoch ?? "–"} · `,
+      el("span", { "data-field": "duplicates" }, dup), " duplicates · ",
+      el("span", { "data-field": "missing" }, miss), " missing · ",
+      `blocked ${fmt1(job.blocked_s)} s`));
+  card.append(lineChart(job.series || []));
+  return card;
+}
+
+function lineChart(points) {
+  const width = 760, height = 140, pad = 34;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "data-chart": "job" });
+  if (points.length < 2) {
+    chart.append(svg("text", { x: pad, y: height / 2, class: "label" }, "waiting for reports…"));
+    return chart;
+  }
+  const t0 = points[0].t, t1 = points[points.length - 1].t;
+  const maxY = Math.max(...points.map((p) => p.samples_per_s), 1);
+  const sx = (t) => pad + ((width - 2 * pad) * (t - t0)) / Math.max(t1 - t0, 1e-9);
+  const sy = (v) => height - pad / 2 - ((height - pad) * v) / maxY;
+  const d = points.map((p) => `${sx(p.t).toFixed(1)},${sy(p.samples_per_s).toFixed(1)}`).join(" ");
+  chart.append(svg("line", { x1: pad, x2: width - pad, y1: sy(0), y2: sy(0), class: "axis" }));
+  chart.append(svg("polyline", { points: d, class: "series" }));
+  chart.append(svg("text", { x: 2, y: sy(maxY) + 4, class: "label" }, fmtInt(maxY)));
+  chart.append(svg("text", { x: width - pad, y: height - 2, "text-anchor": "end", class: "label" },
+    `last ${Math.round(t1 - t0)} s, samples/s across ranks`));
+  return chart;
+}
+
+// ---- form -------------------------------------------------------------------------------
+
+function buildForm(info) {
+  const field = $("#modes-field");
+  const defaults = new Set(["map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset"]);
+  for (const mode of info.modes) {
+    const box = el("input", { type: "checkbox", name: "modes", value: mode });
+    box.checked = defaults.has(mode);
+    field.append(el("label", { class: "check" }, box, ` ${mode}`));
+  }
+  $("#token-field").hidden = !info.token_required;
+  $("#roots").textContent = info.data_roots.length
+    ? `Data roots (paths are read only under these): ${info.data_roots.join(", ")}`
+    : "No data roots are configured: start the service with --data-root DIR.";
+  $("#start-form").addEventListener("submit", submitForm);
+}
+
+async function submitForm(ev) {
+  ev.preventDefault();
+  const form = ev.target;
+  const data = new FormData(form);
+  const token = data.get("token");
+  if (token) sessionStorage.setItem("shardfeed-token", token);
+  const body = {
+    shards: data.get("shards"),
+    modes: data.getAll("modes"),
+    decode: form.elements.decode.checked,
+  };
+  if (data.get("folder")) body.folder = data.get("folder");
+  for (const name of ["workers", "batch_size", "epochs", "image_size", "repeat"]) body[name] = parseInt(data.get(name), 10);
+  body.latency_ms = parseFloat(data.get("latency_ms"));
+  const msg = $("#form-msg");
+  msg.textContent = "starting…";
+  try {
+    const res = await api("/api/benchmarks", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify(body),
+    });
+    msg.textContent = `queued run ${res.id}`;
+    state.selected = null;
+    await loadRuns();
+    selectRun(res.id);
+  } catch (e) {
+    msg.textContent = e.message;
+  }
+}
+
+// ---- live updates -----------------------------------------------------------------------
+
+function scheduleRuns() {
+  clearTimeout(state.runTimer);
+  state.runTimer = setTimeout(async () => {
+    await loadRuns().catch(() => {});
+    if (state.selected) await loadRun(state.selected);
+  }, 150);
+}
+
+function scheduleJobs() {
+  if (state.jobTimer) return;
+  state.jobTimer = setTimeout(async () => {
+    state.jobTimer = null;
+    await loadJobs().catch(() => {});
+  }, 1000);
+}
+
+function connect() {
+  const badge = $("#conn");
+  const source = new EventSource("/api/events");
+  source.onopen = () => { badge.textContent = "live"; badge.className = "badge live"; };
+  source.onerror = () => { badge.textContent = "reconnecting…"; badge.className = "badge"; };
+  source.addEventListener("benchmark", scheduleRuns);
+  source.addEventListener("benchmark_event", (ev) => {
+    const e = JSON.parse(ev.data);
+    const bar = document.querySelector(`[data-run-progress="${e.run}"]`);
+    if (bar && Number.isFinite(e.progress)) bar.value = e.progress;
+    if (e.run === state.selected && Number.isFinite(e.progress)) $("#run-progress").value = e.progress;
+  });
+  source.addEventListener("job", scheduleJobs);
+}
+
+async function main() {
+  try {
+    state.info = await api("/api/info");
+    buildForm(state.info);
+  } catch (e) {
+    $("#roots").textContent = `could not load service info: ${e.message}`;
+  }
+  await Promise.all([loadRuns().catch(() => {}), loadJobs().catch(() => {})]);
+  connect();
+  setInterval(() => { loadJobs().catch(() => {}); }, 10000);
+  setInterval(() => { if (document.visibilityState === "visible") scheduleRuns(); }, 15000);
+  document.body.dataset.ready = "1";
+}
+
+document.addEventListener("DOMContentLoaded", main);

@@ -1,0 +1,208 @@
+"""StatsReporter against real local HTTP servers (recording, slow, refusing) and a closed port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from loader.reporter import StatsReporter
+from loader.tracker import DuplicateTracker
+
+
+@dataclass
+class Recorder:
+    url: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 202
+    delay_s: float = 0.0
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [r["body"] for r in list(self.requests)]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            assert time.monotonic() < deadline, f"only {len(self.requests)} requests arrived"
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    state = Recorder(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length))
+            time.sleep(state.delay_s)
+            state.requests.append(
+                {"path": self.path, "headers": dict(self.headers), "body": body}
+            )
+            self.send_response(state.status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_snapshots_are_cumulative_and_sent_every_interval(recorder: Recorder) -> None:
+    reporter = StatsReporter(recorder.url, "job-1", token="tok", interval_s=0.05, rank=3)
+    try:
+        reporter.record(samples=10, bytes=1000, blocked_s=0.25, epoch=0)
+        recorder.wait_for(1)
+        reporter.record(samples=5, bytes=500, blocked_s=0.25, epoch=1)
+        first_count = len(recorder.requests)
+        recorder.wait_for(first_count + 2)
+    finally:
+        reporter.close()
+    request = recorder.requests[0]
+    assert request["path"] == "/api/jobs/job-1/stats"
+    assert request["headers"]["Authorization"] == "Bearer tok"
+    assert request["headers"]["Content-Type"] == "application/json"
+    last = recorder.bodies()[-1]
+    assert (last["samples"], last["bytes"], last["blocked_s"], last["epoch"]) == (15, 1500, 0.5, 1)
+    assert last["rank"] == 3 and last["failed_sends"] == 0
+    elapsed = [b["elapsed_s"] for b in recorder.bodies()]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
+    assert reporter.sent == len(recorder.requests) and reporter.failed_sends == 0
+
+
+def test_close_flushes_the_last_figures_and_stops(recorder: Recorder) -> None:
+    reporter = StatsReporter(recorder.url, "j", interval_s=60.0)
+    reporter.record(samples=7)
+    reporter.close()
+    assert len(recorder.requests) == 1 and recorder.bodies()[0]["samples"] == 7
+    assert not reporter._thread.is_alive()
+    reporter.close()
+    assert len(recorder.requests) == 1
+
+
+def test_a_service_that_is_down_never_slows_or_breaks_training() -> None:
+    reporter = StatsReporter(closed_port_url(), "j", interval_s=0.02, timeout_s=0.5)
+    started = time.perf_counter()
+    for _ in range(20_000):
+        reporter.record(samples=1, bytes=10, blocked_s=0.0)
+    record_s = time.perf_counter() - started
+    deadline = time.monotonic() + 10
+    while reporter.failed_sends < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    closing = time.perf_counter()
+    reporter.close()
+    assert time.perf_counter() - closing < 2.0
+    assert record_s < 1.0
+    assert reporter.sent == 0 and reporter.failed_sends >= 4
+    assert reporter.last_error is not None and "Connection" in reporter.last_error
+    assert reporter.snapshot()["samples"] == 20_000
+    assert reporter.snapshot()["failed_sends"] == reporter.failed_sends
+
+
+def test_a_slow_service_times_out_without_blocking_record(recorder: Recorder) -> None:
+    recorder.delay_s = 1.0
+    reporter = StatsReporter(recorder.url, "j", interval_s=0.01, timeout_s=0.1)
+    try:
+        deadline = time.monotonic() + 10
+        worst = 0.0
+        while reporter.failed_sends < 1:
+            assert time.monotonic() < deadline
+            t0 = time.perf_counter()
+            reporter.record(samples=1)
+            worst = max(worst, time.perf_counter() - t0)
+            time.sleep(0.001)
+        assert worst < 0.05
+        assert "timed out" in (reporter.last_error or "")
+    finally:
+        recorder.delay_s = 0.0
+        reporter.close()
+
+
+def test_a_refusing_service_counts_as_a_failed_send(recorder: Recorder) -> None:
+    recorder.status = 401
+    reporter = StatsReporter(recorder.url, "j", token="wrong", interval_s=60.0)
+    assert reporter.flush() is False
+    reporter.close()
+    assert reporter.failed_sends == 2 and reporter.sent == 0
+    assert "401" in (reporter.last_error or "")
+
+
+def test_tracker_counts_are_taken_from_epoch_counts(recorder: Recorder) -> None:
+    tracker = DuplicateTracker(10)
+    tracker.start_epoch(2)
+    tracker.update([0, 1, 1, 2])
+    with StatsReporter(recorder.url, "j", interval_s=60.0) as reporter:
+        reporter.record(samples=4, tracker_counts=tracker.counts())
+    body = recorder.bodies()[-1]
+    assert body["epoch"] == 2
+    assert body["tracker"] == {
+        "delivered": 4, "unique": 3, "duplicates": 1, "missing": 7, "padded": 0,
+    }
+    with StatsReporter(recorder.url, "j", interval_s=60.0) as reporter:
+        reporter.record(tracker_counts={"duplicates": 0, "missing": 3, "other": 9}, epoch=5)
+    body = recorder.bodies()[-1]
+    assert body["tracker"] == {"duplicates": 0, "missing": 3} and body["epoch"] == 5
+
+
+def test_record_from_many_threads_loses_nothing(recorder: Recorder) -> None:
+    with StatsReporter(recorder.url, "j", interval_s=0.01) as reporter:
+        threads = [
+            threading.Thread(target=lambda: [reporter.record(samples=1, bytes=2) for _ in range(5000)])
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    last = recorder.bodies()[-1]
+    assert (last["samples"], last["bytes"]) == (20_000, 40_000)
+
+
+def test_rank_defaults_to_the_rank_environment_variable(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "5")
+    with StatsReporter(recorder.url, "j", interval_s=60.0) as reporter:
+        assert reporter.snapshot()["rank"] == 5
+        reporter.record(rank=2)
+    assert recorder.bodies()[-1]["rank"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"url": "ftp://host/", "job": "j"}, "http"),
+        ({"url": "127.0.0.1:8000", "job": "j"}, "http"),
+        ({"url": "http://127.0.0.1:1", "job": "a/b"}, "job"),
+        ({"url": "http://127.0.0.1:1", "job": ""}, "job"),
+        ({"url": "http://127.0.0.1:1", "job": "j", "interval_s": 0}, "interval_s"),
+        ({"url": "http://127.0.0.1:1", "job": "j", "timeout_s": -1}, "timeout_s"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StatsReporter(**kwargs)
