@@ -1,13 +1,14 @@
-"""Loader: stream tar shards into training batches, exactly once per epoch across workers and ranks."""
+"""Loader: stream tar shards into training batches, exactly once per epoch, any workers/ranks."""
 
 from loader.baselines import FolderDataset, NaiveTarDataset, PerWorkerTarDataset, folder_loader
 from loader.batch import Batch, BatchBuilder
-from loader.dataloader import make_loader
+from loader.dataloader import ClosingDataLoader, make_loader
 from loader.dataset import BadSampleError, ShardDataset
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.device import DeviceBatch, DevicePrefetcher
 from loader.partition import plan_epoch, plan_worker
 from loader.reader import ShardReadError
+from loader.reporter import StatsReporter
 from loader.sources import resolve_source
 from loader.tracker import DuplicateTracker, EpochCounts
 
@@ -15,6 +16,7 @@ __all__ = [
     "BadSampleError",
     "Batch",
     "BatchBuilder",
+    "ClosingDataLoader",
     "DecodeError",
     "DeviceBatch",
     "DevicePrefetcher",
@@ -27,6 +29,7 @@ __all__ = [
     "PerWorkerTarDataset",
     "ShardDataset",
     "ShardReadError",
+    "StatsReporter",
     "folder_loader",
     "make_loader",
     "plan_epoch",

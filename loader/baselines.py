@@ -32,7 +32,7 @@ from torch.utils.data import (
 
 from loader._ranges import check_int
 from loader.batch import Batch, BatchBuilder
-from loader.dataloader import WorkerInit
+from loader.dataloader import ClosingDataLoader, WorkerInit
 from loader.decode import Decoder, ImageDecoder, NoDecode
 from loader.reader import ShardReader
 from loader.sources import DatasetSource, resolve_source
@@ -117,10 +117,12 @@ def folder_loader(
     shuffle: bool = True,
     seed: int = 0,
     prefetch_factor: int = 4,
+    persistent_workers: bool = True,
 ) -> DataLoader[Batch]:
     """The usual map-style DataLoader: a (random) sampler cut into batches by ``BatchSampler``.
 
-    Workers run ``WorkerInit()`` (one OpenCV thread each), as ``make_loader``'s do.
+    Worker settings are ``make_loader``'s (persistent workers, ``prefetch_factor``, one OpenCV
+    thread per worker through ``WorkerInit()``), so a comparison measures the access pattern.
     """
     check_int("batch_size", batch_size, 1)
     check_int("num_workers", num_workers, 0)
@@ -131,8 +133,14 @@ def folder_loader(
     sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
     extra: dict[str, Any] = {}
     if num_workers:
-        extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": WorkerInit()}
-    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers, **extra)
+        extra = {
+            "prefetch_factor": prefetch_factor,
+            "persistent_workers": persistent_workers,
+            "worker_init_fn": WorkerInit(),
+        }
+    return ClosingDataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=num_workers, **extra
+    )
 
 
 class _TarBaseline(IterableDataset[Batch]):

@@ -1,9 +1,126 @@
-"""Loader subcommands (``shardfeed bench``, ``shardfeed train``)."""
+"""Loader subcommands: ``shardfeed bench`` (and, later, ``shardfeed train``).
+
+Each subcommand has an ``_add_<name>(sub)`` that declares it and a handler that returns the exit
+code. Option values are parsed by the handlers, not by argparse, so a bad value is a
+``ValueError`` that ``server.cli`` prints as one line with exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+log = logging.getLogger("shardfeed.bench")
+
+_DEFAULT_MODES = "map,tar-naive,tar-per-worker,tar-aware,webdataset"
+_DECODE_CHOICES = ("opencv", "none")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Adds no subcommands yet."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the loader's subcommands to the ``shardfeed`` parser."""
+    from loader._train_cli import register_train
+
+    _add_bench(sub)
+    register_train(sub)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure map-style, tar and worker-aware loading against the raw limit",
+        description="Run every mode on the same data and report samples, duplicates, missing, "
+        "samples/s and the ratio to the limit (design section 4).",
+    )
+    p.add_argument("--folder", metavar="SRC", help="source image folder (map mode reads it)")
+    p.add_argument("--shards", metavar="DIR", required=True, help="shard folder or manifest")
+    p.add_argument(
+        "--modes",
+        default=_DEFAULT_MODES,
+        help=f"comma-separated modes, or 'all' (default {_DEFAULT_MODES}; also litdata)",
+    )
+    p.add_argument("--workers", default="2", metavar="W", help="DataLoader workers (default 2)")
+    p.add_argument("--batch-size", default="64", metavar="B", help="batch size (default 64)")
+    p.add_argument("--epochs", default="1", metavar="E", help="epochs per mode (default 1)")
+    p.add_argument("--image-size", default="224", metavar="S", help="output side (default 224)")
+    p.add_argument("--latency-ms", default="0", metavar="X", help="simulated ms per open")
+    p.add_argument("--decode", default="opencv", metavar="{opencv,none}", help="none: no decode")
+    p.add_argument("--repeat", default="1", metavar="R", help="interleaved rounds (median)")
+    p.add_argument("--seed", default="0", help="seed for shuffles and crops (default 0)")
+    p.add_argument("--http", action="store_true", help="serve folder and shards over HTTP")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_bench)
+
+
+def _number(name: str, text: str, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise ValueError(f"expected {noun} for --{name}, got {name}={text!r}") from None
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    from loader.bench import MODES
+
+    if text.strip() == "all":
+        return MODES
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not modes:
+        raise ValueError(f"expected a comma-separated list of modes, got modes={text!r}")
+    return modes
+
+
+def bench_config(args: argparse.Namespace) -> Any:
+    """The ``BenchConfig`` the options describe, validated; ``ValueError`` for a bad value."""
+    from loader.bench import BenchConfig
+
+    if args.decode not in _DECODE_CHOICES:
+        raise ValueError(f"expected --decode opencv or none, got decode={args.decode!r}")
+    config = BenchConfig(
+        folder=args.folder,
+        shards=args.shards,
+        modes=_modes(args.modes),
+        workers=_number("workers", args.workers, int),
+        batch_size=_number("batch-size", args.batch_size, int),
+        epochs=_number("epochs", args.epochs, int),
+        image_size=_number("image-size", args.image_size, int),
+        latency_ms=_number("latency-ms", args.latency_ms, float),
+        decode=args.decode != "none",
+        repeat=_number("repeat", args.repeat, int),
+        http=args.http,
+        seed=_number("seed", args.seed, int),
+    )
+    config.validate()
+    return config
+
+
+def _log_event(event: dict[str, Any]) -> None:
+    kind, mode = event["type"], event.get("mode")
+    if kind == "limit":
+        log.info("round %d limit: %.0f samples/s", event["round"], event["samples_per_s"])
+    elif kind == "epoch":
+        log.info(
+            "round %d %s epoch %d: %d samples, %.0f samples/s",
+            event["round"], mode, event["epoch"], event["samples"], event["samples_per_s"],
+        )  # fmt: skip
+    elif kind == "mode_done" and event.get("status") != "ok" and event["round"] == 0:
+        log.info("%s: %s: %s", mode, event["status"], event.get("reason"))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from loader._bench_report import format_table
+    from loader.bench import run_bench
+
+    config = bench_config(args)
+    doc = run_bench(config, on_event=_log_event)
+    if args.json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        sys.stdout.write(format_table(doc))
+    return 0

@@ -15,7 +15,7 @@ from loader.batch import Batch
 from loader.dataset import ShardDataset
 from loader.sources import DatasetSource
 
-__all__ = ["ShardLoader", "WorkerInit", "make_loader"]
+__all__ = ["ClosingDataLoader", "WorkerInit", "make_loader"]
 
 
 class WorkerInit:
@@ -71,9 +71,10 @@ class _ClosingIterator:
             self._loader._iterator = None
 
 
-class ShardLoader(DataLoader[Batch]):
-    """The DataLoader ``make_loader`` returns: a plain ``DataLoader`` whose iterator stops its
-    workers as soon as an error reaches the main process (see ``_ClosingIterator``)."""
+class ClosingDataLoader(DataLoader[Batch]):
+    """A plain ``DataLoader`` whose iterator stops its workers as soon as an error reaches the
+    main process (see ``_ClosingIterator``). ``make_loader`` and ``folder_loader`` return one;
+    use it for any loader whose worker errors are caught and survived (tests, benchmarks)."""
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         return _ClosingIterator(super().__iter__(), self)
@@ -93,7 +94,7 @@ def make_loader(
     multiprocessing_context: str | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     **dataset_options: Any,
-) -> ShardLoader:
+) -> ClosingDataLoader:
     """A DataLoader over a ``ShardDataset`` that yields whole ``Batch`` objects.
 
     Batches are built in the workers (``batch_size=None`` here), memory is pinned when CUDA is
@@ -132,7 +133,7 @@ def make_loader(
             "multiprocessing_context": multiprocessing_context,
             "worker_init_fn": WorkerInit(worker_init_fn),
         }
-    return ShardLoader(
+    return ClosingDataLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,

@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from loader._epoch import SharedEpoch
 from loader._ranges import check_int
+from loader._reuse import Reuse
 from loader.batch import Batch, BatchBuilder
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
@@ -37,6 +38,7 @@ __all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
 
 log = logging.getLogger("shardfeed.loader")
 BAD_SAMPLE_POLICIES = ("skip", "raise")
+_DRAWS = 1024  # shuffle-buffer slots drawn per call: one call per sample costs ~2 us
 
 
 class BadSampleError(ValueError):
@@ -128,6 +130,7 @@ class ShardDataset(IterableDataset[Batch]):
         self.latency_s = latency_ms / 1000.0
         self._rank, self._world = rank, world_size
         self._epoch = SharedEpoch()
+        self._reuse = Reuse(self.latency_s)
         self._sizes = np.array([s.nsamples for s in self.source.shards], dtype=np.int64)
         if self._world is not None and self._world > self.num_samples:
             raise ValueError(
@@ -180,7 +183,7 @@ class ShardDataset(IterableDataset[Batch]):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
-        epoch = self._epoch.begin(worker)
+        epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
         rank, world = distributed_context(self._rank, self._world)
         plan = plan_worker(
             self._sizes,
@@ -206,7 +209,9 @@ class ShardDataset(IterableDataset[Batch]):
 
     def _batches(self, plan: WorkerPlan, rng: np.random.Generator) -> Iterator[Batch]:
         decoder = ImageDecoder(self.image_size, train=self.train) if self.decode else NoDecode()
-        builder = BatchBuilder(self.batch_size, self.image_size if self.decode else 0, decoder)
+        side = self.image_size if self.decode else 0
+        pool = self._reuse.pool(self.batch_size * side * side * 3)
+        builder = BatchBuilder(self.batch_size, side, decoder, pool=pool)
         skipped = 0
         fillers = 0
         last_good: int | None = None
@@ -242,12 +247,14 @@ class ShardDataset(IterableDataset[Batch]):
             yield builder.finish()
 
     def _samples(self, plan: WorkerPlan) -> Iterator[RawSample]:
+        """The plan's samples; readers stay open for later epochs (``loader._reuse``)."""
         for seg in plan.segments:
-            reader = ShardReader(self.source.shards[seg.shard], latency_s=self.latency_s)
+            shard = self.source.shards[seg.shard]
             try:
-                yield from reader.read(seg.start, seg.stop)
-            finally:
-                reader.close()
+                yield from self._reuse.reader(shard).read(seg.start, seg.stop)
+            except BaseException:
+                self._reuse.forget(shard)
+                raise
 
     def _read_one(self, gid: int) -> RawSample:
         shard = self._shard_of(gid)
@@ -265,11 +272,14 @@ class ShardDataset(IterableDataset[Batch]):
             yield from samples
             return
         buf: list[RawSample] = []
+        draws: list[int] = []
         for s in samples:
             if len(buf) < size:
                 buf.append(s)
                 continue
-            i = int(rng.integers(size))
+            if not draws:
+                draws = rng.integers(size, size=_DRAWS).tolist()[::-1]
+            i = draws.pop()
             buf[i], s = s, buf[i]
             yield s
         rng.shuffle(buf)

@@ -19,6 +19,12 @@ __all__ = ["register", "settings_from_args"]
 log = logging.getLogger(__name__)
 
 _GRACEFUL_SHUTDOWN_S = 3
+_DESCRIPTION = """Run the HTTP service: benchmark runs, training-job stats, Prometheus metrics
+at /metrics, the dashboard at / and API docs at /docs.
+
+Every option also comes from the environment: SHARDFEED_HOST, SHARDFEED_PORT, SHARDFEED_DB,
+SHARDFEED_DATA_ROOTS (paths separated by ':' or a JSON list), SHARDFEED_TOKEN; a flag wins
+over its variable. Prefer SHARDFEED_TOKEN to --token: other users can read command lines."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve",
         help="run the HTTP service: benchmarks, training-job stats, metrics, dashboard",
-        description=__doc__,
+        description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -118,6 +119,14 @@ async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(errors))})
 
 
+def _warm_engine() -> None:
+    """Import the bench engine (torch and all) ahead of the first POST, which validates with it."""
+    try:
+        import loader.bench  # noqa: F401
+    except Exception:
+        log.warning("the bench engine cannot be imported; benchmarks will fail", exc_info=True)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service as an ASGI app; nothing is opened until the lifespan starts."""
     settings = settings if settings is not None else Settings()
@@ -138,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = ServiceMetrics(store, stale_s=settings.job_stale_s)
         app.state.service = Service(settings, store, bus, runner, metrics)
         runner.start()
+        threading.Thread(target=_warm_engine, name="bench-import", daemon=True).start()
         try:
             yield
         finally:

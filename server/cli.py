@@ -35,10 +35,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     shards_cli.register(sub)
     if command not in shards_cli.COMMANDS:
         from loader import cli as loader_cli
-        from server import _serve_cli
+        from server import _serve_cli, demo
 
         loader_cli.register(sub)
         _serve_cli.register(sub)
+        demo.register_demo(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 __all__ = ["EventBus"]
@@ -66,7 +66,7 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    async def subscribe(self, heartbeat_s: float) -> AsyncIterator[dict[str, Any] | None]:
+    async def subscribe(self, heartbeat_s: float) -> AsyncGenerator[dict[str, Any] | None, None]:
         """Yield events as they come, None after ``heartbeat_s`` of silence; ends on ``close``."""
         sub = _Subscriber(self._max_queue)
         self._subscribers.add(sub)

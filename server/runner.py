@@ -33,6 +33,8 @@ __all__ = ["Runner"]
 log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 2.0
+_BULKY_EVENT_KEYS = frozenset({"result", "config"})
+"""Event fields not kept as ``last_event`` nor forwarded: the final result arrives on its own."""
 
 
 def _publish_run(bus: EventBus, record: RunRecord | None) -> None:
@@ -229,6 +231,7 @@ class Runner:
             return message
         event = message.get("event")
         if isinstance(event, dict):
+            event = {k: v for k, v in event.items() if k not in _BULKY_EVENT_KEYS}
             progress = event.get("progress")
             if isinstance(progress, int | float) and math.isfinite(progress):
                 self.store.update_progress(run_id, float(progress), event)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server._schema import SCHEMA_VERSION, StoreError, migrate
 from server.jobs import JobReport, RankState, advance_rank
 
 __all__ = [
@@ -34,53 +35,10 @@ __all__ = [
     "StoreError",
 ]
 
-SCHEMA_VERSION = 1
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"done", "failed", "cancelled", "interrupted"})
 
-_SCHEMA_V1 = """
-CREATE TABLE runs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    config TEXT NOT NULL,
-    progress REAL NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    last_event TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE INDEX runs_status ON runs (status, seq);
-CREATE TABLE job_reports (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    dt REAL NOT NULL,
-    d_samples INTEGER NOT NULL,
-    d_bytes INTEGER NOT NULL,
-    d_blocked_s REAL NOT NULL
-);
-CREATE INDEX job_reports_job ON job_reports (job, id);
-CREATE TABLE job_ranks (
-    job TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (job, rank)
-);
-"""
-
-_MIGRATIONS: dict[int, str] = {}
-"""``_MIGRATIONS[v]`` turns a version ``v - 1`` file into version ``v``."""
-
 _INTERRUPTED = "the service stopped while this run was going"
-
-
-class StoreError(RuntimeError):
-    """The database file cannot be used by this release."""
 
 
 @dataclass(frozen=True)
@@ -177,28 +135,7 @@ class Store:
 
     def _migrate(self) -> None:
         with self._transaction() as db:
-            exists = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-            ).fetchone()
-            if not exists:
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-                return
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"expected a store of schema version <= {SCHEMA_VERSION}, got "
-                    f"version={version} in {self.path}; use the newer shardfeed or another --db"
-                )
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            migrate(db, self.path)
 
     def schema_version(self) -> int:
         with self._lock:

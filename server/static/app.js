@@ -169,12 +169,19 @@ function drawChart(result) {
   if (!result) { box.append(el("p", { class: "meta" }, "waiting for the run to finish…")); return; }
   const modes = Object.entries(result.modes || {}).filter(([, m]) => !m.status || m.status === "ok");
   const limit = result.limit && Number.isFinite(result.limit.samples_per_s) ? result.limit.samples_per_s : null;
-  const maxValue = Math.max(limit || 0, ...modes.map(([, m]) => m.samples_per_s || 0), 1);
+  const top1 = (m) => Math.max(m.samples_per_s || 0, Number.isFinite(m.samples_per_s_max) ? m.samples_per_s_max : 0);
+  const maxValue = Math.max(limit || 0, ...modes.map(([, m]) => top1(m)), 1);
   const rowH = 30, left = 130, right = 210, width = 760, top = 20;
   const height = top + rowH * Math.max(modes.length, 1) + 24;
   const plot = width - left - right;
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "data-chart": "modes" });
   chart.append(svg("title", {}, "samples per second per mode; dashed line: raw read limit"));
+  if (limit) {
+    const x = left + (plot * limit) / maxValue;
+    chart.append(svg("line", { x1: x, x2: x, y1: top - 6, y2: height - 20, class: "limit" }));
+    chart.append(svg("text", { x, y: height - 6, "text-anchor": "middle", class: "limit-label" },
+      `limit ${fmt1(limit)}/s`));
+  }
   modes.forEach(([mode, m], i) => {
     const y = top + i * rowH;
     const w = Math.max(1, (plot * (m.samples_per_s || 0)) / maxValue);
@@ -184,16 +191,20 @@ function drawChart(result) {
       x: left, y: y + 4, width: w.toFixed(1), height: rowH - 8, rx: 3,
       class: bad ? "bar bad" : "bar", "data-mode": mode, "data-value": m.samples_per_s,
     }));
+    if (Number.isFinite(m.samples_per_s_min) && Number.isFinite(m.samples_per_s_max)
+        && m.samples_per_s_max > m.samples_per_s_min) {
+      const x1 = left + (plot * m.samples_per_s_min) / maxValue;
+      const x2 = left + (plot * m.samples_per_s_max) / maxValue;
+      const whisker = svg("line", { x1, x2, y1: y + rowH / 2, y2: y + rowH / 2, class: "whisker" });
+      whisker.append(svg("title", {}, `rounds: ${fmt1(m.samples_per_s_min)} to ${fmt1(m.samples_per_s_max)}/s`));
+      chart.append(whisker);
+    }
     const ratio = Number.isFinite(m.ratio_to_limit) ? ` · ${fmt2(m.ratio_to_limit)}× limit` : "";
     chart.append(svg("text", { x: left + w + 6, y: y + rowH / 2 + 4, class: "value", "data-mode": mode },
       `${fmt1(m.samples_per_s)}/s${ratio}`));
+    const end = Number.isFinite(m.samples_per_s_max) ? Math.max(w, (plot * m.samples_per_s_max) / maxValue) : w;
+    chart.lastChild.setAttribute("x", String(left + end + 6));
   });
-  if (limit) {
-    const x = left + (plot * limit) / maxValue;
-    chart.append(svg("line", { x1: x, x2: x, y1: top - 6, y2: height - 20, class: "limit" }));
-    chart.append(svg("text", { x, y: height - 6, "text-anchor": "middle", class: "limit-label" },
-      `limit ${fmt1(limit)}/s`));
-  }
   if (modes.length === 0) chart.append(svg("text", { x: left, y: top + 18, class: "label" }, "no mode ran"));
   box.append(chart);
 }
@@ -232,7 +243,8 @@ function renderJob(job) {
       el("span", { "data-field": "duplicates" }, dup), " duplicates · ",
       el("span", { "data-field": "missing" }, miss), " missing · ",
       `blocked ${fmt1(job.blocked_s)} s`));
-  card.append(lineChart(job.series || []));
+  const from = (job.first_at || 0) - (job.bucket_s || 0);
+  card.append(lineChart((job.series || []).filter((p) => p.t >= from)));
   return card;
 }
 

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from loader.batch import Batch
 from loader.dataloader import WorkerInit, make_loader
@@ -43,21 +44,25 @@ def _quiet_worker_count_warning() -> Iterator[None]:
         yield
 
 
+def dataset_of(loader: DataLoader[Batch]) -> ShardDataset:
+    dataset = loader.dataset
+    assert isinstance(dataset, ShardDataset)
+    return dataset
+
+
 class EpochRun(NamedTuple):
     counts: EpochCounts
     ids: list[int]
     sizes: list[int]
 
 
-def run_epochs(
-    loader: Any, num_samples: int, epochs: int, *, set_epoch: bool
-) -> list[EpochRun]:
+def run_epochs(loader: Any, num_samples: int, epochs: int, *, set_epoch: bool) -> list[EpochRun]:
     """Iterate ``epochs`` epochs, tracking every id; ``set_epoch`` chooses the loop style."""
     tracker = DuplicateTracker(num_samples)
     runs = []
     for epoch in range(epochs):
         if set_epoch:
-            loader.dataset.set_epoch(epoch)
+            dataset_of(loader).set_epoch(epoch)
         tracker.start_epoch(epoch)
         ids: list[int] = []
         sizes: list[int] = []
@@ -142,10 +147,47 @@ def test_set_epoch_replays_an_epoch_in_persistent_workers(tmp_path: Path, loader
     loader = make_loader(manifest, batch_size=4, num_workers=2, image_size=16, prefetch_factor=1)
     orders = []
     for epoch in (3, 4, 3):
-        loader.dataset.set_epoch(epoch)
+        dataset_of(loader).set_epoch(epoch)
         orders.append([i for b in loader for i in b.ids.tolist()])
     assert orders[0] == orders[2] != orders[1]
     assert sorted(orders[1]) == list(range(34))
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_an_epoch_left_early_does_not_spoil_the_next(
+    tmp_path: Path, loader_kit: Any, persistent: bool
+) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [12, 15], image_bytes=jpeg_bytes)
+    loader = make_loader(
+        manifest,
+        batch_size=3,
+        num_workers=2,
+        image_size=16,
+        prefetch_factor=2,
+        persistent_workers=persistent,
+    )
+    for _ in zip(range(2), loader, strict=False):
+        pass
+    runs = run_epochs(loader, 27, 2, set_epoch=False)
+    assert [r.counts.unique for r in runs] == [27, 27]
+    assert [r.counts.duplicates for r in runs] == [0, 0]
+    assert runs[0].ids != runs[1].ids
+    reference = make_loader(manifest, batch_size=3, num_workers=2, image_size=16)
+    dataset_of(reference).set_epoch(1)
+    assert [i for b in reference for i in b.ids.tolist()] == runs[0].ids
+
+
+def test_a_look_in_the_main_process_does_not_split_the_workers(
+    tmp_path: Path, loader_kit: Any
+) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [4, 7, 3, 5], image_bytes=jpeg_bytes)
+    dataset = ShardDataset(manifest, batch_size=3, image_size=16)
+    first = next(iter(dataset))
+    assert first.images.shape == (3, 16, 16, 3)
+    loader = make_loader(dataset, num_workers=2, prefetch_factor=1)
+    runs = run_epochs(loader, 19, 2, set_epoch=False)
+    assert [(r.counts.unique, r.counts.duplicates) for r in runs] == [(19, 0), (19, 0)]
+    assert runs[0].ids != runs[1].ids
 
 
 def test_epochs_advance_by_themselves_like_set_epoch(tmp_path: Path, loader_kit: Any) -> None:
@@ -156,7 +198,7 @@ def test_epochs_advance_by_themselves_like_set_epoch(tmp_path: Path, loader_kit:
     free_runs = run_epochs(free, 23, 3, set_epoch=False)
     chosen_runs = run_epochs(chosen, 23, 3, set_epoch=True)
     assert [r.ids for r in free_runs] == [r.ids for r in chosen_runs]
-    assert free.dataset.next_epoch == 3
+    assert dataset_of(free).next_epoch == 3
 
 
 def test_batches_have_the_promised_layout(tmp_path: Path, loader_kit: Any) -> None:
@@ -182,7 +224,7 @@ def test_eval_mode_is_deterministic(tmp_path: Path, loader_kit: Any) -> None:
         loader = make_loader(
             manifest, batch_size=5, num_workers=2, image_size=16, train=False, prefetch_factor=1
         )
-        seen = {}
+        seen: dict[int, bytes] = {}
         for epoch in range(2):
             for batch in loader:
                 for i, image in zip(batch.ids.tolist(), batch.images, strict=True):
@@ -193,7 +235,7 @@ def test_eval_mode_is_deterministic(tmp_path: Path, loader_kit: Any) -> None:
     assert images_by_id() == images_by_id()
     ordered = make_loader(manifest, batch_size=5, num_workers=0, image_size=16, train=False)
     a, b = ([i for x in ordered for i in x.ids.tolist()] for _ in range(2))
-    ordered.dataset.set_epoch(0)
+    dataset_of(ordered).set_epoch(0)
     assert [i for x in ordered for i in x.ids.tolist()] == a
     assert sorted(a) == sorted(b) == list(range(17))
 
@@ -254,8 +296,8 @@ def test_spawned_workers_follow_set_epoch(tmp_path: Path, loader_kit: Any) -> No
     )
     reference = make_loader(manifest, batch_size=4, num_workers=2, image_size=16)
     for epoch in (0, 5, 1):
-        loader.dataset.set_epoch(epoch)
-        reference.dataset.set_epoch(epoch)
+        dataset_of(loader).set_epoch(epoch)
+        dataset_of(reference).set_epoch(epoch)
         got = [i for b in loader for i in b.ids.tolist()]
         assert got == [i for b in reference for i in b.ids.tolist()]
         assert sorted(got) == list(range(17))

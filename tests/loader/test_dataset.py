@@ -218,9 +218,7 @@ def _write_foreign(root: Path, sizes: list[int], drop_label: int | None = None) 
 def test_foreign_shards_load_by_brace_pattern_exactly_once(tmp_path: Path) -> None:
     with wds.ShardWriter(str(tmp_path / "foreign-%06d.tar"), maxcount=9, verbose=0) as sink:
         for gid in range(25):
-            sink.write(
-                {"__key__": f"{'k' * 110}{gid:04d}", "jpg": jpeg_bytes(gid), "cls": gid % 4}
-            )
+            sink.write({"__key__": f"{'k' * 110}{gid:04d}", "jpg": jpeg_bytes(gid), "cls": gid % 4})
     assert (tmp_path / "foreign-000000.tar").read_bytes()[156:157] == b"x"
     assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.npy"))
     loader = loader_over(str(tmp_path / "foreign-{000000..000002}.tar"), 2, batch_size=4)

@@ -1,6 +1,9 @@
 """Real ranks: two processes joined by ``torch.distributed`` (gloo), each with two DataLoader
 workers, share every epoch between them exactly once.
 
+Forked workers inherit the process group; spawned workers (the default inside a process that
+``torch.multiprocessing.spawn`` started) do not, and must get the rank from the pickled dataset.
+
 The ranks gather their ids with ``all_gather_object`` and add up their ``DuplicateTracker``
 counters with ``all_reduce``; rank 0 writes what it saw to a JSON file that the test reads.
 """
@@ -52,9 +55,16 @@ def _rank_main(rank: int, manifest: str, init_file: str, out: str, policies: lis
 
 def _run_policy(manifest: str, policy: str) -> dict[str, Any]:
     loader = make_loader(
-        manifest, batch_size=BATCH, num_workers=2, image_size=0, prefetch_factor=1, even=policy
+        manifest,
+        batch_size=BATCH,
+        num_workers=2,
+        image_size=0,
+        prefetch_factor=1,
+        even=policy,
+        multiprocessing_context="fork",
     )
     dataset = loader.dataset
+    assert isinstance(dataset, ShardDataset)
     tracker = DuplicateTracker(TOTAL)
     epochs = []
     for epoch in range(EPOCHS):
@@ -71,6 +81,7 @@ def _run_policy(manifest: str, policy: str) -> dict[str, Any]:
         pads = torch.tensor([tracker.counts().padded])
         dist.all_reduce(pads)
         merged = DuplicateTracker(TOTAL)
+        merged.start_epoch(epoch)
         merged.merge(counters, padded=int(pads))
         epochs.append(
             {
@@ -90,9 +101,7 @@ def _run_spawned_workers(manifest: str) -> dict[str, Any]:
     """Spawned workers get no process group; the dataset must bring the rank with it."""
     dataset = ShardDataset(manifest, batch_size=BATCH, image_size=0, even="pad")
     copy = pickle.loads(pickle.dumps(dataset))
-    loader = make_loader(
-        dataset, num_workers=2, prefetch_factor=1, multiprocessing_context="spawn"
-    )
+    loader = make_loader(dataset, num_workers=2, prefetch_factor=1, multiprocessing_context="spawn")
     ids = [i for batch in loader for i in batch.ids.tolist()]
     return {"ids": ids, "copy_len": len(copy)}
 

@@ -102,7 +102,9 @@ class LiveServer:
         if self.token is not None:
             args += ["--token", self.token]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=clean_env()
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -119,7 +121,8 @@ class LiveServer:
         return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait: the graceful path (lifespan shutdown runs)."""
+        """SIGTERM and wait: the graceful path (lifespan shutdown runs; uvicorn then re-raises
+        the signal, so the exit code is -15)."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)

@@ -22,7 +22,12 @@ def test_events_published_from_other_threads_arrive_in_order() -> None:
         bus.bind(asyncio.get_running_loop())
         task = asyncio.create_task(collect(bus, 3))
         await asyncio.sleep(0.01)
-        worker = threading.Thread(target=lambda: [bus.publish({"type": "x", "n": n}) for n in range(3)])
+
+        def publish_three() -> None:
+            for n in range(3):
+                bus.publish({"type": "x", "n": n})
+
+        worker = threading.Thread(target=publish_three)
         worker.start()
         worker.join()
         return await asyncio.wait_for(task, 5)

@@ -59,8 +59,12 @@ def test_a_restarted_reporter_counts_from_zero_again(second: JobReport) -> None:
 
 
 def test_summary_sums_ranks_and_ignores_stale_rates() -> None:
-    a, _ = advance_rank(None, rep(100, at=100.0, elapsed=1.0, tracker={"duplicates": 2, "missing": 3}))
-    b, _ = advance_rank(None, rep(300, at=50.0, elapsed=1.0, rank=1, epoch=4, tracker={"duplicates": 1}))
+    a, _ = advance_rank(
+        None, rep(100, at=100.0, elapsed=1.0, tracker={"duplicates": 2, "missing": 3})
+    )
+    b, _ = advance_rank(
+        None, rep(300, at=50.0, elapsed=1.0, rank=1, epoch=4, tracker={"duplicates": 1})
+    )
     doc = summarize("j", [a, b], now=101.0, stale_s=10.0)
     assert doc["samples"] == 400 and doc["active_ranks"] == 1
     assert doc["samples_per_s"] == 100.0

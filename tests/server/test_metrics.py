@@ -11,10 +11,20 @@ from server.store import Store
 RESULT = {
     "limit": {"samples_per_s": 1000.0},
     "modes": {
-        "tar-naive": {"status": "ok", "samples_per_s": 400.0, "ratio_to_limit": 0.4,
-                      "duplicates": 40, "missing": 0},
-        "tar-aware": {"status": "ok", "samples_per_s": 900.0, "ratio_to_limit": 0.9,
-                      "duplicates": 0, "missing": 0},
+        "tar-naive": {
+            "status": "ok",
+            "samples_per_s": 400.0,
+            "ratio_to_limit": 0.4,
+            "duplicates": 40,
+            "missing": 0,
+        },
+        "tar-aware": {
+            "status": "ok",
+            "samples_per_s": 900.0,
+            "ratio_to_limit": 0.9,
+            "duplicates": 0,
+            "missing": 0,
+        },
         "litdata": {"status": "skipped", "reason": "not installed"},
     },
 }
@@ -41,8 +51,16 @@ def test_job_figures_come_from_the_store() -> None:
     store = Store(":memory:")
     for samples_done, at, elapsed in ((100, 999.0, 1.0), (300, 1000.0, 2.0)):
         store.add_report(
-            JobReport(job="train-a", rank=0, received_at=at, samples=samples_done, bytes=10,
-                      blocked_s=0.5, elapsed_s=elapsed, tracker={"duplicates": 3, "missing": 7}),
+            JobReport(
+                job="train-a",
+                rank=0,
+                received_at=at,
+                samples=samples_done,
+                bytes=10,
+                blocked_s=0.5,
+                elapsed_s=elapsed,
+                tracker={"duplicates": 3, "missing": 7},
+            ),
             keep=100,
         )
     values = samples(ServiceMetrics(store, stale_s=30.0, clock=lambda: now[0]).render().decode())
@@ -74,8 +92,9 @@ def test_benchmark_figures_describe_the_newest_done_run() -> None:
     assert values[("shardfeed_benchmark_limit_samples_per_second", (("run", run.id),))] == 1000.0
     assert values[("shardfeed_benchmark_runs", (("status", "queued"),))] == 1.0
     assert values[("shardfeed_benchmark_runs", (("status", "done"),))] == 2.0
-    assert not any(key[0].startswith("shardfeed_benchmark") and ("mode", "litdata") in key[1]
-                   for key in values)
+    assert not any(
+        key[0].startswith("shardfeed_benchmark") and ("mode", "litdata") in key[1] for key in values
+    )
     assert not any(("run", old.id) in key[1] for key in values)
 
 

@@ -18,8 +18,15 @@ from tests.server.conftest import TestClient, TinyData, make_settings
 DONE_RESULT = {
     "limit": {"samples_per_s": 100.0},
     "modes": {
-        "tar-naive": {"status": "ok", "samples_per_s": 50.0, "ratio_to_limit": 0.5,
-                      "duplicates": 40, "missing": 0, "padded": 0, "samples": 80},
+        "tar-naive": {
+            "status": "ok",
+            "samples_per_s": 50.0,
+            "ratio_to_limit": 0.5,
+            "duplicates": 40,
+            "missing": 0,
+            "padded": 0,
+            "samples": 80,
+        },
     },
 }
 
@@ -41,8 +48,9 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def guarded(tmp_path: Path, tiny_data: TinyData) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path, [tiny_data.root], token="s3cret", max_workers=4,
-                             max_epochs=3, max_body_bytes=2048)
+    settings = make_settings(
+        tmp_path, [tiny_data.root], token="s3cret", max_workers=4, max_epochs=3, max_body_bytes=2048
+    )
     with open_client(settings) as c:
         yield c
 
@@ -55,8 +63,16 @@ def test_health_info_docs_and_openapi(client: TestClient, tiny_data: TinyData) -
     assert "tar-aware" in info["modes"]
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/benchmarks", "/api/benchmarks/{run_id}", "/api/jobs/{job}/stats",
-                 "/api/jobs", "/api/jobs/{job}", "/api/events", "/metrics", "/healthz"):
+    for path in (
+        "/api/benchmarks",
+        "/api/benchmarks/{run_id}",
+        "/api/jobs/{job}/stats",
+        "/api/jobs",
+        "/api/jobs/{job}",
+        "/api/events",
+        "/metrics",
+        "/healthz",
+    ):
         assert path in paths
 
 
@@ -169,11 +185,16 @@ def test_state_changes_need_the_token(
 def test_reads_need_no_token_and_the_right_token_works(guarded: TestClient) -> None:
     for path in ("/api/benchmarks", "/api/jobs", "/metrics", "/healthz", "/"):
         assert guarded.get(path).status_code == 200
-    answer = guarded.post("/api/jobs/j/stats", json={"samples": 1},
-                          headers={"Authorization": "Bearer s3cret"})
+    answer = guarded.post(
+        "/api/jobs/j/stats", json={"samples": 1}, headers={"Authorization": "Bearer s3cret"}
+    )
     assert answer.status_code == 202
-    assert guarded.delete("/api/benchmarks/abc123",
-                          headers={"Authorization": "Bearer s3cret"}).status_code == 404
+    assert (
+        guarded.delete(
+            "/api/benchmarks/abc123", headers={"Authorization": "Bearer s3cret"}
+        ).status_code
+        == 404
+    )
 
 
 def test_oversized_bodies_get_413(guarded: TestClient) -> None:
@@ -188,8 +209,11 @@ def test_oversized_bodies_get_413(guarded: TestClient) -> None:
             yield b"x" * 500
         yield b'"}'
 
-    streamed = guarded.post("/api/jobs/j/stats", content=chunks(),
-                            headers={**headers, "Content-Type": "application/json"})
+    streamed = guarded.post(
+        "/api/jobs/j/stats",
+        content=chunks(),
+        headers={**headers, "Content-Type": "application/json"},
+    )
     assert streamed.status_code == 413
     assert guarded.get("/api/jobs").json() == {"jobs": []}
     text = guarded.get("/metrics").text
@@ -246,9 +270,15 @@ def test_a_run_whose_inputs_vanished_fails_with_the_reason(
 def test_job_stats_round_trip(client: TestClient) -> None:
     for i in range(1, 4):
         for rank in (0, 1):
-            body = {"rank": rank, "samples": 100 * i, "bytes": 1000 * i, "blocked_s": 0.1 * i,
-                    "elapsed_s": float(i), "epoch": 0,
-                    "tracker": {"duplicates": rank, "missing": 10 - i}}
+            body = {
+                "rank": rank,
+                "samples": 100 * i,
+                "bytes": 1000 * i,
+                "blocked_s": 0.1 * i,
+                "elapsed_s": float(i),
+                "epoch": 0,
+                "tracker": {"duplicates": rank, "missing": 10 - i},
+            }
             answer = client.post("/api/jobs/train.1/stats", json=body)
             assert answer.status_code == 202, answer.text
     jobs = client.get("/api/jobs").json()["jobs"]
@@ -258,8 +288,9 @@ def test_job_stats_round_trip(client: TestClient) -> None:
     detail = client.get("/api/jobs/train.1?window_s=60&bucket_s=1").json()
     assert [r["rank"] for r in detail["ranks"]] == [0, 1]
     assert detail["bucket_s"] == 1 and len(detail["series"]) >= 59
-    assert all(set(p) == {"t", "samples_per_s", "mb_per_s", "blocked_s_per_s"}
-               for p in detail["series"])
+    assert all(
+        set(p) == {"t", "samples_per_s", "mb_per_s", "blocked_s_per_s"} for p in detail["series"]
+    )
     assert client.get("/api/jobs/nobody").status_code == 404
 
 

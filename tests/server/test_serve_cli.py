@@ -27,8 +27,20 @@ def test_flags_become_settings(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    args = parse("--host", "127.0.0.2", "--port", "9001", "--db", str(tmp_path / "x.db"),
-                 "--data-root", str(a), "--data-root", str(b), "--token", "t")
+    args = parse(
+        "--host",
+        "127.0.0.2",
+        "--port",
+        "9001",
+        "--db",
+        str(tmp_path / "x.db"),
+        "--data-root",
+        str(a),
+        "--data-root",
+        str(b),
+        "--token",
+        "t",
+    )
     settings = _serve_cli.settings_from_args(args)
     assert (settings.host, settings.port, settings.db) == ("127.0.0.2", 9001, tmp_path / "x.db")
     assert settings.data_roots == [a.resolve(), b.resolve()]
@@ -48,7 +60,9 @@ def test_environment_fills_what_flags_leave_out(
     assert settings.host == "127.0.0.1"
 
 
-def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["serve", "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "port" in err

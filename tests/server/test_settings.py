@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -78,7 +79,7 @@ def test_roots_are_resolved_through_symlinks(tmp_path: Path) -> None:
         ("unknown_option", 1),
     ],
 )
-def test_bad_values_are_refused_naming_the_field(field: str, value: object) -> None:
+def test_bad_values_are_refused_naming_the_field(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(**{field: value})
     assert field in str(info.value)

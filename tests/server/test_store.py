@@ -12,8 +12,13 @@ from server.store import SCHEMA_VERSION, Store, StoreError
 
 def report(samples: int, at: float, elapsed: float, rank: int = 0, job: str = "j") -> JobReport:
     return JobReport(
-        job=job, rank=rank, received_at=at, samples=samples, bytes=samples * 10,
-        blocked_s=0.0, elapsed_s=elapsed,
+        job=job,
+        rank=rank,
+        received_at=at,
+        samples=samples,
+        bytes=samples * 10,
+        blocked_s=0.0,
+        elapsed_s=elapsed,
     )
 
 
@@ -76,7 +81,11 @@ def test_finished_runs_stay_finished(tmp_path: Path) -> None:
     run = store.create_run({"shards": "/d"})
     store.finish_run(run.id, "failed", error="boom")
     after = store.finish_run(run.id, "done", result={"x": 1})
-    assert after is not None and (after.status, after.result, after.error) == ("failed", None, "boom")
+    assert after is not None and (after.status, after.result, after.error) == (
+        "failed",
+        None,
+        "boom",
+    )
     with pytest.raises(ValueError, match="final status"):
         store.finish_run(run.id, "running")
 
@@ -103,7 +112,11 @@ def test_reports_become_deltas_and_rank_state() -> None:
     assert store.job_names() == ["j"]
     assert [r.rank for r in store.job_ranks("j")] == [0, 1]
     deltas = store.job_deltas("j", since=0.0)
-    assert [(d[0], d[1], d[2]) for d in deltas] == [(10.0, 1.0, 100), (12.0, 2.0, 200), (11.0, 1.0, 50)]
+    assert [(d[0], d[1], d[2]) for d in deltas] == [
+        (10.0, 1.0, 100),
+        (12.0, 2.0, 200),
+        (11.0, 1.0, 50),
+    ]
     assert store.job_deltas("j", since=11.5) == [deltas[1]]
     assert store.job_ranks("other") == []
 
@@ -123,7 +136,9 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 
     def post(rank: int) -> None:
         for i in range(50):
-            store.add_report(report(i + 1, at=float(i), elapsed=float(i + 1), rank=rank), keep=10**6)
+            store.add_report(
+                report(i + 1, at=float(i), elapsed=float(i + 1), rank=rank), keep=10**6
+            )
 
     threads = [threading.Thread(target=post, args=(r,)) for r in range(4)]
     for t in threads:

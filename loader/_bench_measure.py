@@ -1,0 +1,201 @@
+"""Measuring one epoch of a loader, and folding epochs and rounds into the report's figures.
+
+An epoch is timed from ``iter(loader)`` to its end. Rates are steady-state: the samples after
+the first batch over the time from the first batch to the last, so worker start-up is left out
+of them and reported on its own as ``first_batch_s``. ``blocked_s`` is the time spent inside
+``next()`` waiting for batches; batch latency is the duration of each such wait after the first.
+Main-process CPU is ``time.process_time()`` over the epoch (every thread of the process) minus
+the CPU the measurement's own bookkeeping took.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from loader.batch import Batch
+from loader.tracker import DuplicateTracker
+
+__all__ = [
+    "COUNTS",
+    "FIGURES",
+    "BenchCancelled",
+    "combine_rounds",
+    "finite",
+    "measure_epoch",
+    "percentile",
+    "summarize_epochs",
+]
+
+COUNTS = ("samples", "unique", "duplicates", "missing", "padded")
+FIGURES = (
+    "samples_per_s",
+    "mb_per_s",
+    "ratio_to_limit",
+    "blocked_s",
+    "p50_batch_ms",
+    "p99_batch_ms",
+    "main_cpu_s_per_1k",
+    "first_batch_s",
+)
+
+
+class BenchCancelled(Exception):
+    """The benchmark was cancelled (its ``cancel`` event was set)."""
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100, linear interpolation) of ``values``; ``None`` if empty."""
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def measure_epoch(
+    loader: Iterable[Batch],
+    tracker: DuplicateTracker,
+    epoch: int,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Iterate ``loader`` once and return the epoch's figures (``ratio_to_limit`` left ``None``).
+
+    Checks ``cancel`` between batches and raises ``BenchCancelled`` when it is set.
+    """
+    tracker.start_epoch(epoch)
+    waits: list[float] = []
+    nbytes = steady_bytes = steady_samples = batches = 0
+    bookkeeping = 0.0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    it = iter(loader)
+    first = last = t0
+    while True:
+        before = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        now = time.perf_counter()
+        book0 = time.thread_time()
+        waits.append(now - before)
+        size, got = len(batch.ids), int(batch.nbytes.sum())
+        tracker.update(batch.ids, batch.padded)
+        if batches == 0:
+            first = now
+        else:
+            steady_samples, steady_bytes = steady_samples + size, steady_bytes + got
+        batches, nbytes, last = batches + 1, nbytes + got, now
+        bookkeeping += time.thread_time() - book0
+        if cancel is not None and cancel.is_set():
+            raise BenchCancelled(f"cancelled during epoch {epoch}")
+    end = time.perf_counter()
+    cpu = max(time.process_time() - cpu0 - bookkeeping, 0.0)
+    counts = tracker.end_epoch()
+    delivered = counts.delivered + counts.padded
+    if batches > 1 and last > first:
+        span, rate_samples, rate_bytes = last - first, steady_samples, steady_bytes
+    else:
+        span, rate_samples, rate_bytes = max(end - t0, 1e-9), delivered, nbytes
+    latencies = [w * 1000 for w in waits[1:]] or [w * 1000 for w in waits]
+    return {
+        "epoch": epoch,
+        "samples": counts.delivered,
+        "unique": counts.unique,
+        "duplicates": counts.duplicates,
+        "missing": counts.missing,
+        "padded": counts.padded,
+        "batches": batches,
+        "bytes": nbytes,
+        "seconds": end - t0,
+        "steady_samples": rate_samples,
+        "steady_bytes": rate_bytes,
+        "steady_s": span,
+        "samples_per_s": rate_samples / span,
+        "mb_per_s": rate_bytes / 1e6 / span,
+        "ratio_to_limit": None,
+        "blocked_s": sum(waits),
+        "p50_batch_ms": percentile(latencies, 50),
+        "p99_batch_ms": percentile(latencies, 99),
+        "main_cpu_s": cpu,
+        "main_cpu_s_per_1k": cpu / delivered * 1000 if delivered else None,
+        "first_batch_s": (first - t0) if batches else None,
+        "_latencies": latencies,
+    }
+
+
+def summarize_epochs(epochs: list[dict[str, Any]], limit_rate: float | None) -> dict[str, Any]:
+    """One round of a mode: counts and times summed over epochs, rates over the summed steady
+    spans, percentiles over all batches, ``first_batch_s`` from the first epoch (start-up).
+
+    Sets each epoch's ``ratio_to_limit`` against ``limit_rate`` and drops the epochs' raw
+    latency lists (the returned epochs are JSON-ready)."""
+    latencies = [x for e in epochs for x in e.pop("_latencies", [])]
+    span = sum(e["steady_s"] for e in epochs)
+    rate = sum(e["steady_samples"] for e in epochs) / span if span > 0 else 0.0
+    delivered = sum(e["samples"] + e["padded"] for e in epochs)
+    cpu = sum(e["main_cpu_s"] for e in epochs)
+    for e in epochs:
+        e["ratio_to_limit"] = _ratio(e["samples_per_s"], limit_rate)
+    summary: dict[str, Any] = {k: sum(e[k] for e in epochs) for k in COUNTS}
+    summary.update(
+        samples_per_s=rate,
+        mb_per_s=sum(e["steady_bytes"] for e in epochs) / 1e6 / span if span > 0 else 0.0,
+        ratio_to_limit=_ratio(rate, limit_rate),
+        blocked_s=sum(e["blocked_s"] for e in epochs),
+        p50_batch_ms=percentile(latencies, 50),
+        p99_batch_ms=percentile(latencies, 99),
+        main_cpu_s_per_1k=cpu / delivered * 1000 if delivered else None,
+        first_batch_s=epochs[0]["first_batch_s"] if epochs else None,
+        seconds=sum(e["seconds"] for e in epochs),
+        limit_samples_per_s=limit_rate,
+        epochs=epochs,
+    )
+    return summary
+
+
+def _ratio(rate: float, limit: float | None) -> float | None:
+    return rate / limit if limit else None
+
+
+def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The top-level figures of a mode over ``--repeat`` rounds: the median of each figure
+    (counts: the lower median, so they stay integers), ``samples_per_s_min``/``_max``, the
+    per-epoch figures of the round whose rate is the median, and a short list of ``rounds``."""
+    if not rounds:
+        raise ValueError("expected at least one round, got none")
+    out: dict[str, Any] = {k: statistics.median_low([r[k] for r in rounds]) for k in COUNTS}
+    for key in (*FIGURES, "seconds", "limit_samples_per_s"):
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+    rates = [r["samples_per_s"] for r in rounds]
+    out["samples_per_s_min"], out["samples_per_s_max"] = min(rates), max(rates)
+    median_round = min(rounds, key=lambda r: abs(r["samples_per_s"] - out["samples_per_s"]))
+    out["epochs"] = median_round["epochs"]
+    out["rounds"] = [
+        {
+            "round": i,
+            "samples_per_s": r["samples_per_s"],
+            "ratio_to_limit": r["ratio_to_limit"],
+            "limit_samples_per_s": r["limit_samples_per_s"],
+            "main_cpu_s_per_1k": r["main_cpu_s_per_1k"],
+        }
+        for i, r in enumerate(rounds)
+    ]
+    return out
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (not valid JSON) replaced by ``None``, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+

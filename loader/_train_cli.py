@@ -1,0 +1,83 @@
+"""``shardfeed train``: argument parsing for ``loader.train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+__all__ = ["register_train"]
+
+
+def register_train(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` to the ``shardfeed`` subcommands."""
+    p = sub.add_parser(
+        "train",
+        help="train a small CNN on the shard stream (works under torchrun)",
+        description="Train a small CNN on the shards, streamed exactly once per epoch. Under "
+        "torchrun every rank reads its own part; DDP uses gloo on the CPU, nccl on CUDA.",
+    )
+    p.add_argument("--shards", required=True, help="shard folder, manifest path or URL")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per rank")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", metavar="URL", help="service to report live stats to")
+    p.add_argument("--job", default="train", help="job name shown by the service")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SHARDFEED_TOKEN") or None,
+        help="bearer token for the service (default: $SHARDFEED_TOKEN)",
+    )
+    p.add_argument("--log-json", metavar="PREFIX", help="write PREFIX.rankN.json per rank")
+    p.add_argument("--json", action="store_true", help="print this rank's epochs as JSON")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from loader.train import TrainOptions, train
+
+    for name in ("epochs", "batch_size", "image_size"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"expected {flag} >= 1, got {flag}={getattr(args, name)}")
+    if args.workers < 0:
+        raise ValueError(f"expected --workers >= 0, got --workers={args.workers}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available; use --device auto")
+    reports = train(
+        TrainOptions(
+            shards=args.shards,
+            epochs=args.epochs,
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            image_size=args.image_size,
+            lr=args.lr,
+            seed=args.seed,
+            report_url=args.report,
+            job=args.job,
+            token=args.token,
+            log_json=args.log_json,
+        )
+    )
+    for r in reports:
+        doc = {k: v for k, v in asdict(r).items() if k != "step_losses"}
+        if args.json:
+            sys.stdout.write(json.dumps(doc) + "\n")
+        else:
+            sys.stdout.write(
+                f"epoch {r.epoch} rank {r.rank}/{r.world_size}: {r.steps} steps, "
+                f"{r.samples_per_s:.0f} samples/s, blocked {100 * r.blocked_fraction:.0f}%, "
+                f"loss {r.loss:.3f}, acc {r.accuracy:.3f}, duplicates {r.duplicates}, "
+                f"missing {r.missing}, padded {r.padded}\n"
+            )
+    return 0

@@ -1,0 +1,269 @@
+"""The benchmark engine (design section 4): every mode on the same data, against the raw limit.
+
+``run_bench(config)`` runs, for each of ``config.repeat`` rounds, the limit and the modes
+interleaved (``L m1 L m2 L ...``), because a shared machine's speed drifts: each mode's
+``ratio_to_limit`` is its rate over the mean of the limit runs just before and just after it.
+Per mode the top-level figures are totals over epochs and, over rounds, medians (with
+``samples_per_s_min``/``_max`` and a short ``rounds`` list); per-epoch figures (of the median
+round) sit under ``"epochs"``. See ``loader._bench_measure`` for how each figure is measured
+and ``loader._bench_modes``/``loader._bench_peers`` for what each mode runs.
+
+``run_bench`` calls ``on_event`` from the calling thread and checks ``cancel`` between batches
+(and while the limit runs); when it is set, it stops every worker and raises ``BenchCancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from loader._bench_http import serve_http
+from loader._bench_limit import LimitRun, LimitRunner
+from loader._bench_measure import (
+    BenchCancelled,
+    combine_rounds,
+    finite,
+    measure_epoch,
+    summarize_epochs,
+)
+from loader._bench_modes import ModeSetup, ModeUnavailable, build_mode, close_loader
+from loader._bench_report import machine_info
+from loader.sources import resolve_source
+from loader.tracker import DuplicateTracker
+from shards.format import MANIFEST_NAME
+
+__all__ = ["MODES", "BenchCancelled", "BenchConfig", "BenchEvent", "run_bench"]
+
+log = logging.getLogger("shardfeed.bench")
+
+MODES = ("map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata")
+BenchEvent = dict[str, Any]
+
+_LIMITS: dict[str, tuple[float, float]] = {
+    "workers": (0, 64),
+    "batch_size": (1, 65536),
+    "epochs": (1, 1000),
+    "image_size": (1, 4096),
+    "latency_ms": (0, 60000),
+    "repeat": (1, 100),
+    "seed": (0, 2**63 - 1),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. ``folder``: the source image folder (``map`` reads it); ``shards``: the
+    shard folder, its ``manifest.json``, or a manifest URL (not with ``http``)."""
+
+    folder: str | None
+    shards: str
+    modes: tuple[str, ...] = ("map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset")
+    workers: int = 2
+    batch_size: int = 64
+    epochs: int = 1
+    image_size: int = 224
+    latency_ms: float = 0.0
+    decode: bool = True
+    repeat: int = 1
+    http: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (``expected ..., got name=value``)."""
+        for name, (lo, hi) in _LIMITS.items():
+            value = getattr(self, name)
+            kinds = (int, float) if name == "latency_ms" else (int,)
+            ok = isinstance(value, kinds) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or not lo <= value <= hi:
+                raise ValueError(f"expected {name} between {lo:g} and {hi:g}, got {name}={value!r}")
+        if not isinstance(self.modes, tuple | list) or not self.modes:
+            raise ValueError(f"expected at least one mode of {', '.join(MODES)}, got modes=()")
+        for mode in self.modes:
+            if mode not in MODES:
+                raise ValueError(f"expected modes from {', '.join(MODES)}, got mode={mode!r}")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"expected each mode once, got modes={','.join(self.modes)}")
+        if not isinstance(self.shards, str) or not self.shards:
+            raise ValueError(f"expected a shard folder or manifest, got shards={self.shards!r}")
+        if self.folder is not None and (not isinstance(self.folder, str) or not self.folder):
+            raise ValueError(f"expected a source folder or None, got folder={self.folder!r}")
+        for flag in ("decode", "http"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"expected true or false, got {flag}={getattr(self, flag)!r}")
+
+
+class _Progress:
+    """Sends events with ``progress`` = planned units done / planned units."""
+
+    def __init__(self, on_event: Callable[[BenchEvent], None] | None, total: int) -> None:
+        self.on_event, self.total, self.done = on_event, max(total, 1), 0
+
+    def emit(self, kind: str, mode: str | None, round: int, advance: int = 0, **data: Any) -> None:
+        self.done = min(self.done + advance, self.total)
+        if self.on_event is not None:
+            event: BenchEvent = {"type": kind, "mode": mode, "round": round}
+            event.update(progress=self.done / self.total, **data)
+            self.on_event(finite(event))
+
+
+def _local_dirs(config: BenchConfig) -> tuple[str | None, str | None]:
+    """(shard folder, manifest file name) for a local ``shards``, else (None, None)."""
+    if "://" in config.shards and not config.shards.startswith("file://"):
+        return None, None
+    path = config.shards.removeprefix("file://")
+    if os.path.isdir(path):
+        return path, MANIFEST_NAME
+    if os.path.isfile(path):
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    raise FileNotFoundError(f"expected a shard folder or manifest, got shards={config.shards}")
+
+
+def _setup(config: BenchConfig, stack: ExitStack) -> ModeSetup:
+    shards_dir, manifest = _local_dirs(config)
+    if config.folder is not None and not os.path.isdir(config.folder):
+        raise FileNotFoundError(f"expected a source image folder, got folder={config.folder}")
+    shards, folder_url = config.shards, None
+    if config.http:
+        if shards_dir is None:
+            raise ValueError(f"expected a local shard folder to serve, got shards={config.shards}")
+        roots = {"shards": shards_dir} | ({"folder": config.folder} if config.folder else {})
+        base = stack.enter_context(serve_http(roots))
+        shards = f"{base}shards/{manifest}"
+        folder_url = f"{base}folder/" if config.folder else None
+    return ModeSetup(
+        shards=shards,
+        source=resolve_source(shards),
+        folder=config.folder,
+        folder_url=folder_url,
+        shards_dir=shards_dir,
+        workers=config.workers,
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+        decode=config.decode,
+        seed=config.seed,
+        latency_ms=float(config.latency_ms),
+        http=config.http,
+    )
+
+
+def _run_mode(
+    name: str, setup: ModeSetup, config: BenchConfig, progress: _Progress, round: int,
+    cancel: threading.Event | None,
+) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+    built = build_mode(name, setup)
+    tracker = DuplicateTracker(built.num_ids)
+    epochs = []
+    try:
+        for epoch in range(config.epochs):
+            figures = measure_epoch(built.loader, tracker, epoch, cancel)
+            epochs.append(figures)
+            shown = {k: v for k, v in figures.items() if not k.startswith("_")}
+            progress.emit("epoch", name, round, 1, **shown)
+    finally:
+        close_loader(built.loader)
+    return epochs, built.storage
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's type, first line and (for a worker's traceback) last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(lines) > 1:
+        text += f" ... {lines[-1]}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _limit_doc(runs: list[LimitRun], processes: int, decode: bool) -> dict[str, Any]:
+    rates = [r.samples_per_s for r in runs]
+    return {
+        "samples_per_s": statistics.median(rates) if rates else None,
+        "samples_per_s_min": min(rates, default=None),
+        "samples_per_s_max": max(rates, default=None),
+        "mb_per_s": statistics.median([r.mb_per_s for r in runs]) if runs else None,
+        "processes": processes,
+        "samples": runs[0].samples if runs else 0,
+        "decode": decode,
+        "runs": rates,
+    }
+
+
+def run_bench(
+    config: BenchConfig,
+    on_event: Callable[[BenchEvent], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and return the design-section-4 document (see the module docstring).
+
+    Raises ``ValueError``/``FileNotFoundError`` for a bad config or missing data before anything
+    runs, and ``BenchCancelled`` when ``cancel`` is set. A mode that fails is reported with
+    ``status: "failed"`` and its error as ``reason``; the others still run.
+    """
+    config.validate()
+    modes = list(config.modes)
+    units = config.repeat * (len(modes) * (config.epochs + 1) + 1)
+    progress = _Progress(on_event, units)
+    results: dict[str, dict[str, Any]] = {m: {"status": "ok", "reason": None} for m in modes}
+    rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    runs: list[LimitRun] = []
+    with ExitStack() as stack:
+        setup = _setup(config, stack)
+        processes = max(config.workers, 1)
+        limit = LimitRunner(
+            setup.source, processes, decode=config.decode, image_size=config.image_size,
+            batch_size=config.batch_size, seed=config.seed, latency_s=config.latency_ms / 1000,
+        )  # fmt: skip
+        progress.emit("start", None, 0, config=asdict(config), modes=modes, rounds=config.repeat)
+
+        def measure_limit(round: int) -> float:
+            run = limit.run(cancel)
+            runs.append(run)
+            progress.emit("limit", None, round, 1, samples_per_s=run.samples_per_s,
+                          mb_per_s=run.mb_per_s)  # fmt: skip
+            return run.samples_per_s
+
+        for r in range(config.repeat):
+            before = measure_limit(r)
+            for name in modes:
+                if results[name]["status"] != "ok":
+                    progress.emit("mode_done", name, r, config.epochs + 1, **results[name])
+                    continue
+                progress.emit("mode_start", name, r)
+                try:
+                    epochs, storage = _run_mode(name, setup, config, progress, r, cancel)
+                except ModeUnavailable as exc:
+                    results[name].update(status=exc.status, reason=exc.reason)
+                    progress.emit("mode_done", name, r, config.epochs + 1, **results[name])
+                    continue
+                except BenchCancelled:
+                    raise
+                except Exception as exc:
+                    log.exception("mode %s failed", name)
+                    results[name].update(status="failed", reason=_one_line(exc))
+                    progress.emit("mode_done", name, r, config.epochs + 1, **results[name])
+                    continue
+                after = measure_limit(r)
+                summary = summarize_epochs(epochs, (before + after) / 2)
+                rounds[name].append(summary)
+                results[name]["storage"] = storage
+                before = after
+                progress.emit("mode_done", name, r, 0, status="ok", reason=None,
+                              samples_per_s=summary["samples_per_s"],
+                              ratio_to_limit=summary["ratio_to_limit"])  # fmt: skip
+    for name in modes:
+        if results[name]["status"] == "ok" and rounds[name]:
+            results[name].update(combine_rounds(rounds[name]))
+    doc = finite({
+        "machine": machine_info(),
+        "config": {**asdict(config), "modes": modes},
+        "limit": _limit_doc(runs, processes, config.decode),
+        "modes": results,
+    })  # fmt: skip
+    progress.emit("done", None, config.repeat - 1, units, result=doc)
+    return doc

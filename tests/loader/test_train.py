@@ -1,0 +1,97 @@
+"""``shardfeed train``: real torchrun ranks (gloo), exactly-once ids, equal steps, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loader.train import SmallCNN, random_flip
+from shards.build import BuildOptions, build_shards
+from shards.plan import SizingOptions
+from shards.sample import make_sample
+
+RUN_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("train")
+    make_sample(base / "src", images=3201, classes=4, seed=7, size="tiny")
+    build_shards(
+        base / "src",
+        base / "shards",
+        BuildOptions(sizing=SizingOptions(num_shards=5), show_progress=False),
+    )
+    return base / "shards"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_two_ranks_deliver_disjoint_ids_with_equal_steps_and_learn(
+    train_shards: Path, tmp_path: Path
+) -> None:
+    prefix = tmp_path / "log"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "server.cli", "train", "--shards", str(train_shards), "--epochs", "1",
+        "--device", "cpu", "--batch-size", "8", "--workers", "2", "--image-size", "32",
+        "--lr", "0.02", "--log-json", str(prefix),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=_env(), check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = [json.loads(Path(f"{prefix}.rank{r}.json").read_text()) for r in (0, 1)]
+    ids = [np.array(log["ids"][0]) for log in logs]
+    assert len(np.intersect1d(ids[0], ids[1])) == 0
+    assert sorted(np.concatenate(ids).tolist()) == list(range(3201))
+    steps = [log["epochs"][0]["steps"] for log in logs]
+    assert steps[0] == steps[1] == 201  # shares 1601 and 1600: rank 1 pads one sample
+    for log in logs:
+        epoch = log["epochs"][0]
+        assert epoch["duplicates"] == 0 and epoch["missing"] == 0
+        assert epoch["padded"] == 1
+        losses = epoch["step_losses"]
+        assert np.mean(losses[-30:]) < 0.6 * np.mean(losses[:10])
+
+
+def test_train_rejects_bad_arguments(train_shards: Path) -> None:
+    for bad, flag in ((["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", "train", "--shards", str(train_shards), *bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env(),
+            check=False,
+        )
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and flag in lines[0], proc.stderr
+
+
+def test_random_flip_is_one_batched_choice_per_image() -> None:
+    images = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4)
+    images = images.repeat(32, 1, 1, 1)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = (out == images.flip(3)).flatten(1).all(1)
+    kept = (out == images).flatten(1).all(1)
+    assert bool((flipped | kept).all())
+    assert 0 < int(flipped.sum()) < len(images)
+
+
+def test_small_cnn_gives_logits_per_class() -> None:
+    model = SmallCNN(num_classes=5).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert model(x).shape == (3, 5)

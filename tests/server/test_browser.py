@@ -1,0 +1,147 @@
+"""The dashboard in headless Chromium (Selenium) against a live server with a finished run.
+
+Skips when Chromium or chromedriver is not installed (``.ci/run`` installs Debian's
+``chromium`` and ``chromium-driver``). Set ``DASHBOARD_SCREENSHOT=/path.png`` to keep a copy
+of the screenshot outside the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server.conftest import ServedRun
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)",
+    ),
+]
+
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1900",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def post_job_reports(url: str, token: str) -> None:
+    """Six reports from two ranks, 0.25 s apart, so the job chart has a line to draw."""
+    headers = {"Authorization": f"Bearer {token}"}
+    for step in range(1, 7):
+        for rank in (0, 1):
+            body = {
+                "rank": rank,
+                "samples": 500 * step,
+                "bytes": 500_000 * step,
+                "elapsed_s": 0.25 * step,
+                "epoch": 0,
+                "tracker": {"duplicates": 0, "missing": 1000 - 500 * step // 3},
+            }
+            httpx.post(f"{url}/api/jobs/dashboard-demo/stats", json=body, headers=headers)
+        time.sleep(0.25)
+
+
+def test_dashboard_shows_the_run_as_the_api_reports_it(
+    browser: Any, served_run: ServedRun, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = served_run.server.url
+    post_job_reports(url, served_run.server.token or "")
+    api = httpx.get(f"{url}/api/benchmarks/{served_run.run_id}").json()
+    modes = api["result"]["modes"]
+    ok_modes = [m for m, fig in modes.items() if fig.get("status", "ok") == "ok"]
+
+    browser.get(f"{url}/#run={served_run.run_id}")
+    wait = WebDriverWait(browser, 30)
+    wait.until(
+        lambda d: d.find_element(By.ID, "run-detail").get_attribute("data-rendered") == "result"
+    )
+    wait.until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "svg[data-chart=modes] rect.bar")) == len(ok_modes)
+        )
+    )
+    wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "[data-job=dashboard-demo] polyline.series")
+    )
+
+    assert browser.find_element(By.ID, "run-id").text == served_run.run_id
+    assert browser.find_element(By.ID, "run-status").text == "done"
+    for mode in ok_modes:
+        figures = modes[mode]
+        row = browser.find_element(By.CSS_SELECTOR, f"#modes-table tr[data-mode='{mode}']")
+
+        def cell(field: str, row: Any = row) -> str:
+            return str(row.find_element(By.CSS_SELECTOR, f"[data-field={field}]").text)
+
+        for field in ("samples", "unique", "duplicates", "missing", "padded"):
+            assert cell(field) == str(figures[field]), (mode, field)
+        assert cell("samples_per_s") == f"{figures['samples_per_s']:.1f}"
+        assert cell("ratio_to_limit") == f"{figures['ratio_to_limit']:.2f}"
+        bar = browser.find_element(By.CSS_SELECTOR, f"rect.bar[data-mode='{mode}']")
+        assert float(bar.get_attribute("data-value")) == pytest.approx(figures["samples_per_s"])
+        exactly_once = figures["duplicates"] == 0 and figures["missing"] == 0
+        assert cell("verdict").startswith("exactly once") == exactly_once, (mode, cell("verdict"))
+    assert (
+        "duplicates"
+        in browser.find_element(
+            By.CSS_SELECTOR, "tr[data-mode='tar-naive'] [data-field=verdict]"
+        ).text
+    )
+    run_row = browser.find_element(By.CSS_SELECTOR, f"#runs tr[data-run='{served_run.run_id}']")
+    assert "done" in run_row.text
+
+    job = httpx.get(f"{url}/api/jobs/dashboard-demo").json()
+    card = browser.find_element(By.CSS_SELECTOR, "[data-job=dashboard-demo]")
+    shown = card.find_element(By.CSS_SELECTOR, "[data-field=samples]").text
+    assert shown == str(job["samples"])
+
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe
+
+    shot = tmp_path / "dashboard.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("DASHBOARD_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep)

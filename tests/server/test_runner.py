@@ -1,0 +1,138 @@
+"""The runner with the real bench engine in real child processes (no HTTP)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from server.events import EventBus
+from server.models import BenchmarkRequest
+from server.runner import Runner
+from server.store import RunRecord, Store
+from tests.server.conftest import TinyData
+
+
+def config(tiny: TinyData, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"folder": str(tiny.src), "shards": str(tiny.shards)}
+    values.update(overrides)
+    return BenchmarkRequest(**values).to_config()
+
+
+def slow_config(tiny: TinyData) -> dict[str, Any]:
+    return config(
+        tiny,
+        modes=["tar-naive", "tar-aware"],
+        workers=2,
+        batch_size=2,
+        epochs=20,
+        image_size=32,
+        latency_ms=300.0,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_data: TinyData) -> Iterator[tuple[Store, Runner]]:
+    store = Store(tmp_path / "runs.db")
+    runner = Runner(store, EventBus(), roots=[tiny_data.root], cancel_grace_s=3.0, poll_s=0.05)
+    runner.start()
+    yield store, runner
+    runner.stop()
+    store.close()
+
+
+def wait_until(store: Store, run_id: str, ok: Any, timeout: float = 60.0) -> RunRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = store.get_run(run_id)
+        assert record is not None
+        if ok(record):
+            return record
+        assert time.monotonic() < deadline, f"timed out waiting on {record}"
+        time.sleep(0.05)
+
+
+def group_alive(pgid: int) -> list[int]:
+    alive = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return alive
+
+
+def bench_going(store: Store, runner: Runner, run_id: str) -> int:
+    """Wait until the bench reported an event; returns the child's pid."""
+    wait_until(store, run_id, lambda r: r.status == "running" and r.last_event is not None)
+    pid = runner.child_pid
+    assert pid is not None
+    return pid
+
+
+def test_an_engine_error_fails_the_run_with_its_message(
+    env: tuple[Store, Runner], tiny_data: TinyData
+) -> None:
+    store, runner = env
+    bad = dict(config(tiny_data, modes=["tar-aware"]), workers=-1)
+    run = store.create_run(bad)
+    runner.wake()
+    record = wait_until(store, run.id, lambda r: r.status not in ("queued", "running"))
+    assert record.status == "failed"
+    assert record.error is not None and "workers" in record.error
+    assert record.result is None
+
+
+def test_cancel_stops_the_child_with_its_workers_and_queued_runs_wait(
+    env: tuple[Store, Runner], tiny_data: TinyData
+) -> None:
+    store, runner = env
+    first = store.create_run(slow_config(tiny_data))
+    second = store.create_run(config(tiny_data, modes=["tar-aware"], workers=0))
+    runner.wake()
+    pid = bench_going(store, runner, first.id)
+    assert group_alive(pid), "the child should lead its own process group"
+    waiting = store.get_run(second.id)
+    assert waiting is not None and waiting.status == "queued"
+
+    cancelled = runner.cancel(second.id)
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert cancelled.started_at is None
+
+    started = time.monotonic()
+    runner.cancel(first.id)
+    record = wait_until(store, first.id, lambda r: r.status != "running", timeout=30)
+    assert record.status == "cancelled" and record.cancel_requested
+    assert record.result is None
+    assert time.monotonic() - started < 3.0 + 5.0
+    deadline = time.monotonic() + 10
+    while group_alive(pid):
+        assert time.monotonic() < deadline, f"left behind: {group_alive(pid)}"
+        time.sleep(0.1)
+    assert runner.current_run is None
+
+
+def test_stopping_the_runner_interrupts_the_run_and_keeps_the_queue(
+    env: tuple[Store, Runner], tiny_data: TinyData
+) -> None:
+    store, runner = env
+    going = store.create_run(slow_config(tiny_data))
+    queued = store.create_run(config(tiny_data, modes=["tar-aware"], workers=0))
+    runner.wake()
+    pid = bench_going(store, runner, going.id)
+    runner.stop()
+    record = store.get_run(going.id)
+    assert record is not None and record.status == "interrupted"
+    assert record.error == "the service stopped"
+    later = store.get_run(queued.id)
+    assert later is not None and later.status == "queued"
+    deadline = time.monotonic() + 10
+    while group_alive(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
