@@ -146,4 +146,3 @@ def serve_http(roots: Mapping[str, str | os.PathLike[str]]) -> Iterator[str]:
         if process.is_alive():
             process.kill()
             process.join()
-

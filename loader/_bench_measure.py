@@ -5,7 +5,9 @@ the first batch over the time from the first batch to the last, so worker start-
 of them and reported on its own as ``first_batch_s``. ``blocked_s`` is the time spent inside
 ``next()`` waiting for batches; batch latency is the duration of each such wait after the first.
 Main-process CPU is ``time.process_time()`` over the epoch (every thread of the process) minus
-the CPU the measurement's own bookkeeping took.
+the CPU the measurement's own bookkeeping took, per 1,000 samples delivered
+(``main_cpu_s_per_1k``) and per 1,000 distinct samples (``main_cpu_s_per_1k_unique``: what a
+mode that delivers duplicates costs per sample the epoch actually needed).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ FIGURES = (
     "p50_batch_ms",
     "p99_batch_ms",
     "main_cpu_s_per_1k",
+    "main_cpu_s_per_1k_unique",
     "first_batch_s",
 )
 
@@ -123,6 +126,7 @@ def measure_epoch(
         "p99_batch_ms": percentile(latencies, 99),
         "main_cpu_s": cpu,
         "main_cpu_s_per_1k": cpu / delivered * 1000 if delivered else None,
+        "main_cpu_s_per_1k_unique": cpu / counts.unique * 1000 if counts.unique else None,
         "first_batch_s": (first - t0) if batches else None,
         "_latencies": latencies,
     }
@@ -139,6 +143,7 @@ def summarize_epochs(epochs: list[dict[str, Any]], limit_rate: float | None) -> 
     rate = sum(e["steady_samples"] for e in epochs) / span if span > 0 else 0.0
     delivered = sum(e["samples"] + e["padded"] for e in epochs)
     cpu = sum(e["main_cpu_s"] for e in epochs)
+    unique = sum(e["unique"] for e in epochs)
     for e in epochs:
         e["ratio_to_limit"] = _ratio(e["samples_per_s"], limit_rate)
     summary: dict[str, Any] = {k: sum(e[k] for e in epochs) for k in COUNTS}
@@ -150,6 +155,7 @@ def summarize_epochs(epochs: list[dict[str, Any]], limit_rate: float | None) -> 
         p50_batch_ms=percentile(latencies, 50),
         p99_batch_ms=percentile(latencies, 99),
         main_cpu_s_per_1k=cpu / delivered * 1000 if delivered else None,
+        main_cpu_s_per_1k_unique=cpu / unique * 1000 if unique else None,
         first_batch_s=epochs[0]["first_batch_s"] if epochs else None,
         seconds=sum(e["seconds"] for e in epochs),
         limit_samples_per_s=limit_rate,
@@ -198,4 +204,3 @@ def finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
-

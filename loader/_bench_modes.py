@@ -125,7 +125,7 @@ class HttpFolderDataset(FolderDataset):
         for i in indices:
             if self.latency_s:
                 time.sleep(self.latency_s)
-            url = self.base_url + quote(self.paths[i].replace(os.sep, "/"))
+            url = self.base_url + quote(self.paths[i])
             response = self._session.get(url, timeout=60)
             response.raise_for_status()
             yield response.content, self.labels[i], i

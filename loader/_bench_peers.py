@@ -1,18 +1,24 @@
 """The peers the loader is measured against: webdataset's pipeline and LitData's streaming
-dataset, each over the same images, each feeding the same ``BatchBuilder`` and decoder.
+dataset, over the same images, decoded by the same function into the same kind of batch.
+
+Each peer batches its own way and hands its batch's items to a collate function that decodes
+them with the loader's decoder straight into one ``[B, S, S, 3]`` array (a ``BatchBuilder`` in
+ordinary memory), so decoding costs exactly what it costs in every other mode: the same
+function writing into a preallocated batch slot. What differs is what the peers do around it,
+including how a finished batch reaches the main process: as any DataLoader batch does (copied
+into a new shared-memory segment), not through the loader's recycled shared buffers.
 
 webdataset: the stages ``wds.WebDataset(urls, shardshuffle=False)`` runs (``SimpleShardList``,
 ``split_by_worker``, ``gopen`` per shard, ``tar_file_expander``, ``group_by_keys``) composed as a
-``wds.DataPipeline``, so that each shard open can first sleep the simulated latency; its
-samples (``{"__key__", "jpg", "cls", ...}``) go into a ``BatchBuilder`` in the worker. Over HTTP
-``gopen`` streams each shard through ``curl``, as webdataset does.
+``wds.DataPipeline``, so that each shard open can first sleep the simulated latency, then
+``wds.batched(B, collation_fn=...)``. Over HTTP ``gopen`` streams each shard through ``curl``, as
+webdataset does.
 
 LitData: the shards' samples (raw image bytes, label, global id) are converted once with
 ``litdata.optimize`` into ``<shards>/.litdata-<hash>``, one chunk per shard's worth of samples,
-and read with ``StreamingDataset`` + ``StreamingDataLoader`` (LitData's defaults otherwise);
-the collate function feeds each batch's items into a ``BatchBuilder`` in the worker. LitData
-reads a local folder: with ``--http`` it still reads the local copy, and ``storage`` says so;
-the simulated latency is paid once per chunk file opened.
+and read with ``StreamingDataset`` + ``StreamingDataLoader(batch_size=B, collate_fn=...)``
+(LitData's defaults otherwise). LitData reads a local folder: with ``--http`` it still reads the
+local copy, and ``storage`` says so; the simulated latency is paid once per chunk file opened.
 """
 
 from __future__ import annotations
@@ -51,45 +57,36 @@ _IMAGE_KEYS = ("jpg", "png", "webp")
 _LITDATA_FORMAT = "shardfeed-litdata-v1"
 
 
-def _decoder(setup: ModeSetup) -> Decoder:
-    if setup.decode and setup.image_size > 0:
-        return ImageDecoder(setup.image_size, train=True)
-    return NoDecode()
+class _Collate:
+    """A peer's ``collation_fn``/``collate_fn``: decodes one list of items into one ``Batch``.
 
-
-class _Batcher:
-    """Turns ``(image bytes, label, id)`` items into ``Batch`` objects inside one worker."""
+    Items are ``(image bytes, label, id)`` tuples or LitData's ``{"image", "label", "id"}``.
+    The builder and the generator (seeded by ``(seed, worker)``) are made on first use, in the
+    worker; the builder allocates ordinary memory, as a user's collate function would.
+    """
 
     def __init__(self, setup: ModeSetup) -> None:
         self.batch_size = setup.batch_size
         self.image_size = setup.image_size if setup.decode else 0
-        self.decode, self.seed = setup.decode, setup.seed
-        self._builder: BatchBuilder | None = None
-        self._rng: np.random.Generator | None = None
+        self.seed = setup.seed
+        self._state: tuple[BatchBuilder, np.random.Generator] | None = None
 
-    def _state(self) -> tuple[BatchBuilder, np.random.Generator]:
-        if self._builder is None or self._rng is None:
+    def __call__(self, items: list[Any]) -> Batch:
+        if self._state is None:
             info = get_worker_info()
             worker = info.id if info is not None else 0
-            decoder = ImageDecoder(self.image_size, train=True) if self.image_size else NoDecode()
-            self._builder = BatchBuilder(self.batch_size, self.image_size, decoder)
-            self._rng = np.random.default_rng([self.seed, worker])
-        return self._builder, self._rng
-
-    def batches(self, items: Iterable[tuple[Any, int, int]]) -> Iterator[Batch]:
-        """Whole batches as they fill, then the partial rest."""
-        builder, rng = self._state()
-        for data, label, gid in items:
-            builder.add(data, label, gid, rng)
-            if builder.full:
-                yield builder.finish()
-        if len(builder):
-            yield builder.finish()
-
-    def collate(self, items: list[dict[str, Any]]) -> Batch:
-        """LitData's ``collate_fn``: one batch from one list of items."""
-        batch = list(self.batches((it["image"], int(it["label"]), int(it["id"])) for it in items))
-        return batch[0]
+            decoder: Decoder = (
+                ImageDecoder(self.image_size, train=True) if self.image_size else NoDecode()
+            )
+            builder = BatchBuilder(self.batch_size, self.image_size, decoder, shared_memory=False)
+            self._state = builder, np.random.default_rng([self.seed, worker])
+        builder, rng = self._state
+        for item in items:
+            if isinstance(item, dict):
+                item = (item["image"], item["label"], item["id"])
+            data, label, gid = item
+            builder.add(data, int(label), int(gid), rng)
+        return builder.finish()
 
 
 class _WdsOpen:
@@ -106,14 +103,6 @@ class _WdsOpen:
                 time.sleep(self.latency_s)
             shard.update(stream=gopen(shard["url"]))
             yield shard
-
-
-class _WdsBatches:
-    def __init__(self, setup: ModeSetup) -> None:
-        self.batcher = _Batcher(setup)
-
-    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[Batch]:
-        return self.batcher.batches(_wds_items(samples))
 
 
 def _wds_items(samples: Iterable[dict[str, Any]]) -> Iterator[tuple[bytes, int, int]]:
@@ -137,7 +126,8 @@ def webdataset_mode(setup: ModeSetup) -> BuiltMode:
         _WdsOpen(setup.latency_ms / 1000.0),
         tariterators.tar_file_expander,
         tariterators.group_by_keys,
-        _WdsBatches(setup),
+        _wds_items,
+        wds.batched(setup.batch_size, collation_fn=_Collate(setup), partial=True),
     )
     loader = ClosingDataLoader(pipeline, batch_size=None, **loader_options(setup.workers))
     where = "HTTP on 127.0.0.1 via curl" if setup.http else "local files"
@@ -199,9 +189,9 @@ def ensure_litdata(source: DatasetSource, shards_dir: str, workers: int) -> Path
 
 
 def _latency_item_loader(latency_s: float) -> Any:
-    from litdata.streaming.item_loader import PyTreeLoader
+    from litdata.streaming import item_loader
 
-    class LatencyLoader(PyTreeLoader):
+    class PyTreeLoader(item_loader.PyTreeLoader):  # LitData checks the class name
         """LitData's default item loader, sleeping ``latency_s`` whenever a new chunk is read."""
 
         _last_chunk: int | None = None
@@ -212,7 +202,7 @@ def _latency_item_loader(latency_s: float) -> Any:
                 self._last_chunk = chunk_index
             return super().load_item_from_chunk(index, chunk_index, *args, **kw)
 
-    return LatencyLoader()
+    return PyTreeLoader()
 
 
 def litdata_mode(setup: ModeSetup) -> BuiltMode:
@@ -231,10 +221,12 @@ def litdata_mode(setup: ModeSetup) -> BuiltMode:
     options = loader_options(setup.workers)
     options.pop("persistent_workers", None)
     loader = StreamingDataLoader(
-        dataset, batch_size=setup.batch_size, collate_fn=_Batcher(setup).collate, **options
+        dataset, batch_size=setup.batch_size, collate_fn=_Collate(setup), **options
     )
-    storage = "local copy (LitData reads local folders, not plain HTTP)" if setup.http else (
-        "local files"
+    storage = (
+        "local copy (LitData reads local folders, not plain HTTP)"
+        if setup.http
+        else ("local files")
     )
     if setup.latency_ms:
         storage += f", +{setup.latency_ms:g} ms per chunk opened"

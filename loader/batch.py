@@ -103,7 +103,8 @@ class BatchBuilder:
     prefix and the next ``add()`` starts a new batch in other arrays. ``shared_memory``: take
     image buffers from shared memory; ``None`` means "when built inside a DataLoader worker".
     ``pool``: the ``ImagePool`` shared buffers come from (one per builder when ``None``; pass
-    one to keep buffers across builders of the same process and size).
+    one to keep buffers across builders of the same process and size); unused without
+    ``shared_memory``.
     """
 
     def __init__(
@@ -135,9 +136,9 @@ class BatchBuilder:
             raise ValueError(
                 f"expected a pool of {nbytes}-byte buffers, got pool.nbytes={pool.nbytes}"
             )
-        self._pool = (
-            pool if pool is not None else (ImagePool(nbytes) if shared_memory and nbytes else None)
-        )
+        self._pool: ImagePool | None = None
+        if shared_memory and nbytes:
+            self._pool = pool if pool is not None else ImagePool(nbytes)
         self._n = 0
         self._arrays: _Arrays | None = None
 

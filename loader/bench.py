@@ -3,6 +3,8 @@
 ``run_bench(config)`` runs, for each of ``config.repeat`` rounds, the limit and the modes
 interleaved (``L m1 L m2 L ...``), because a shared machine's speed drifts: each mode's
 ``ratio_to_limit`` is its rate over the mean of the limit runs just before and just after it.
+One unrecorded limit run comes first, so that the first recorded one, like the rest, finds
+the limit's processes started and their shards mapped.
 Per mode the top-level figures are totals over epochs and, over rounds, medians (with
 ``samples_per_s_min``/``_max`` and a short ``rounds`` list); per-epoch figures (of the median
 round) sit under ``"epochs"``. See ``loader._bench_measure`` for how each figure is measured
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from loader._bench_http import serve_http
-from loader._bench_limit import LimitRun, LimitRunner
+from loader._bench_limit import MIN_RUN_S, LimitRun, LimitRunner
 from loader._bench_measure import (
     BenchCancelled,
     combine_rounds,
@@ -154,9 +156,13 @@ def _setup(config: BenchConfig, stack: ExitStack) -> ModeSetup:
 
 
 def _run_mode(
-    name: str, setup: ModeSetup, config: BenchConfig, progress: _Progress, round: int,
+    name: str,
+    setup: ModeSetup,
+    config: BenchConfig,
+    progress: _Progress,
+    round: int,
     cancel: threading.Event | None,
-) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], str]:
     built = build_mode(name, setup)
     tracker = DuplicateTracker(built.num_ids)
     epochs = []
@@ -180,7 +186,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _limit_doc(runs: list[LimitRun], processes: int, decode: bool) -> dict[str, Any]:
+def _limit_doc(runs: list[LimitRun], processes: int, decode: bool, n: int) -> dict[str, Any]:
     rates = [r.samples_per_s for r in runs]
     return {
         "samples_per_s": statistics.median(rates) if rates else None,
@@ -188,7 +194,8 @@ def _limit_doc(runs: list[LimitRun], processes: int, decode: bool) -> dict[str, 
         "samples_per_s_max": max(rates, default=None),
         "mb_per_s": statistics.median([r.mb_per_s for r in runs]) if runs else None,
         "processes": processes,
-        "samples": runs[0].samples if runs else 0,
+        "samples": n,
+        "min_run_s": MIN_RUN_S,
         "decode": decode,
         "runs": rates,
     }
@@ -215,17 +222,29 @@ def run_bench(
     with ExitStack() as stack:
         setup = _setup(config, stack)
         processes = max(config.workers, 1)
-        limit = LimitRunner(
-            setup.source, processes, decode=config.decode, image_size=config.image_size,
-            batch_size=config.batch_size, seed=config.seed, latency_s=config.latency_ms / 1000,
-        )  # fmt: skip
+        limit = stack.enter_context(
+            LimitRunner(
+                setup.source,
+                processes,
+                decode=config.decode,
+                image_size=config.image_size,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                latency_s=config.latency_ms / 1000,
+            )
+        )
         progress.emit("start", None, 0, config=asdict(config), modes=modes, rounds=config.repeat)
+        warmup = limit.run(cancel)
+        progress.emit(
+            "log", None, 0, message=f"limit warm-up: {warmup.samples_per_s:.0f} samples/s"
+        )
 
         def measure_limit(round: int) -> float:
             run = limit.run(cancel)
             runs.append(run)
-            progress.emit("limit", None, round, 1, samples_per_s=run.samples_per_s,
-                          mb_per_s=run.mb_per_s)  # fmt: skip
+            progress.emit(
+                "limit", None, round, 1, samples_per_s=run.samples_per_s, mb_per_s=run.mb_per_s
+            )
             return run.samples_per_s
 
         for r in range(config.repeat):
@@ -244,8 +263,9 @@ def run_bench(
                 except BenchCancelled:
                     raise
                 except Exception as exc:
-                    log.exception("mode %s failed", name)
                     results[name].update(status="failed", reason=_one_line(exc))
+                    log.warning("mode %s failed: %s", name, results[name]["reason"])
+                    log.debug("mode %s failed", name, exc_info=True)
                     progress.emit("mode_done", name, r, config.epochs + 1, **results[name])
                     continue
                 after = measure_limit(r)
@@ -253,17 +273,26 @@ def run_bench(
                 rounds[name].append(summary)
                 results[name]["storage"] = storage
                 before = after
-                progress.emit("mode_done", name, r, 0, status="ok", reason=None,
-                              samples_per_s=summary["samples_per_s"],
-                              ratio_to_limit=summary["ratio_to_limit"])  # fmt: skip
+                progress.emit(
+                    "mode_done",
+                    name,
+                    r,
+                    0,
+                    status="ok",
+                    reason=None,
+                    samples_per_s=summary["samples_per_s"],
+                    ratio_to_limit=summary["ratio_to_limit"],
+                )
     for name in modes:
         if results[name]["status"] == "ok" and rounds[name]:
             results[name].update(combine_rounds(rounds[name]))
-    doc = finite({
-        "machine": machine_info(),
-        "config": {**asdict(config), "modes": modes},
-        "limit": _limit_doc(runs, processes, config.decode),
-        "modes": results,
-    })  # fmt: skip
+    doc = finite(
+        {
+            "machine": machine_info(),
+            "config": {**asdict(config), "modes": modes},
+            "limit": _limit_doc(runs, processes, config.decode, setup.source.num_samples),
+            "modes": results,
+        }
+    )
     progress.emit("done", None, config.repeat - 1, units, result=doc)
     return doc

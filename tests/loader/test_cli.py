@@ -27,8 +27,8 @@ IMAGES, SHARDS = 48, 3
 FIGURES = {
     "status", "reason", "storage", "samples", "unique", "duplicates", "missing", "padded",
     "samples_per_s", "samples_per_s_min", "samples_per_s_max", "mb_per_s", "ratio_to_limit",
-    "blocked_s", "p50_batch_ms", "p99_batch_ms", "main_cpu_s_per_1k", "first_batch_s",
-    "epochs", "rounds",
+    "blocked_s", "p50_batch_ms", "p99_batch_ms", "main_cpu_s_per_1k",
+    "main_cpu_s_per_1k_unique", "first_batch_s", "epochs", "rounds",
 }  # fmt: skip
 EPOCH_FIGURES = {
     "epoch", "samples", "unique", "duplicates", "missing", "padded", "samples_per_s",
@@ -48,9 +48,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SHARDFEED, "bench", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([*SHARDFEED, "bench", *args], capture_output=True, text=True, timeout=120)
 
 
 def run_json(src: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -101,6 +99,9 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
         assert result["samples_per_s"] > 0 and result["ratio_to_limit"] > 0
         assert result["p50_batch_ms"] <= result["p99_batch_ms"]
         assert result["main_cpu_s_per_1k"] >= 0 and result["first_batch_s"] > 0
+        per_unique = result["main_cpu_s_per_1k_unique"]
+        factor = 2 if name == "tar-naive" else 1
+        assert per_unique == pytest.approx(factor * result["main_cpu_s_per_1k"], rel=0.01)
         for e, epoch in enumerate(result["epochs"]):
             assert EPOCH_FIGURES <= set(epoch) and epoch["epoch"] == e
             if name == "tar-naive":
@@ -129,12 +130,13 @@ def test_per_worker_runs_when_workers_equal_shards(sample: tuple[Path, Path]) ->
 
 def test_http_latency_and_decode_none_keep_the_accounting(sample: tuple[Path, Path]) -> None:
     src, out = sample
+    modes = ["map", "tar-aware", "webdataset"] + (["litdata"] if litdata_installed() else [])
     doc = run_json(
-        src, out, "--modes", "map,tar-aware,webdataset", "--http", "--latency-ms", "1",
+        src, out, "--modes", ",".join(modes), "--http", "--latency-ms", "1",
         "--decode", "none", "--batch-size", "16", "--repeat", "2",
     )  # fmt: skip
     assert doc["config"]["http"] is True and doc["config"]["decode"] is False
-    assert len(doc["limit"]["runs"]) == 2 * 4
+    assert len(doc["limit"]["runs"]) == 2 * (len(modes) + 1)
     for name, result in doc["modes"].items():
         assert result["status"] == "ok", (name, result)
         assert (result["samples"], result["duplicates"], result["missing"]) == (IMAGES, 0, 0)

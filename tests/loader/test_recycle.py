@@ -1,0 +1,167 @@
+"""Tests for loader/_recycle.py: image buffers reused only after the receiver let go of them.
+
+Real DataLoader workers build batches whose pixels all equal a per-batch value; the main
+process holds some batches and drops others, and every held batch must still show its own
+value at the end (a buffer written while held would show another's).
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import pickle
+from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from loader._recycle import CAPACITY, FREE, LENT, ImagePool
+from loader.batch import Batch, BatchBuilder
+
+B, S = 3, 8
+NBYTES = B * S * S * 3
+
+
+class _Fill:
+    """A decoder that paints the whole slot with the sample's first byte."""
+
+    image_size = S
+
+    def __call__(self, data: bytes | memoryview, out: np.ndarray, rng: np.random.Generator) -> int:
+        out[...] = memoryview(data)[0]
+        return len(data)
+
+
+def value(worker: int, k: int) -> int:
+    return (worker * 100 + k) % 251
+
+
+class _Painted(IterableDataset[Batch]):
+    """Worker w yields ``count`` full batches; batch k is painted ``value(w, k)``; its labels
+    carry how many buffers the worker's pool has allocated so far."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        pool = ImagePool(NBYTES)
+        builder = BatchBuilder(B, S, _Fill(), pool=pool)
+        rng = np.random.default_rng(0)
+        for k in range(self.count):
+            for _ in range(B):
+                builder.add(bytes([value(worker, k)]), 0, worker * 1000 + k, rng)
+            batch = builder.finish()
+            batch.labels.fill_(pool.allocated)
+            yield batch
+
+
+def _check(batch: Batch) -> None:
+    gid = int(batch.ids[0])
+    expected = value(gid // 1000, gid % 1000)
+    assert int(batch.images.min()) == int(batch.images.max()) == expected, gid
+
+
+def test_dropped_batches_are_reused_and_held_ones_stay_intact() -> None:
+    loader = DataLoader(_Painted(count=40), batch_size=None, num_workers=2, prefetch_factor=2)
+    held: list[Batch] = []
+    allocated = []
+    for n, batch in enumerate(loader):
+        _check(batch)
+        allocated.append(int(batch.labels[0]))
+        if n % 5 == 0:
+            held.append(batch)
+    assert len(allocated) == 80
+    assert max(allocated) < 40  # most batches reused a buffer
+    for batch in held:
+        _check(batch)
+
+
+def test_holding_every_batch_never_overwrites_one() -> None:
+    count = CAPACITY + 4
+    loader = DataLoader(_Painted(count=count), batch_size=None, num_workers=2)
+    held = list(loader)
+    assert len(held) == 2 * count
+    assert max(int(b.labels[0]) for b in held) == count  # no buffer was free to reuse
+    for batch in held:
+        _check(batch)
+
+
+def _lent_batch(pool: ImagePool, paint: int) -> Batch:
+    builder = BatchBuilder(B, S, _Fill(), shared_memory=True, pool=pool)
+    rng = np.random.default_rng(0)
+    for i in range(B):
+        builder.add(bytes([paint]), i, i, rng)
+    return builder.finish()
+
+
+def _send(batch: Batch) -> Batch:
+    received: Batch = pickle.loads(ForkingPickler.dumps(batch))
+    return received
+
+
+def test_a_received_buffer_is_free_once_every_view_is_gone() -> None:
+    pool = ImagePool(NBYTES)
+    sent = _lent_batch(pool, 7)
+    received = _send(sent)
+    del sent
+    assert isinstance(received, Batch) and received.labels.tolist() == [0, 1, 2]
+    assert received.padded.dtype == torch.bool and int(received.images.max()) == 7
+    view = received.images[1:]
+    del received
+    gc.collect()
+    assert pool.free_count() == 0  # a view keeps the storage
+    del view
+    gc.collect()
+    assert pool.free_count() == 1
+    again = _lent_batch(pool, 9)
+    assert pool.allocated == 1 and pool.free_count() == 0
+    assert int(again.images.min()) == 9
+
+
+def test_passing_a_received_batch_on_gives_up_its_release() -> None:
+    pool = ImagePool(NBYTES)
+    received = _send(_lent_batch(pool, 3))
+    passed_on = pickle.loads(pickle.dumps(received))
+    del received
+    gc.collect()
+    assert pool.free_count() == 0
+    assert int(passed_on.images.max()) == 3
+    _lent_batch(pool, 4)
+    assert pool.allocated == 2
+
+
+def _drop(batches: list[Batch]) -> None:
+    batches.clear()
+    gc.collect()
+
+
+def test_a_forked_child_dropping_a_batch_does_not_release_it() -> None:
+    pool = ImagePool(NBYTES)
+    held = [_send(_lent_batch(pool, 5))]
+    gc.collect()
+    child = multiprocessing.get_context("fork").Process(target=_drop, args=(held,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0 and pool.free_count() == 0
+    _drop(held)
+    assert pool.free_count() == 1
+
+
+def test_pool_bounds_and_arguments() -> None:
+    pool = ImagePool(10, capacity=1)
+    first, second = pool.acquire(), pool.acquire()
+    assert first.nbytes() > 10 and second.nbytes() == 10  # past capacity: unpooled
+    assert pool.allocated == 2 and pool.free_count() == 0
+    assert (LENT, FREE) == (0, 1)
+    with pytest.raises(ValueError, match="nbytes >= 1"):
+        ImagePool(0)
+    with pytest.raises(ValueError, match="pool of 576-byte buffers"):
+        BatchBuilder(B, S, _Fill(), pool=ImagePool(10))
+    unshared = BatchBuilder(B, S, _Fill(), shared_memory=False, pool=ImagePool(NBYTES))
+    unshared.add(b"\x01", 0, 0, np.random.default_rng(0))
+    assert not unshared.finish().images.is_shared()

@@ -1,0 +1,71 @@
+"""Tests for loader/_reuse.py: readers kept open across epochs, per process, and image pools."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from torch.utils.data import DataLoader, IterableDataset
+
+from loader._reuse import Reuse
+from loader.dataset import ShardDataset
+from loader.sources import resolve_source
+
+
+@pytest.fixture
+def source(tmp_path: Path, loader_kit: Any) -> Any:
+    return resolve_source(str(loader_kit.write_test_shards(tmp_path / "s", [4, 3, 5])))
+
+
+def test_readers_are_kept_reused_and_evicted_oldest_first(source: Any) -> None:
+    reuse = Reuse(keep_open=2)
+    first = reuse.reader(source.shards[0])
+    assert reuse.reader(source.shards[0]) is first
+    second = reuse.reader(source.shards[1])
+    reuse.reader(source.shards[0])  # now the most recently used
+    reuse.reader(source.shards[2])  # evicts shards[1]
+    assert reuse.reader(source.shards[0]) is first
+    assert reuse.reader(source.shards[1]) is not second
+    assert [s.gid for s in first.read(0, 4)] == [0, 1, 2, 3]
+    reuse.forget(source.shards[0])
+    assert reuse.reader(source.shards[0]) is not first
+    reuse.close()
+
+
+def test_a_pickled_copy_starts_empty(source: Any) -> None:
+    reuse = Reuse(latency_s=0.25, keep_open=3)
+    kept = reuse.reader(source.shards[0])
+    copy = pickle.loads(pickle.dumps(reuse))
+    assert (copy.latency_s, copy.keep_open) == (0.25, 3)
+    assert copy.reader(source.shards[0]) is not kept
+
+
+def test_pools_exist_only_inside_workers() -> None:
+    assert Reuse().pool(100) is None
+
+    class Pools(IterableDataset[bool]):
+        def __init__(self) -> None:
+            self.reuse = Reuse()
+
+        def __iter__(self) -> Any:
+            a, b = self.reuse.pool(100), self.reuse.pool(100)
+            yield a is not None and a is b and self.reuse.pool(0) is None
+
+    assert list(DataLoader(Pools(), batch_size=None, num_workers=1)) == [True]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="keep_open >= 0"):
+        Reuse(keep_open=-1)
+    with pytest.raises(ValueError, match="latency_s >= 0"):
+        Reuse(latency_s=-1)
+
+
+def test_persistent_workers_keep_shards_open_across_epochs(source: Any) -> None:
+    dataset = ShardDataset(source, batch_size=2, decode=False, shuffle_buffer=0)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    for _ in range(3):
+        ids = sorted(int(i) for batch in loader for i in batch.ids)
+        assert ids == list(range(12))
