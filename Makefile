@@ -16,11 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	rm -rf build/demo
-	$(BIN)/shardfeed sample build/demo/src --images 2000 --classes 10 --seed 0 --workers 2
-	$(BIN)/shardfeed shard build/demo/src build/demo/shards --num-shards 8 --workers 2
-	$(BIN)/shardfeed verify build/demo/shards
-	$(BIN)/shardfeed inspect build/demo/shards
+	$(BIN)/shardfeed demo --dir build/demo --images 2000 --classes 10
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
