@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,13 @@ class DemoOptions:
     serve: bool = True
 
 
-def run_demo(options: DemoOptions) -> dict[str, Any]:
-    """Do the whole tour; returns what it did (bench ids and results, training epochs, URL)."""
+def run_demo(
+    options: DemoOptions, on_ready: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Do the whole tour; returns what it did (bench ids and results, training epochs, URL).
+
+    ``on_ready(summary)`` is called once the work is done, before the service is left running.
+    """
     from loader.train import TrainOptions, train
     from shards.build import BuildOptions, build_shards
     from shards.plan import SizingOptions
@@ -118,6 +124,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             "benchmarks": results,
             "train": [{k: v for k, v in vars(e).items() if k != "step_losses"} for e in epochs],
         }
+        if on_ready is not None:
+            on_ready(summary)
         if options.serve:
             sys.stderr.write(f"\nshardfeed demo: dashboard at {url}/  (Ctrl-C stops)\n")
             while thread.is_alive():
@@ -190,7 +198,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"expected 1 <= --classes <= --images, got --classes={args.classes} "
             f"--images={args.images}"
         )
-    summary = run_demo(
+    run_demo(
         DemoOptions(
             workdir=args.dir,
             images=args.images,
@@ -203,26 +211,32 @@ def _demo(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             serve=not args.no_serve,
-        )
+        ),
+        on_ready=_print_json if args.json else _print_table,
     )
-    if args.json:
-        sys.stdout.write(json.dumps(summary) + "\n")
-    else:
-        for run, doc in summary["benchmarks"].items():
-            modes = doc["result"]["modes"]
-            latency = doc["result"]["config"]["latency_ms"]
-            sys.stdout.write(f"benchmark {run} (latency {latency} ms):\n")
-            for mode, fig in modes.items():
-                sys.stdout.write(
-                    f"  {mode:<15} {fig.get('status', 'ok'):<15} "
-                    f"{fig.get('samples_per_s') or 0:>9.0f} samples/s  "
-                    f"dup {fig.get('duplicates')}  missing {fig.get('missing')}\n"
-                )
-        for e in summary["train"]:
-            sys.stdout.write(
-                f"train epoch {e['epoch']}: {e['samples_per_s']:.0f} samples/s, "
-                f"loss {e['loss']:.3f}, acc {e['accuracy']:.3f}, duplicates {e['duplicates']}, "
-                f"missing {e['missing']}\n"
-            )
-        sys.stdout.write(f"service was at {summary['url']}\n")
     return 0
+
+
+def _print_json(summary: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    for run, doc in summary["benchmarks"].items():
+        latency = doc["result"]["config"]["latency_ms"]
+        sys.stdout.write(f"benchmark {run} (latency {latency} ms):\n")
+        for mode, fig in doc["result"]["modes"].items():
+            rate = fig.get("samples_per_s") or 0.0
+            ratio = fig.get("ratio_to_limit")
+            shown = f"{ratio:.2f}x limit" if ratio is not None else fig.get("status", "")
+            sys.stdout.write(
+                f"  {mode:<15} {rate:>9.0f} samples/s  {shown:<16} "
+                f"duplicates {fig.get('duplicates')}  missing {fig.get('missing')}\n"
+            )
+    for e in summary["train"]:
+        sys.stdout.write(
+            f"train epoch {e['epoch']}: {e['samples_per_s']:.0f} samples/s, loss {e['loss']:.3f}, "
+            f"acc {e['accuracy']:.3f}, duplicates {e['duplicates']}, missing {e['missing']}\n"
+        )
+    sys.stdout.flush()
