@@ -227,12 +227,13 @@ def _print_table(summary: dict[str, Any]) -> None:
         latency = doc["result"]["config"]["latency_ms"]
         sys.stdout.write(f"benchmark {run} (latency {latency} ms):\n")
         for mode, fig in doc["result"]["modes"].items():
-            rate = fig.get("samples_per_s") or 0.0
-            ratio = fig.get("ratio_to_limit")
-            shown = f"{ratio:.2f}x limit" if ratio is not None else fig.get("status", "")
+            if fig.get("status", "ok") != "ok":
+                sys.stdout.write(f"  {mode:<15} {fig['status']}: {fig.get('reason')}\n")
+                continue
             sys.stdout.write(
-                f"  {mode:<15} {rate:>9.0f} samples/s  {shown:<16} "
-                f"duplicates {fig.get('duplicates')}  missing {fig.get('missing')}\n"
+                f"  {mode:<15} {fig['samples_per_s']:>9.0f} samples/s  "
+                f"{fig['ratio_to_limit']:.2f}x limit  "
+                f"duplicates {fig['duplicates']}  missing {fig['missing']}\n"
             )
     for e in summary["train"]:
         sys.stdout.write(
