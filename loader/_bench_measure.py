@@ -1,8 +1,13 @@
 """Measuring one epoch of a loader, and folding epochs and rounds into the report's figures.
 
-An epoch is timed from ``iter(loader)`` to its end. Rates are steady-state: the samples after
-the first batch over the time from the first batch to the last, so worker start-up is left out
-of them and reported on its own as ``first_batch_s``. ``blocked_s`` is the time spent inside
+An epoch is timed from ``iter(loader)`` to its end. Rates are steady-state, so worker start-up
+is left out of them and reported on its own as ``first_batch_s``: the clock starts once every
+worker has handed over its first DataLoader item, and only the samples that arrive after that
+count. (Starting at the first batch would credit a loader with what it made during start-up:
+the other workers' first items, made in parallel, and the rest of a ``BatchGroup`` that arrives
+with the first batch.) Items are counted by the iterator's ``items_received`` where it has one
+(``ClosingDataLoader``), else one per batch; the number of workers is the loader's
+``num_workers`` (at least one item). ``blocked_s`` is the time spent inside
 ``next()`` waiting for batches; batch latency is the duration of each such wait after the first.
 Main-process CPU is ``time.process_time()`` over the epoch (every thread of the process) minus
 the CPU the measurement's own bookkeeping took, per 1,000 samples delivered
@@ -71,12 +76,14 @@ def measure_epoch(
     Checks ``cancel`` between batches and raises ``BenchCancelled`` when it is set.
     """
     tracker.start_epoch(epoch)
+    warmup_items = max(int(getattr(loader, "num_workers", 0) or 0), 1)
     waits: list[float] = []
-    nbytes = steady_bytes = steady_samples = batches = 0
+    nbytes = steady_bytes = steady_samples = batches = items = 0
     bookkeeping = 0.0
     cpu0, t0 = time.process_time(), time.perf_counter()
     it = iter(loader)
-    first = last = t0
+    first = last = steady_from = t0
+    steady = False
     while True:
         before = time.perf_counter()
         try:
@@ -88,9 +95,12 @@ def measure_epoch(
         waits.append(now - before)
         size, got = len(batch.ids), int(batch.nbytes.sum())
         tracker.update(batch.ids, batch.padded)
+        items = getattr(it, "items_received", items + 1)
         if batches == 0:
             first = now
-        else:
+        if not steady and items > warmup_items:
+            steady, steady_from = True, last
+        if steady:
             steady_samples, steady_bytes = steady_samples + size, steady_bytes + got
         batches, nbytes, last = batches + 1, nbytes + got, now
         bookkeeping += time.thread_time() - book0
@@ -100,8 +110,8 @@ def measure_epoch(
     cpu = max(time.process_time() - cpu0 - bookkeeping, 0.0)
     counts = tracker.end_epoch()
     delivered = counts.delivered + counts.padded
-    if batches > 1 and last > first:
-        span, rate_samples, rate_bytes = last - first, steady_samples, steady_bytes
+    if steady and last > steady_from:
+        span, rate_samples, rate_bytes = last - steady_from, steady_samples, steady_bytes
     else:
         span, rate_samples, rate_bytes = max(end - t0, 1e-9), delivered, nbytes
     latencies = [w * 1000 for w in waits[1:]] or [w * 1000 for w in waits]

@@ -1,7 +1,8 @@
 """The access patterns ``ShardDataset`` is measured against, each named for what it is.
 
-All three share the real loader's decoder and ``BatchBuilder``, so a comparison measures only
-the access pattern:
+All three share the real loader's decoder, ``BatchBuilder`` and pooled image buffers (one pool
+per worker process and batch size, ``loader._reuse``), so a comparison measures only the
+access pattern:
 
 - ``FolderDataset``: map-style, one file per sample, batches chosen by a DataLoader sampler.
 - ``NaiveTarDataset``: iterable; every worker reads every shard, so each sample arrives once
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 from torch.utils.data import (
     BatchSampler,
-    DataLoader,
     Dataset,
     IterableDataset,
     RandomSampler,
@@ -31,6 +31,7 @@ from torch.utils.data import (
 )
 
 from loader._ranges import check_int
+from loader._reuse import Reuse
 from loader.batch import Batch, BatchBuilder
 from loader.dataloader import ClosingDataLoader, WorkerInit
 from loader.decode import Decoder, ImageDecoder, NoDecode
@@ -91,13 +92,16 @@ class FolderDataset(Dataset[Batch]):
         self.image_size = image_size if decode else 0
         self.train, self.decode, self.seed = train, decode, seed
         self.latency_s = latency_ms / 1000.0
+        self._reuse = Reuse()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, indices: Sequence[int]) -> Batch:
         decoder = _decoder(self.image_size, self.train, self.decode)
-        builder = BatchBuilder(len(indices), self.image_size, decoder)
+        side = self.image_size
+        pool = self._reuse.pool(len(indices) * side * side * 3)
+        builder = BatchBuilder(len(indices), side, decoder, pool=pool)
         rng = np.random.default_rng([self.seed, *indices[:1]])
         batches = list(_fill(self._read(indices), builder, rng))
         return batches[0]
@@ -118,7 +122,7 @@ def folder_loader(
     seed: int = 0,
     prefetch_factor: int = 4,
     persistent_workers: bool = True,
-) -> DataLoader[Batch]:
+) -> ClosingDataLoader:
     """The usual map-style DataLoader: a (random) sampler cut into batches by ``BatchSampler``.
 
     Worker settings are ``make_loader``'s (persistent workers, ``prefetch_factor``, one OpenCV
@@ -162,6 +166,7 @@ class _TarBaseline(IterableDataset[Batch]):
         self.image_size = image_size if decode else 0
         self.train, self.decode, self.seed = train, decode, seed
         self.latency_s = latency_ms / 1000.0
+        self._reuse = Reuse()
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -180,7 +185,9 @@ class _TarBaseline(IterableDataset[Batch]):
     def _batches(self, shards: Iterable[int]) -> Iterator[Batch]:
         worker, _ = self._worker()
         decoder = _decoder(self.image_size, self.train, self.decode)
-        builder = BatchBuilder(self.batch_size, self.image_size, decoder)
+        side = self.image_size
+        pool = self._reuse.pool(self.batch_size * side * side * 3)
+        builder = BatchBuilder(self.batch_size, side, decoder, pool=pool)
         rng = np.random.default_rng([self.seed, worker])
         return _fill(self._read_shards(shards), builder, rng)
 

@@ -1,4 +1,4 @@
-"""Loader subcommands: ``shardfeed bench`` (and, later, ``shardfeed train``).
+"""Loader subcommands: ``shardfeed bench`` and ``shardfeed train``.
 
 Each subcommand has an ``_add_<name>(sub)`` that declares it and a handler that returns the exit
 code. Option values are parsed by the handlers, not by argparse, so a bad value is a
@@ -12,7 +12,9 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["COMMANDS", "register"]
+
+COMMANDS = frozenset({"bench", "train"})
 
 log = logging.getLogger("shardfeed.bench")
 

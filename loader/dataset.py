@@ -28,7 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from loader._epoch import SharedEpoch
 from loader._ranges import check_int
 from loader._reuse import Reuse
-from loader.batch import Batch, BatchBuilder
+from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
 from loader.reader import RawSample, ShardReader
@@ -75,7 +75,7 @@ def _check_rank(rank: int | None, world_size: int | None) -> None:
     check_int("rank", rank, 0, world_size)
 
 
-class ShardDataset(IterableDataset[Batch]):
+class ShardDataset(IterableDataset[Batch | BatchGroup]):
     """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded).
 
     ``source``: a manifest path or URL, a shard list or a brace pattern (``loader.sources``).
@@ -84,6 +84,9 @@ class ShardDataset(IterableDataset[Batch]):
     object works before and after ``torch.distributed`` is initialised. A copy pickled while
     ``torch.distributed`` is initialised (a DataLoader starting spawned workers) carries the
     rank and world size with it, since the process group does not reach such a worker.
+    ``transfer_batches > 1`` makes iteration yield ``BatchGroup``s of that many consecutive
+    batches (fewer DataLoader items, see ``loader.batch.BatchGroup``); ``make_loader``'s
+    ``ClosingDataLoader`` unpacks them, a plain ``DataLoader`` does not.
     """
 
     def __init__(
@@ -100,10 +103,12 @@ class ShardDataset(IterableDataset[Batch]):
         bad_samples: str = "skip",
         skip_budget: int = 100,
         latency_ms: float = 0.0,
+        transfer_batches: int = 1,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
         check_int("batch_size", batch_size, 1)
+        check_int("transfer_batches", transfer_batches, 1)
         check_int("image_size", image_size, 0)
         check_int("seed", seed, 0)
         check_int("shuffle_buffer", shuffle_buffer, 0)
@@ -128,6 +133,7 @@ class ShardDataset(IterableDataset[Batch]):
         self.bad_samples = bad_samples
         self.skip_budget = skip_budget
         self.latency_s = latency_ms / 1000.0
+        self.transfer_batches = transfer_batches
         self._rank, self._world = rank, world_size
         self._epoch = SharedEpoch()
         self._reuse = Reuse(self.latency_s)
@@ -180,7 +186,7 @@ class ShardDataset(IterableDataset[Batch]):
         """Batches this rank yields per epoch (the same every epoch)."""
         return sum(p.num_batches for p in self.epoch_plan(0, num_workers))
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | BatchGroup]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
         epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
@@ -205,7 +211,7 @@ class ShardDataset(IterableDataset[Batch]):
                 epoch,
             )
         rng = np.random.default_rng([self.seed, epoch, rank, worker])
-        return self._batches(plan, rng)
+        return grouped(self._batches(plan, rng), self.transfer_batches)
 
     def _batches(self, plan: WorkerPlan, rng: np.random.Generator) -> Iterator[Batch]:
         decoder = ImageDecoder(self.image_size, train=self.train) if self.decode else NoDecode()

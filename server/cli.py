@@ -21,10 +21,12 @@ log = logging.getLogger("shardfeed")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; for one of the shard builder's commands, only its part is loaded.
+    """The parser; for a command of the shard builder or the loader, only the parts it needs
+    are loaded.
 
     ``shardfeed shard`` then starts without importing torch or the web stack (faster start,
-    about 300 MB less memory in a build); any other command, or none, loads every part.
+    about 300 MB less memory in a build), ``shardfeed train`` and ``bench`` without the web
+    stack (a training node needs no FastAPI); any other command, or none, loads every part.
     """
     parser = argparse.ArgumentParser(
         prog="shardfeed",
@@ -33,11 +35,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shards_cli.register(sub)
-    if command not in shards_cli.COMMANDS:
-        from loader import cli as loader_cli
+    if command in shards_cli.COMMANDS:
+        return parser
+    from loader import cli as loader_cli
+
+    loader_cli.register(sub)
+    if command not in loader_cli.COMMANDS:
         from server import _serve_cli, demo
 
-        loader_cli.register(sub)
         _serve_cli.register(sub)
         demo.register_demo(sub)
     return parser

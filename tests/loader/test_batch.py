@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from loader.batch import Batch, BatchBuilder
+from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, NoDecode, eval_transform, train_transform
 
 SIZE = 16
@@ -229,3 +232,43 @@ def test_batches_survive_real_dataloader_workers_intact() -> None:
         for row, gid in enumerate(batch.ids.tolist()):
             assert np.array_equal(batch.images[row].numpy(), decoded(jpeg(gid)))
         assert batch.labels.tolist() == [gid % 100 for gid in batch.ids.tolist()]
+
+
+def _numbered_batch(first: int, size: int) -> Batch:
+    builder = BatchBuilder(size, 0, NoDecode())
+    rng = np.random.default_rng(0)
+    for gid in range(first, first + size):
+        builder.add(b"\xff\xd8\xff\xe0" + bytes(gid % 7), gid % 3, gid, rng)
+    return builder.finish()
+
+
+@given(st.integers(0, 40), st.integers(1, 9))
+def test_grouped_keeps_every_batch_in_order_in_groups_of_size(count: int, size: int) -> None:
+    batches = [_numbered_batch(10 * i, 1 + i % 4) for i in range(count)]
+    items = list(grouped(iter(batches), size))
+    if size == 1:
+        assert all(isinstance(item, Batch) for item in items)
+        assert items == batches
+        return
+    assert all(isinstance(item, BatchGroup) for item in items)
+    lengths = [len(item) for item in items if isinstance(item, BatchGroup)]
+    assert lengths == [size] * (count // size) + ([count % size] if count % size else [])
+    flat = [b for item in items if isinstance(item, BatchGroup) for b in item.batches]
+    assert [b.ids.tolist() for b in flat] == [b.ids.tolist() for b in batches]
+
+
+def test_grouped_and_batch_group_reject_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="size=0"):
+        list(grouped(iter([]), 0))
+    with pytest.raises(ValueError, match="at least one batch"):
+        BatchGroup(())
+
+
+def test_a_group_pickles_as_its_batches() -> None:
+    group = BatchGroup((_numbered_batch(0, 3), _numbered_batch(3, 2)))
+    back = pickle.loads(pickle.dumps(group))
+    assert isinstance(back, BatchGroup) and len(back) == 2
+    for got, sent in zip(back.batches, group.batches, strict=True):
+        for a, b in zip(got, sent, strict=True):
+            assert torch.equal(a, b)
+    assert repr(back) == "BatchGroup(2 batches)"

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from loader._bench_http import serve_http
 from loader._bench_limit import LimitRunner, split_ranges
-from loader._bench_measure import combine_rounds, percentile, summarize_epochs
+from loader._bench_measure import combine_rounds, measure_epoch, percentile, summarize_epochs
+from loader.batch import Batch, BatchBuilder
 from loader.bench import MODES, BenchCancelled, BenchConfig, run_bench
+from loader.decode import NoDecode
 from loader.sources import resolve_source
+from loader.tracker import DuplicateTracker
 
 SIZES = [7, 5, 9]
 TOTAL = sum(SIZES)
@@ -253,3 +259,69 @@ def test_http_server_serves_ranges_under_prefixes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="plain URL segment"):
         with serve_http({"a/b": tmp_path}):
             pass
+
+
+def _batch(first: int, size: int) -> Batch:
+    builder = BatchBuilder(size, 0, NoDecode())
+    rng = np.random.default_rng(0)
+    for gid in range(first, first + size):
+        builder.add(b"\xff\xd8\xff\xe0", 0, gid, rng)
+    return builder.finish()
+
+
+class _ItemIterator:
+    """Hands on ``groups`` batch by batch, counting items like ``ClosingDataLoader``'s."""
+
+    def __init__(self, groups: list[list[Batch]]) -> None:
+        self._batches = [(i + 1, b) for i, group in enumerate(groups) for b in group]
+        self.items_received = 0
+
+    def __iter__(self) -> _ItemIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        if not self._batches:
+            raise StopIteration
+        time.sleep(0.001)
+        self.items_received, batch = self._batches.pop(0)
+        return batch
+
+
+class _GroupedLoader:
+    def __init__(self, groups: list[list[Batch]], num_workers: int) -> None:
+        self.groups, self.num_workers = groups, num_workers
+
+    def __iter__(self) -> _ItemIterator:
+        return _ItemIterator(self.groups)
+
+
+@pytest.mark.parametrize(("workers", "steady"), [(0, 4 + 4 + 2), (1, 4 + 4 + 2), (2, 4 + 2)])
+def test_steady_rate_starts_after_every_workers_first_item(workers: int, steady: int) -> None:
+    groups = [[_batch(0, 4), _batch(4, 4), _batch(8, 4)], [_batch(12, 4)], [_batch(16, 4)]]
+    groups.append([_batch(20, 2)])
+    figures = measure_epoch(_GroupedLoader(groups, workers), DuplicateTracker(22), 0)
+    assert figures["samples"] == figures["unique"] == 22
+    assert figures["batches"] == 6 and figures["steady_samples"] == steady
+    assert figures["samples_per_s"] == pytest.approx(steady / figures["steady_s"])
+
+
+def test_steady_rate_counts_batches_as_items_without_a_counter() -> None:
+    batches = [_batch(4 * i, 4) for i in range(5)]
+
+    class Plain:
+        num_workers = 3
+
+        def __iter__(self) -> Iterator[Batch]:
+            return iter(batches)
+
+    figures = measure_epoch(Plain(), DuplicateTracker(20), 0)
+    assert figures["steady_samples"] == 8
+    single = measure_epoch(batches[:2], DuplicateTracker(20), 1)
+    assert single["steady_samples"] == 4
+
+
+def test_an_epoch_that_never_leaves_warm_up_is_timed_whole() -> None:
+    loader = _GroupedLoader([[_batch(0, 3), _batch(3, 3)]], 2)
+    figures = measure_epoch(loader, DuplicateTracker(6), 0)
+    assert figures["steady_samples"] == 6
+    assert figures["steady_s"] == pytest.approx(figures["seconds"])

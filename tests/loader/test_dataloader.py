@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from loader.batch import Batch
-from loader.dataloader import WorkerInit, make_loader
+from loader.batch import Batch, BatchGroup
+from loader.dataloader import WorkerInit, make_loader, transfer_batches_for
 from loader.dataset import ShardDataset
 from loader.tracker import DuplicateTracker, EpochCounts
 
@@ -325,6 +325,8 @@ def test_a_ready_dataset_is_used_as_it_is(tmp_path: Path, loader_kit: Any) -> No
         ({"even": "spread"}, "even='spread'"),
         ({"bad_samples": "ignore"}, "bad_samples='ignore'"),
         ({"shuffle_buffer": -2}, "shuffle_buffer=-2"),
+        ({"transfer_batches": 0}, "transfer_batches=0"),
+        ({"transfer_batches": 2.5}, "transfer_batches=2.5"),
         ({"multiprocessing_context": "teleport", "num_workers": 1}, "teleport"),
     ],
 )
@@ -366,3 +368,89 @@ def test_a_worker_error_stops_the_workers_at_once(
     assert loader._iterator is None
     with pytest.raises(ValueError, match="bad sample in shard"):
         list(loader)
+
+
+@pytest.mark.parametrize(("transfer", "workers"), [(1, 2), (2, 2), (3, 3), (7, 2), (4, 5)])
+def test_grouped_transfers_arrive_as_single_batches_exactly_once(
+    layouts: dict[int, Path], transfer: int, workers: int
+) -> None:
+    sizes, batch_size = LAYOUTS[3]
+    options: dict[str, Any] = {"batch_size": batch_size, "image_size": 16, "shuffle_buffer": 8}
+    loader = make_loader(layouts[3], num_workers=workers, transfer_batches=transfer, **options)
+    dataset = dataset_of(loader)
+    assert dataset.transfer_batches == transfer
+    iterator = iter(loader)
+    batches = list(iterator)
+    assert all(type(b) is Batch for b in batches)
+    assert len(batches) == len(loader)
+    assert sorted(i for b in batches for i in b.ids.tolist()) == list(range(sum(sizes)))
+    plans = dataset.epoch_plan(0, workers)
+    assert iterator.items_received == sum(-(-p.num_batches // transfer) for p in plans)  # type: ignore[attr-defined]
+    single = make_loader(layouts[3], num_workers=workers, transfer_batches=1, **options)
+    assert sorted(tuple(b.ids.tolist()) for b in single) == sorted(
+        tuple(b.ids.tolist()) for b in batches
+    )
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "image_size", "decode", "expected"),
+    [
+        (64, 224, False, 16),
+        (256, 224, False, 4),
+        (2048, 224, False, 1),
+        (1, 16, True, 16),
+        (64, 0, True, 16),
+        (64, 224, True, 3),
+        (64, 64, True, 4),
+        (256, 224, True, 1),
+        (4096, 512, True, 1),
+    ],
+)
+def test_transfer_batches_for_carries_many_samples_within_a_byte_budget(
+    batch_size: int, image_size: int, decode: bool, expected: int
+) -> None:
+    assert transfer_batches_for(batch_size, image_size, decode) == expected
+
+
+@pytest.mark.parametrize(
+    ("decode", "worker_batches", "expected"),
+    [(False, 31, 15), (False, 1000, 16), (False, 3, 1), (False, 0, 1), (True, 31, 3), (True, 4, 2)],
+)
+def test_transfer_batches_for_leaves_every_worker_two_items(
+    decode: bool, worker_batches: int, expected: int
+) -> None:
+    assert transfer_batches_for(64, 224, decode, worker_batches=worker_batches) == expected
+
+
+def test_transfer_batches_for_names_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="worker_batches=-1"):
+        transfer_batches_for(64, 224, worker_batches=-1)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        transfer_batches_for(0, 224)
+    with pytest.raises(ValueError, match="image_size=-1"):
+        transfer_batches_for(64, -1)
+
+
+def test_grouping_settings_reach_the_dataloader(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
+    grouped = make_loader(manifest, batch_size=2, num_workers=1, decode=False, prefetch_factor=6)
+    assert dataset_of(grouped).transfer_batches == 9 // 2  # at least two items per epoch
+    assert grouped.prefetch_factor == 2
+    single = make_loader(
+        manifest, batch_size=2, num_workers=1, prefetch_factor=3, transfer_batches=1
+    )
+    assert single.prefetch_factor == 3
+    assert dataset_of(make_loader(manifest, batch_size=2, num_workers=0)).transfer_batches == 1
+    ready = ShardDataset(manifest, batch_size=2, image_size=8, transfer_batches=3)
+    assert dataset_of(make_loader(ready, num_workers=1)).transfer_batches == 3
+    with pytest.raises(ValueError, match="transfer_batches=0"):
+        ShardDataset(manifest, transfer_batches=0)
+
+
+def test_a_plain_dataloader_hands_over_the_groups(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [7, 6], image_bytes=jpeg_bytes)
+    dataset = ShardDataset(manifest, batch_size=2, image_size=8, transfer_batches=3)
+    items = list(DataLoader(dataset, batch_size=None, num_workers=2))
+    assert all(isinstance(item, BatchGroup) for item in items)
+    ids = sorted(i for item in items for b in item.batches for i in b.ids.tolist())
+    assert ids == list(range(13))

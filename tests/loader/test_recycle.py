@@ -12,13 +12,25 @@ import multiprocessing
 import pickle
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from loader._recycle import CAPACITY, FREE, LENT, ImagePool
+from loader._recycle import (
+    _LENT_MAPS,
+    CAPACITY,
+    FREE,
+    LENT,
+    ImagePool,
+    LentBufferError,
+    forget_exited_lenders,
+    lease_of,
+    lend,
+    receive_lent,
+)
 from loader.batch import Batch, BatchBuilder
 
 B, S = 3, 8
@@ -45,11 +57,14 @@ class _Painted(IterableDataset[Batch]):
 
     def __init__(self, count: int) -> None:
         self.count = count
+        self.pool: ImagePool | None = None  # made in the worker, kept while batches travel
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        pool = ImagePool(NBYTES)
+        if self.pool is None:
+            self.pool = ImagePool(NBYTES)
+        pool = self.pool
         builder = BatchBuilder(B, S, _Fill(), pool=pool)
         rng = np.random.default_rng(0)
         for k in range(self.count):
@@ -165,3 +180,51 @@ def test_pool_bounds_and_arguments() -> None:
     unshared = BatchBuilder(B, S, _Fill(), shared_memory=False, pool=ImagePool(NBYTES))
     unshared.add(b"\x01", 0, 0, np.random.default_rng(0))
     assert not unshared.finish().images.is_shared()
+
+
+def test_a_reused_descriptor_number_is_never_shown_stale() -> None:
+    first_pool = ImagePool(NBYTES)
+    sent = _lent_batch(first_pool, 11)
+    fd = lend(lease_of(sent.images))[1]
+    first = _send(sent)
+    assert int(first.images.max()) == 11
+    del sent
+    del first, first_pool
+    gc.collect()
+    second_pool = ImagePool(NBYTES)
+    sent = _lent_batch(second_pool, 22)
+    assert lend(lease_of(sent.images))[1] == fd, "expected the freed descriptor number reused"
+    received = _send(sent)
+    assert int(received.images.min()) == int(received.images.max()) == 22
+
+
+def test_a_handle_with_a_foreign_token_is_refused() -> None:
+    pool = ImagePool(NBYTES)
+    sent = _lent_batch(pool, 1)
+    pid, fd, size, flag_offset, token = lend(lease_of(sent.images))
+    forged = (pid, fd, size, flag_offset, bytes(8) if token != bytes(8) else b"\x01" * 8)
+    with pytest.raises(LentBufferError, match=f"lent by process {pid}"):
+        receive_lent(forged, (B, S, S, 3))
+
+
+def _lend_and_exit(conn: Any) -> None:
+    pool = ImagePool(NBYTES)
+    batch = _lent_batch(pool, 5)
+    conn.send(lend(lease_of(batch.images)))
+    conn.recv()
+
+
+def test_a_buffer_of_an_exited_worker_is_named() -> None:
+    parent, child_end = multiprocessing.get_context("fork").Pipe()
+    child = multiprocessing.get_context("fork").Process(target=_lend_and_exit, args=(child_end,))
+    child.start()
+    handle = parent.recv()
+    alive = receive_lent(handle, (B, S, S, 3))
+    assert int(alive.max()) == 5
+    parent.send("exit")
+    child.join()
+    forget_exited_lenders()
+    assert (child.pid, handle[1]) not in _LENT_MAPS._maps
+    assert int(alive.max()) == 5  # a batch still held keeps its own map
+    with pytest.raises(LentBufferError, match=f"lent by process {child.pid}"):
+        receive_lent(handle, (B, S, S, 3))
