@@ -114,6 +114,11 @@ class BatchGroup:
     def __reduce__(self) -> tuple[Any, ...]:
         return (BatchGroup, (self.batches,))
 
+    def pin_memory(self) -> BatchGroup:
+        """The group with every tensor copied to pinned memory: the DataLoader's pinning thread
+        calls this (``pin_memory=True``), as it pins a lone ``Batch`` field by field."""
+        return BatchGroup(tuple(Batch(*(t.pin_memory() for t in b)) for b in self.batches))
+
 
 def grouped(batches: Iterator[Batch], size: int) -> Iterator[Batch | BatchGroup]:
     """``batches`` as they are for ``size == 1``, else as ``BatchGroup``s of ``size`` (the last

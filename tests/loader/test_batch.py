@@ -272,3 +272,25 @@ def test_a_group_pickles_as_its_batches() -> None:
         for a, b in zip(got, sent, strict=True):
             assert torch.equal(a, b)
     assert repr(back) == "BatchGroup(2 batches)"
+
+
+def test_the_dataloader_pins_every_batch_of_a_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinning needs CUDA; here ``Tensor.pin_memory`` is replaced by a marked copy, and the
+    DataLoader's own pinning function must reach every tensor of every batch in the group."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned: list[int] = []
+
+    def fake_pin(self: torch.Tensor) -> torch.Tensor:
+        copy = self.clone()
+        pinned.append(id(copy))
+        return copy
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    group = BatchGroup((_numbered_batch(0, 3), _numbered_batch(3, 2)))
+    out = pin_memory(group)
+    assert isinstance(out, BatchGroup) and len(out) == 2
+    assert sorted(id(t) for b in out.batches for t in b) == sorted(pinned)
+    assert len(pinned) == 2 * len(Batch._fields)
+    for got, sent in zip(out.batches, group.batches, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(got, sent, strict=True))

@@ -454,3 +454,14 @@ def test_a_plain_dataloader_hands_over_the_groups(tmp_path: Path, loader_kit: An
     assert all(isinstance(item, BatchGroup) for item in items)
     ids = sorted(i for item in items for b in item.batches for i in b.ids.tolist())
     assert ids == list(range(13))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a CUDA device")
+def test_grouped_batches_arrive_pinned(tmp_path: Path, loader_kit: Any) -> None:
+    manifest = loader_kit.write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
+    loader = make_loader(
+        manifest, batch_size=2, num_workers=2, image_size=8, transfer_batches=3, pin_memory=True
+    )
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b.ids.tolist()) == list(range(17))
+    assert all(t.is_pinned() for b in batches for t in b)
