@@ -40,6 +40,7 @@ import math
 import mmap
 import os
 import secrets
+import threading
 import weakref
 from collections import OrderedDict
 from typing import Any, Final
@@ -156,17 +157,30 @@ class _LentMaps:
 
     The one piece of process-wide state here: batches are rebuilt by unpickling, which has no
     other place to keep it (``multiprocessing.resource_sharer`` keeps its own the same way).
-    A forked child starts with an empty table. Not thread-safe: the DataLoader unpickles
-    batches in one thread.
+    A forked child starts with an empty table. Thread-safe (one lock): each DataLoader
+    unpickles in one thread, its own or its pinning thread, but loaders can run in several.
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
         self._pid = os.getpid()
         self._maps: OrderedDict[tuple[int, int], mmap.mmap] = OrderedDict()
 
-    def get(self, pid: int, fd: int, size: int, flag_offset: int, token: bytes) -> mmap.mmap:
+    def _own(self) -> threading.Lock:
+        """The lock, new in a forked child (another thread may have held the parent's)."""
         if self._pid != os.getpid():
-            self.__init__()  # type: ignore[misc]
+            self._lock = threading.Lock()
+            self._reset()
+        return self._lock
+
+    def get(self, pid: int, fd: int, size: int, flag_offset: int, token: bytes) -> mmap.mmap:
+        with self._own():
+            return self._get(pid, fd, size, flag_offset, token)
+
+    def _get(self, pid: int, fd: int, size: int, flag_offset: int, token: bytes) -> mmap.mmap:
         key = (pid, fd)
         mapped = self._maps.get(key)
         if mapped is not None and len(mapped) == size and mapped[_token_at(flag_offset)] == token:
@@ -179,14 +193,16 @@ class _LentMaps:
                 "buffer there: the worker replaced it before this batch was received"
             )
         self._maps[key] = mapped
-        self.forget_exited()
+        self._forget_exited()
         return mapped
 
     def forget_exited(self) -> None:
         """Drop the maps of buffers whose worker has exited, and the oldest past ``MAX_MAPS``
         (a batch still held keeps its own reference to its map)."""
-        if self._pid != os.getpid():
-            self.__init__()  # type: ignore[misc]
+        with self._own():
+            self._forget_exited()
+
+    def _forget_exited(self) -> None:
         for key in [k for k in self._maps if not _alive(k[0])]:
             del self._maps[key]
         while len(self._maps) > MAX_MAPS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import pickle
+import threading
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -228,3 +229,25 @@ def test_a_buffer_of_an_exited_worker_is_named() -> None:
     assert int(alive.max()) == 5  # a batch still held keeps its own map
     with pytest.raises(LentBufferError, match=f"lent by process {child.pid}"):
         receive_lent(handle, (B, S, S, 3))
+
+
+def test_threads_receiving_at_once_each_get_their_own_buffers() -> None:
+    pools = [ImagePool(NBYTES) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def receive_many(k: int) -> None:
+        try:
+            for n in range(40):
+                paint = (k * 40 + n) % 251
+                received = _send(_lent_batch(pools[k], paint))
+                assert int(received.images.min()) == int(received.images.max()) == paint
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=receive_many, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(pool.allocated <= 2 for pool in pools)  # dropped batches were reused
