@@ -121,13 +121,18 @@ class BatchGroup:
 
 
 def grouped(batches: Iterator[Batch], size: int) -> Iterator[Batch | BatchGroup]:
-    """``batches`` as they are for ``size == 1``, else as ``BatchGroup``s of ``size`` (the last
-    one shorter). A group is yielded once its last batch is built, never before."""
+    """``batches`` as they are for ``size == 1``; else the first batch alone, so the first batch
+    of an epoch is not held back, then ``BatchGroup``s of ``size`` (the last one shorter). A
+    group is yielded once its last batch is built, never before."""
     if size < 1:
         raise ValueError(f"expected a group size >= 1, got size={size}")
     if size == 1:
         yield from batches
         return
+    first = next(batches, None)
+    if first is None:
+        return
+    yield first
     group: list[Batch] = []
     for batch in batches:
         group.append(batch)

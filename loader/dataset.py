@@ -84,9 +84,9 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
     object works before and after ``torch.distributed`` is initialised. A copy pickled while
     ``torch.distributed`` is initialised (a DataLoader starting spawned workers) carries the
     rank and world size with it, since the process group does not reach such a worker.
-    ``transfer_batches > 1`` makes iteration yield ``BatchGroup``s of that many consecutive
-    batches (fewer DataLoader items, see ``loader.batch.BatchGroup``); ``make_loader``'s
-    ``ClosingDataLoader`` unpacks them, a plain ``DataLoader`` does not.
+    ``transfer_batches > 1`` makes iteration yield, after a first lone batch, ``BatchGroup``s
+    of that many consecutive batches (fewer DataLoader items, see ``loader.batch.grouped``);
+    ``make_loader``'s ``ClosingDataLoader`` unpacks them, a plain ``DataLoader`` does not.
     """
 
     def __init__(

@@ -246,14 +246,17 @@ def _numbered_batch(first: int, size: int) -> Batch:
 def test_grouped_keeps_every_batch_in_order_in_groups_of_size(count: int, size: int) -> None:
     batches = [_numbered_batch(10 * i, 1 + i % 4) for i in range(count)]
     items = list(grouped(iter(batches), size))
-    if size == 1:
-        assert all(isinstance(item, Batch) for item in items)
+    if size == 1 or count == 0:
         assert items == batches
         return
-    assert all(isinstance(item, BatchGroup) for item in items)
-    lengths = [len(item) for item in items if isinstance(item, BatchGroup)]
-    assert lengths == [size] * (count // size) + ([count % size] if count % size else [])
-    flat = [b for item in items if isinstance(item, BatchGroup) for b in item.batches]
+    assert isinstance(items[0], Batch)
+    assert all(isinstance(item, BatchGroup) for item in items[1:])
+    rest = count - 1
+    lengths = [len(item) for item in items[1:] if isinstance(item, BatchGroup)]
+    assert lengths == [size] * (rest // size) + ([rest % size] if rest % size else [])
+    flat = [items[0]] + [
+        b for item in items[1:] if isinstance(item, BatchGroup) for b in item.batches
+    ]
     assert [b.ids.tolist() for b in flat] == [b.ids.tolist() for b in batches]
 
 
