@@ -1,9 +1,9 @@
 """Batches assembled in the worker (design section 3): decode straight into one batch array.
 
 A ``BatchBuilder`` lives in one DataLoader worker. It preallocates one uint8 ``[B, S, S, 3]``
-array plus ``labels``/``ids``/``padded``/``nbytes`` arrays, decodes sample ``i`` directly into
-slot ``i`` and, when the batch is done, yields all of it as one ``Batch`` of tensors, so the main
-process does no per-sample work.
+array, decodes sample ``i`` directly into slot ``i``, records each sample's label, id, padding
+flag and byte count, and when the batch is done yields all of it as one ``Batch`` of tensors, so
+the main process does no per-sample work.
 
 Ownership invariant: the arrays of a batch belong to the builder until ``finish()`` returns them
 and to the receiver afterwards. ``finish()`` never reuses them: the next ``add()`` takes other
@@ -23,7 +23,7 @@ for a ``[256, 224, 224, 3]`` batch that copy cost 70-150 ms per batch here, agai
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ from loader._recycle import (
 from loader.decode import Decoder
 
 __all__ = ["Batch", "BatchBuilder", "BatchGroup", "grouped"]
+
+_NO_PIXELS: Final = np.empty((0, 0, 3), dtype=np.uint8)
 
 
 class Batch(NamedTuple):
@@ -64,7 +66,8 @@ class Batch(NamedTuple):
         whose file descriptor the receiver fetches over a socket (about 0.3 ms per tensor in
         the main process). Packing labels, ids, padding and byte counts into one array sent by
         value leaves one such transfer per batch (none for a ``[B, 0, 0, 3]`` batch), which
-        roughly thirds the main process's cost per batch. The rebuilt batch is equal field by
+        roughly thirds the main process's cost per batch; an image tensor with no pixels
+        (``--decode none``) travels as its shape alone. The rebuilt batch is equal field by
         field; its four columns are views of one ``[4, B]`` int64 tensor (``padded`` a bool
         copy). Batches whose columns are not 1-D CPU tensors of one length pickle field by field.
         """
@@ -84,6 +87,8 @@ class Batch(NamedTuple):
             row[:] = column.numpy()
         if lease is not None:
             return (_unpack_lent, (lend(lease), tuple(self.images.shape), packed))
+        if isinstance(self.images, torch.Tensor) and self.images.numel() == 0:
+            return (_unpack_pixelless, (tuple(self.images.shape), packed))
         return (_unpack_batch, (self.images, packed))
 
 
@@ -146,6 +151,10 @@ def grouped(batches: Iterator[Batch], size: int) -> Iterator[Batch | BatchGroup]
 def _unpack_batch(images: torch.Tensor, packed: np.ndarray) -> Batch:
     columns = torch.from_numpy(packed)
     return Batch(images, columns[0], columns[1], columns[2].bool(), columns[3])
+
+
+def _unpack_pixelless(shape: tuple[int, ...], packed: np.ndarray) -> Batch:
+    return _unpack_batch(torch.empty(shape, dtype=torch.uint8), packed)
 
 
 def _unpack_lent(handle: Any, shape: tuple[int, ...], packed: np.ndarray) -> Batch:
@@ -230,10 +239,11 @@ class BatchBuilder:
         stays free and the batch is as it was, so the caller can apply its bad-sample policy
         and carry on.
         """
-        arrays = self._slots()
-        i = self._n
-        nbytes = self.decoder(data, arrays.pixels[i], rng)
-        arrays.set_row(i, label, gid, padded, nbytes)
+        arrays, i = self._arrays, self._n
+        if arrays is None or i == self.batch_size:
+            arrays = self._slots()
+        nbytes = self.decoder(data, arrays.pixels[i] if self.image_size else _NO_PIXELS, rng)
+        arrays.rows.append((label, gid, padded, nbytes))
         self._n = i + 1
         return nbytes
 
@@ -265,7 +275,9 @@ class BatchBuilder:
 
 
 class _Arrays:
-    """One batch's storage: tensors and NumPy views of the same memory."""
+    """One batch's storage: the image tensor and its NumPy view, and the per-sample columns as
+    rows of ``(label, id, padded, nbytes)`` that become one int64 array when handed over
+    (appending a tuple costs a fifth of writing four NumPy scalars)."""
 
     def __init__(
         self, batch_size: int, image_size: int, pool: ImagePool | None, shared: bool
@@ -278,28 +290,15 @@ class _Arrays:
             self.images = uint8_view(torch.UntypedStorage._new_shared(nbytes), shape)
         else:
             self.images = torch.empty(shape, dtype=torch.uint8)
-        self.labels = torch.empty(batch_size, dtype=torch.int64)
-        self.ids = torch.empty(batch_size, dtype=torch.int64)
-        self.padded = torch.empty(batch_size, dtype=torch.bool)
-        self.nbytes = torch.empty(batch_size, dtype=torch.int64)
         self.pixels = self.images.numpy()
-        self._labels = self.labels.numpy()
-        self._ids = self.ids.numpy()
-        self._padded = self.padded.numpy()
-        self._nbytes = self.nbytes.numpy()
-
-    def set_row(self, i: int, label: int, gid: int, padded: bool, nbytes: int) -> None:
-        self._labels[i] = label
-        self._ids[i] = gid
-        self._padded[i] = padded
-        self._nbytes[i] = nbytes
+        self.rows: list[tuple[int, int, bool, int]] = []
 
     def copy_row(self, src: int, dst: int) -> None:
         self.pixels[dst] = self.pixels[src]
-        self.set_row(dst, int(self._labels[src]), int(self._ids[src]), True, 0)
+        label, gid, _, _ = self.rows[src]
+        self.rows.append((label, gid, True, 0))
 
     def batch(self, n: int) -> Batch:
-        tensors = (self.images, self.labels, self.ids, self.padded, self.nbytes)
-        if n == len(self.labels):
-            return Batch(*tensors)
-        return Batch(*(t[:n] for t in tensors))
+        columns = torch.from_numpy(np.array(self.rows, dtype=np.int64).T.copy())
+        images = self.images if n == len(self.images) else self.images[:n]
+        return Batch(images, columns[0], columns[1], columns[2].bool(), columns[3])

@@ -221,11 +221,12 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         skipped = 0
         fillers = 0
         last_good: int | None = None
+        add, full = builder.add, self.batch_size
         for sample in self._shuffled(self._samples(plan), rng):
             try:
                 if sample.label < 0:
                     raise DecodeError("no class label (.cls member missing)")
-                builder.add(sample.data, sample.label, sample.gid, rng)
+                add(sample.data, sample.label, sample.gid, rng)
                 last_good = sample.gid
             except DecodeError as exc:
                 skipped += 1
@@ -234,7 +235,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
             while fillers and len(builder) and not builder.full:
                 builder.repeat(0)
                 fillers -= 1
-            if builder.full:
+            if len(builder) == full:
                 yield builder.finish()
         pads = list(plan.pad_ids)
         if fillers:

@@ -40,6 +40,7 @@ __all__ = [
 
 EVAL_CROP_FRACTION: Final = 0.875
 _PAGE: Final = 4096
+_JPEG_MAGIC: Final = b"\xff\xd8\xff"
 _FULL_FLAGS: Final = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _REDUCED_FLAGS: Final = (
     (8, cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION),
@@ -253,7 +254,7 @@ class NoDecode:
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
-        if sniff_image_format(bytes(view[:12])) is None:
+        if view[:3] != _JPEG_MAGIC and sniff_image_format(bytes(view[:12])) is None:
             raise DecodeError(
                 f"expected JPEG, PNG or WebP image bytes, got {view.nbytes} bytes "
                 f"starting {bytes(view[:8])!r}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
 
 import cv2
 import numpy as np
@@ -297,3 +298,14 @@ def test_the_dataloader_pins_every_batch_of_a_group(monkeypatch: pytest.MonkeyPa
     assert len(pinned) == 2 * len(Batch._fields)
     for got, sent in zip(out.batches, group.batches, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(got, sent, strict=True))
+
+
+def test_a_batch_without_pixels_travels_as_its_shape() -> None:
+    batch = _numbered_batch(5, 4)
+    assert batch.images.shape == (4, 0, 0, 3)
+    data = ForkingPickler.dumps(batch)
+    assert b"rebuild_storage" not in data  # no shared-memory storage for zero pixels
+    back = pickle.loads(data)
+    assert back.images.shape == (4, 0, 0, 3) and back.images.dtype == torch.uint8
+    for got, sent in zip(back, batch, strict=True):
+        assert torch.equal(got, sent)
