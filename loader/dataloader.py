@@ -95,9 +95,10 @@ class _ClosingIterator:
 
 
 class ClosingDataLoader(DataLoader[Batch | BatchGroup]):
-    """A plain ``DataLoader`` whose iterator stops its workers as soon as an error reaches the
-    main process (see ``_ClosingIterator``). ``make_loader`` and ``folder_loader`` return one;
-    use it for any loader whose worker errors are caught and survived (tests, benchmarks)."""
+    """A plain ``DataLoader`` whose iterator yields single ``Batch``es (unpacking the
+    ``BatchGroup``s workers send) and stops its workers as soon as an error reaches the main
+    process (see ``_ClosingIterator``). ``make_loader`` and ``folder_loader`` return one; use it
+    for any loader whose worker errors are caught and survived (tests, benchmarks)."""
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         return _ClosingIterator(super().__iter__(), self)
