@@ -15,9 +15,11 @@ matches is replaced, so a descriptor number reused by another buffer, or a pid r
 another process, never shows stale memory. Each received batch is a new tensor over the map;
 a finalizer on its storage writes ``FREE`` to the flag when the last reference to that storage
 in that process is gone: every tensor and view of it. Only then does the worker's ``acquire``
-hand the buffer out again. A receiver that passes the batch on (pickles the ``Batch`` again)
-gives up the release: that buffer stays ``LENT`` for good and the pool allocates another. The
-finalizer only ever writes in the process that registered it (not in a forked child).
+hand the buffer out again. Passing a received batch on to a further process copies its
+images (``Batch`` clones them; a tensor sent alone is moved to new shared memory by PyTorch,
+since a map of a lent buffer is not PyTorch shared memory), so the buffer still goes back to
+its worker. The finalizer only ever writes in the process that registered it (not in a forked
+child, which also starts with no maps).
 
 Compared with passing a duplicated descriptor per batch (a socket connection to the worker's
 resource-sharer thread, an HMAC handshake, a new map and its page faults each time), the main
@@ -25,13 +27,12 @@ process's CPU per decoded ``[64, 224, 224, 3]`` batch fell from 0.60-0.70 ms to 
 here (three batches per DataLoader item; 1.1 to 0.8-0.9 ms with one), and the pages it touched
 stay mapped.
 
-Limits: a tensor of a received batch handed to a third process directly (not inside its
-``Batch``, for example ``queue.put(batch.images)`` on a ``torch.multiprocessing`` queue) is not
-noticed; copy it (``.clone()``) first. When every buffer is lent (the receiver holds more than
-``capacity`` batches of this worker) ``acquire`` allocates an unpooled buffer, as before; so
-does a system without ``/proc/<pid>/fd``. A receiver keeps the maps of at most ``MAX_MAPS``
-buffers and drops those of workers that have exited whenever it maps a new one and when a
-``ClosingDataLoader`` iteration ends (``forget_exited_lenders``).
+Limits: when every buffer is lent (the receiver holds more than ``capacity`` batches of this
+worker) ``acquire`` allocates an unpooled buffer; so does a system without ``/proc/<pid>/fd``.
+A batch must be received while its worker runs, by a process of the same user
+(``LentBufferError`` otherwise). A receiver drops the maps of workers that have exited whenever
+it maps a new buffer and when a ``ClosingDataLoader`` iteration ends or its DataLoader iterator
+is collected (``forget_exited_lenders``).
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ import torch
 
 __all__ = [
     "FREE",
-    "LENT",
     "ImagePool",
+    "LENT",
     "LentBufferError",
     "forget_exited_lenders",
+    "is_received",
     "lease_of",
     "lend",
     "receive_lent",
-    "release_handle",
     "uint8_view",
 ]
 
@@ -65,7 +66,7 @@ LENT: Final = 0
 FREE: Final = 1
 PAGE: Final = mmap.PAGESIZE
 CAPACITY: Final = 16
-MAX_MAPS: Final = 64
+MAX_MAPS: Final = 1024
 TOKEN: Final = slice(8, 16)
 _LEASE: Final = "_shardfeed_lease"
 _RELEASE: Final = "_shardfeed_release"
@@ -100,7 +101,8 @@ class ImagePool:
                 f"expected nbytes >= 1 and capacity >= 0, got nbytes={nbytes} capacity={capacity}"
             )
         self.nbytes = nbytes
-        self.capacity = capacity if _can_lend() else 0
+        self.capacity = capacity
+        self._lending = _can_lend()
         self._flag_offset = -(-nbytes // PAGE) * PAGE
         self._buffers: list[tuple[torch.UntypedStorage, np.ndarray]] = []
         self.allocated = 0
@@ -112,7 +114,7 @@ class ImagePool:
                 flag[0] = LENT
                 return storage
         self.allocated += 1
-        if len(self._buffers) >= self.capacity:
+        if not self._lending or len(self._buffers) >= self.capacity:
             return torch.UntypedStorage._new_shared(self.nbytes)
         storage = torch.UntypedStorage._new_shared(self._flag_offset + PAGE)
         fd, size = storage._share_fd_cpu_()
@@ -140,11 +142,9 @@ def lease_of(images: torch.Tensor) -> Any:
     return lease
 
 
-def release_handle(images: torch.Tensor) -> None:
-    """Give up the release of a received buffer (it is being passed on): it stays ``LENT``."""
-    finalizer = getattr(images.untyped_storage(), _RELEASE, None)
-    if finalizer is not None:
-        finalizer.detach()
+def is_received(images: torch.Tensor) -> bool:
+    """True when ``images`` lies in a buffer lent to this process (``receive_lent``)."""
+    return getattr(images.untyped_storage(), _RELEASE, None) is not None
 
 
 def lend(lease: Any) -> tuple[int, int, int, int, bytes]:
@@ -196,9 +196,16 @@ class _LentMaps:
         self._forget_exited()
         return mapped
 
+    def after_fork_in_child(self) -> None:
+        """Start empty in a forked child: its copies of the parent's maps would keep buffers
+        of the parent's loaders alive for as long as the child lives."""
+        self._lock = threading.Lock()
+        self._reset()
+
     def forget_exited(self) -> None:
-        """Drop the maps of buffers whose worker has exited, and the oldest past ``MAX_MAPS``
-        (a batch still held keeps its own reference to its map)."""
+        """Drop the maps of buffers whose worker has exited, and the oldest past ``MAX_MAPS``, a
+        safety bound far above what live workers lend (workers x pool capacity); a batch still
+        held keeps its own reference to its map."""
         with self._own():
             self._forget_exited()
 
@@ -235,11 +242,16 @@ def _map_lent(pid: int, fd: int, size: int) -> mmap.mmap:
         ) from exc
     try:
         return mmap.mmap(handle, size)
+    except (OSError, ValueError) as exc:
+        raise LentBufferError(
+            f"cannot map the batch buffer lent by process {pid} ({path}, {size} bytes): {exc}"
+        ) from exc
     finally:
         os.close(handle)
 
 
 _LENT_MAPS: Final = _LentMaps()
+os.register_at_fork(after_in_child=_LENT_MAPS.after_fork_in_child)
 
 
 def forget_exited_lenders() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch.utils.data import get_worker_info
 
-from loader._recycle import ImagePool
+from loader._recycle import CAPACITY, ImagePool
 from loader.reader import ShardReader
 from loader.sources import ShardSource
 
@@ -79,15 +79,18 @@ class Reuse:
         if reader is not None:
             reader.close()
 
-    def pool(self, nbytes: int) -> ImagePool | None:
+    def pool(self, nbytes: int, capacity: int = CAPACITY) -> ImagePool | None:
         """This process's pool of ``nbytes`` image buffers inside a DataLoader worker (where
-        batches leave the process), else ``None``."""
+        batches leave the process), else ``None``. ``capacity``: how many buffers it may keep
+        (raised, never lowered, for an existing pool)."""
         if nbytes <= 0 or get_worker_info() is None:
             return None
         self._own()
         pool = self._pools.get(nbytes)
         if pool is None:
-            pool = self._pools[nbytes] = ImagePool(nbytes)
+            pool = self._pools[nbytes] = ImagePool(nbytes, capacity)
+        elif pool.capacity < capacity:
+            pool.capacity = capacity
         return pool
 
     def close(self) -> None:

@@ -23,18 +23,21 @@ for a ``[256, 224, 224, 3]`` batch that copy cost 70-150 ms per batch here, agai
 from __future__ import annotations
 
 from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Final, NamedTuple
 
 import numpy as np
 import torch
+from torch._utils import ExceptionWrapper
 from torch.utils.data import get_worker_info
 
 from loader._recycle import (
     ImagePool,
+    LentBufferError,
+    is_received,
     lease_of,
     lend,
     receive_lent,
-    release_handle,
     uint8_view,
 )
 from loader.decode import Decoder
@@ -59,37 +62,43 @@ class Batch(NamedTuple):
     padded: torch.Tensor
     nbytes: torch.Tensor
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle the four per-sample columns as one small inline array, ``images`` as itself.
 
-        Between DataLoader processes every CPU tensor travels as its own shared-memory segment
-        whose file descriptor the receiver fetches over a socket (about 0.3 ms per tensor in
-        the main process). Packing labels, ids, padding and byte counts into one array sent by
-        value leaves one such transfer per batch (none for a ``[B, 0, 0, 3]`` batch), which
-        roughly thirds the main process's cost per batch; an image tensor with no pixels
-        (``--decode none``) travels as its shape alone. The rebuilt batch is equal field by
-        field; its four columns are views of one ``[4, B]`` int64 tensor (``padded`` a bool
-        copy). Batches whose columns are not 1-D CPU tensors of one length pickle field by field.
-        """
-        columns = (self.labels, self.ids, self.padded, self.nbytes)
-        n = len(self.labels)
-        packable = all(
-            isinstance(c, torch.Tensor) and c.device.type == "cpu" and c.shape == (n,)
-            for c in columns
-        )
-        lease = lease_of(self.images) if isinstance(self.images, torch.Tensor) else None
-        if lease is None and isinstance(self.images, torch.Tensor):
-            release_handle(self.images)
-        if not packable:
-            return (Batch, tuple(self))
-        packed = np.empty((4, n), dtype=np.int64)
-        for row, column in zip(packed, columns, strict=True):
-            row[:] = column.numpy()
-        if lease is not None:
-            return (_unpack_lent, (lend(lease), tuple(self.images.shape), packed))
-        if isinstance(self.images, torch.Tensor) and self.images.numel() == 0:
-            return (_unpack_pixelless, (tuple(self.images.shape), packed))
-        return (_unpack_batch, (self.images, packed))
+def _reduce_for_transfer(batch: Batch) -> tuple[Any, ...]:
+    """How a ``Batch`` travels between processes (``ForkingPickler``: DataLoader queues,
+    ``multiprocessing``); plain ``pickle`` and ``copy.deepcopy`` copy it field by field.
+
+    Between DataLoader processes every CPU tensor travels as its own shared-memory segment whose
+    file descriptor the receiver fetches over a socket (about 0.3 ms per tensor in the main
+    process). Here the four per-sample columns go by value as one small ``[4, B]`` array, an
+    image tensor with no pixels (``--decode none``) as its shape, and pooled images as the
+    handle of their buffer (``loader._recycle``): no socket round trip at all. A received batch
+    passed on to a further process sends a copy of its images, so its buffer still goes back
+    to its worker when dropped here. The rebuilt batch is equal field by field; its columns are
+    views of one int64 tensor (``padded`` a bool copy). Batches whose columns are not 1-D CPU
+    tensors of one length travel field by field.
+    """
+    images = batch.images
+    if isinstance(images, torch.Tensor) and is_received(images):
+        images = images.clone()
+    columns = (batch.labels, batch.ids, batch.padded, batch.nbytes)
+    n = len(batch.labels)
+    packable = all(
+        isinstance(c, torch.Tensor) and c.device.type == "cpu" and c.shape == (n,) for c in columns
+    )
+    if not packable:
+        return (Batch, (images, *columns))
+    packed = np.empty((4, n), dtype=np.int64)
+    for row, column in zip(packed, columns, strict=True):
+        row[:] = column.numpy()
+    lease = lease_of(images) if isinstance(images, torch.Tensor) else None
+    if lease is not None:
+        return (_unpack_lent, (lend(lease), tuple(images.shape), packed))
+    if isinstance(images, torch.Tensor) and images.numel() == 0:
+        return (_unpack_pixelless, (tuple(images.shape), packed))
+    return (_unpack_batch, (images, packed))
+
+
+ForkingPickler.register(Batch, _reduce_for_transfer)
 
 
 class BatchGroup:
@@ -117,7 +126,7 @@ class BatchGroup:
         return f"BatchGroup({len(self.batches)} batches)"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BatchGroup, (self.batches,))
+        return (_regroup, (self.batches,))
 
     def pin_memory(self) -> BatchGroup:
         """The group with every tensor copied to pinned memory: the DataLoader's pinning thread
@@ -157,8 +166,25 @@ def _unpack_pixelless(shape: tuple[int, ...], packed: np.ndarray) -> Batch:
     return _unpack_batch(torch.empty(shape, dtype=torch.uint8), packed)
 
 
-def _unpack_lent(handle: Any, shape: tuple[int, ...], packed: np.ndarray) -> Batch:
-    return _unpack_batch(receive_lent(handle, shape), packed)
+def _unpack_lent(
+    handle: Any, shape: tuple[int, ...], packed: np.ndarray
+) -> Batch | ExceptionWrapper:
+    """The batch; if its buffer cannot be mapped, the error wrapped as the DataLoader wraps a
+    worker's, so it is raised, with its message, in the training loop even when the unpickling
+    happened in the DataLoader's pinning thread (which would otherwise die and leave only
+    "Pin memory thread exited unexpectedly")."""
+    try:
+        return _unpack_batch(receive_lent(handle, shape), packed)
+    except LentBufferError:
+        return ExceptionWrapper(where="in the main process, receiving a batch")
+
+
+def _regroup(batches: tuple[Batch | ExceptionWrapper, ...]) -> BatchGroup | ExceptionWrapper:
+    """A received ``BatchGroup``, or the first of its batches' receiving errors."""
+    for batch in batches:
+        if isinstance(batch, ExceptionWrapper):
+            return batch
+    return BatchGroup(batches)  # type: ignore[arg-type]
 
 
 class BatchBuilder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from loader.sources import DatasetSource
 
 __all__ = ["ClosingDataLoader", "WorkerInit", "make_loader", "transfer_batches_for"]
 
+_CLEANUP = "_shardfeed_forgets_lenders"
 TRANSFER_SAMPLES = 1024
 TRANSFER_DECODED = 256
 MAX_TRANSFER_BATCHES = 16
@@ -45,7 +47,9 @@ class WorkerInit:
 class _ClosingIterator:
     """Wraps a DataLoader iterator: hands on the batches of each ``BatchGroup`` one at a time,
     and on an error from it stops its workers before re-raising. ``items_received`` counts the
-    DataLoader items taken so far (a ``BatchGroup`` once, however many batches it held).
+    DataLoader items taken so far (a ``BatchGroup`` once, however many batches it held). Once the
+    DataLoader's own iterator is collected (its workers stopped), this process drops its maps of
+    their buffers (``forget_exited_lenders``), also after an epoch left early.
 
     PyTorch stops the workers when the iterator is collected, but the traceback of a worker's
     error puts the iterator in a reference cycle, and when the cycle collector gets to it the
@@ -60,6 +64,9 @@ class _ClosingIterator:
         self._loader = loader
         self._pending: deque[Batch] = deque()
         self.items_received = 0
+        if not getattr(iterator, _CLEANUP, False):
+            weakref.finalize(iterator, forget_exited_lenders)
+            setattr(iterator, _CLEANUP, True)
 
     def __iter__(self) -> _ClosingIterator:
         return self

@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from loader._epoch import SharedEpoch
 from loader._ranges import check_int
+from loader._recycle import CAPACITY
 from loader._reuse import Reuse
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
@@ -38,6 +39,7 @@ __all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
 
 log = logging.getLogger("shardfeed.loader")
 BAD_SAMPLE_POLICIES = ("skip", "raise")
+IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, held by the trainer
 _DRAWS = 1024  # shuffle-buffer slots drawn per call: one call per sample costs ~2 us
 
 
@@ -216,7 +218,8 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
     def _batches(self, plan: WorkerPlan, rng: np.random.Generator) -> Iterator[Batch]:
         decoder = ImageDecoder(self.image_size, train=self.train) if self.decode else NoDecode()
         side = self.image_size if self.decode else 0
-        pool = self._reuse.pool(self.batch_size * side * side * 3)
+        in_flight = IN_FLIGHT_ITEMS * self.transfer_batches
+        pool = self._reuse.pool(self.batch_size * side * side * 3, max(CAPACITY, in_flight))
         builder = BatchBuilder(self.batch_size, side, decoder, pool=pool)
         skipped = 0
         fillers = 0

@@ -272,8 +272,9 @@ def _batch(first: int, size: int) -> Batch:
 class _ItemIterator:
     """Hands on ``groups`` batch by batch, counting items like ``ClosingDataLoader``'s."""
 
-    def __init__(self, groups: list[list[Batch]]) -> None:
+    def __init__(self, groups: list[list[Batch]], waits: list[float]) -> None:
         self._batches = [(i + 1, b) for i, group in enumerate(groups) for b in group]
+        self._waits = waits
         self.items_received = 0
 
     def __iter__(self) -> _ItemIterator:
@@ -282,27 +283,42 @@ class _ItemIterator:
     def __next__(self) -> Batch:
         if not self._batches:
             raise StopIteration
-        time.sleep(0.001)
-        self.items_received, batch = self._batches.pop(0)
+        item, batch = self._batches.pop(0)
+        if item != self.items_received:  # a new item: wait for it, then hand on its batches
+            time.sleep(self._waits[item - 1])
+        self.items_received = item
         return batch
 
 
 class _GroupedLoader:
-    def __init__(self, groups: list[list[Batch]], num_workers: int) -> None:
+    def __init__(
+        self, groups: list[list[Batch]], num_workers: int, waits: list[float] | None = None
+    ) -> None:
         self.groups, self.num_workers = groups, num_workers
+        self.waits = waits if waits is not None else [0.001] * len(groups)
 
     def __iter__(self) -> _ItemIterator:
-        return _ItemIterator(self.groups)
+        return _ItemIterator(self.groups, self.waits)
 
 
-@pytest.mark.parametrize(("workers", "steady"), [(0, 4 + 4 + 2), (1, 4 + 4 + 2), (2, 4 + 2)])
-def test_steady_rate_starts_after_every_workers_first_item(workers: int, steady: int) -> None:
+@pytest.mark.parametrize(
+    ("workers", "steady", "window"),
+    [(0, 4 + 4 + 2, 0.35), (1, 4 + 4 + 2, 0.35), (2, 4 + 2, 0.05)],
+)
+def test_steady_rate_starts_after_every_workers_first_item(
+    workers: int, steady: int, window: float
+) -> None:
+    """Items take 0.3, 0.3, 0.02 and 0.03 s to arrive: the window holds only the waits of the
+    items after the warm-up ones (``window``), not the start-up."""
     groups = [[_batch(0, 4), _batch(4, 4), _batch(8, 4)], [_batch(12, 4)], [_batch(16, 4)]]
     groups.append([_batch(20, 2)])
-    figures = measure_epoch(_GroupedLoader(groups, workers), DuplicateTracker(22), 0)
+    loader = _GroupedLoader(groups, workers, waits=[0.3, 0.3, 0.02, 0.03])
+    figures = measure_epoch(loader, DuplicateTracker(22), 0)
     assert figures["samples"] == figures["unique"] == 22
     assert figures["batches"] == 6 and figures["steady_samples"] == steady
+    assert window <= figures["steady_s"] < window + 0.25
     assert figures["samples_per_s"] == pytest.approx(steady / figures["steady_s"])
+    assert figures["first_batch_s"] >= 0.3
 
 
 def test_steady_rate_counts_batches_as_items_without_a_counter() -> None:

@@ -7,10 +7,10 @@ value at the end (a buffer written while held would show another's).
 
 from __future__ import annotations
 
+import copy
 import gc
 import multiprocessing
 import pickle
-import threading
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch._utils import ExceptionWrapper
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from loader import _recycle
 from loader._recycle import (
     _LENT_MAPS,
     CAPACITY,
@@ -28,11 +30,13 @@ from loader._recycle import (
     ImagePool,
     LentBufferError,
     forget_exited_lenders,
+    is_received,
     lease_of,
     lend,
     receive_lent,
 )
-from loader.batch import Batch, BatchBuilder
+from loader.batch import Batch, BatchBuilder, BatchGroup
+from loader.dataloader import ClosingDataLoader
 
 B, S = 3, 8
 NBYTES = B * S * S * 3
@@ -139,16 +143,70 @@ def test_a_received_buffer_is_free_once_every_view_is_gone() -> None:
     assert int(again.images.min()) == 9
 
 
-def test_passing_a_received_batch_on_gives_up_its_release() -> None:
+def _report_values(conn: Any, payloads: list[bytes]) -> None:
+    values = []
+    for data in payloads:
+        got = pickle.loads(data)
+        images = got.images if isinstance(got, Batch) else got
+        values.append((int(images.min()), int(images.max())))
+    conn.send(values)
+
+
+def test_a_received_batch_passed_on_sends_a_copy_and_is_still_released() -> None:
     pool = ImagePool(NBYTES)
     received = _send(_lent_batch(pool, 3))
-    passed_on = pickle.loads(pickle.dumps(received))
+    payloads = [
+        bytes(ForkingPickler.dumps(received)),
+        bytes(ForkingPickler.dumps(received.images[1:])),  # a tensor alone, not its Batch
+    ]
     del received
     gc.collect()
-    assert pool.free_count() == 0
-    assert int(passed_on.images.max()) == 3
-    _lent_batch(pool, 4)
-    assert pool.allocated == 2
+    assert pool.free_count() == 1
+    assert int(_lent_batch(pool, 4).images.max()) == 4 and pool.allocated == 1
+    parent, child_end = multiprocessing.get_context("fork").Pipe()
+    child = multiprocessing.get_context("fork").Process(
+        target=_report_values, args=(child_end, payloads)
+    )
+    child.start()
+    assert parent.recv() == [(3, 3), (3, 3)]
+    child.join()
+
+
+def test_copies_are_by_value_in_the_worker_and_in_the_receiver() -> None:
+    pool = ImagePool(NBYTES)
+    sent = _lent_batch(pool, 3)
+    for copy_ in (copy.deepcopy(sent), pickle.loads(pickle.dumps(sent))):
+        assert int(copy_.images.max()) == 3 and not is_received(copy_.images)
+        del copy_
+    gc.collect()
+    assert pool.free_count() == 0  # only the receiver of a lent batch releases it
+    received = _send(sent)
+    del sent
+    kept = copy.deepcopy(received)
+    del received
+    gc.collect()
+    assert pool.free_count() == 1
+    _lent_batch(pool, 9)
+    assert int(kept.images.min()) == int(kept.images.max()) == 3
+
+
+def test_many_buffers_in_rotation_are_mapped_once_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    maps: list[int] = []
+    real = _recycle._map_lent
+
+    def counting(pid: int, fd: int, size: int) -> Any:
+        maps.append(fd)
+        return real(pid, fd, size)
+
+    monkeypatch.setattr(_recycle, "_map_lent", counting)
+    pools = [ImagePool(NBYTES) for _ in range(80)]
+    for round_ in range(3):
+        for k, pool in enumerate(pools):
+            received = _send(_lent_batch(pool, (round_ + k) % 251))
+            assert int(received.images.max()) == (round_ + k) % 251
+            del received
+    assert len(maps) == 80
+    assert all(pool.allocated == 1 for pool in pools)
 
 
 def _drop(batches: list[Batch]) -> None:
@@ -231,23 +289,40 @@ def test_a_buffer_of_an_exited_worker_is_named() -> None:
         receive_lent(handle, (B, S, S, 3))
 
 
-def test_threads_receiving_at_once_each_get_their_own_buffers() -> None:
-    pools = [ImagePool(NBYTES) for _ in range(4)]
-    errors: list[BaseException] = []
+def _lend_group_and_exit(conn: Any) -> None:
+    pool = ImagePool(NBYTES)
+    group = BatchGroup((_lent_batch(pool, 6), _lent_batch(pool, 7)))
+    conn.send_bytes(bytes(ForkingPickler.dumps(group)))
+    conn.recv()
 
-    def receive_many(k: int) -> None:
-        try:
-            for n in range(40):
-                paint = (k * 40 + n) % 251
-                received = _send(_lent_batch(pools[k], paint))
-                assert int(received.images.min()) == int(received.images.max()) == paint
-        except BaseException as exc:  # reported to the main thread below
-            errors.append(exc)
 
-    threads = [threading.Thread(target=receive_many, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert all(pool.allocated <= 2 for pool in pools)  # dropped batches were reused
+def test_a_batch_that_cannot_be_received_arrives_as_the_wrapped_error() -> None:
+    """What the DataLoader re-raises in the training loop, even from its pinning thread."""
+    parent, child_end = multiprocessing.get_context("fork").Pipe()
+    child = multiprocessing.get_context("fork").Process(
+        target=_lend_group_and_exit, args=(child_end,)
+    )
+    child.start()
+    data = parent.recv_bytes()
+    parent.send("exit")
+    child.join()
+    got = pickle.loads(data)
+    assert isinstance(got, ExceptionWrapper)
+    with pytest.raises(LentBufferError, match=f"lent by process {child.pid}"):
+        got.reraise()
+
+
+def test_maps_of_a_deleted_loaders_workers_are_dropped() -> None:
+    loader = ClosingDataLoader(
+        _Painted(count=10), batch_size=None, num_workers=2, persistent_workers=True
+    )
+    for n, batch in enumerate(loader):
+        _check(batch)
+        if n == 3:
+            break
+    pids = {w.pid for w in loader._iterator._workers}  # type: ignore[union-attr]
+    del batch
+    assert pids & {pid for pid, _ in _LENT_MAPS._maps}
+    del loader
+    gc.collect()
+    assert not pids & {pid for pid, _ in _LENT_MAPS._maps}

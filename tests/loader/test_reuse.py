@@ -56,6 +56,23 @@ def test_pools_exist_only_inside_workers() -> None:
     assert list(DataLoader(Pools(), batch_size=None, num_workers=1)) == [True]
 
 
+def test_a_pool_grows_to_the_largest_capacity_asked_for() -> None:
+    class Capacities(IterableDataset[list[int]]):
+        def __init__(self) -> None:
+            self.reuse = Reuse()
+
+        def __iter__(self) -> Any:
+            pool = self.reuse.pool(100)
+            assert pool is not None
+            seen = [pool.capacity]
+            for capacity in (64, 20):
+                assert self.reuse.pool(100, capacity) is pool
+                seen.append(pool.capacity)
+            yield seen
+
+    assert list(DataLoader(Capacities(), batch_size=None, num_workers=1)) == [[16, 64, 64]]
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="keep_open >= 0"):
         Reuse(keep_open=-1)
