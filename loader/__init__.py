@@ -1,6 +1,5 @@
 """Loader: stream tar shards into training batches, exactly once per epoch, any workers/ranks."""
 
-from loader.baselines import FolderDataset, NaiveTarDataset, PerWorkerTarDataset, folder_loader
 from loader.batch import Batch, BatchBuilder
 from loader.dataloader import ClosingDataLoader, make_loader
 from loader.dataset import BadSampleError, ShardDataset
@@ -22,15 +21,11 @@ __all__ = [
     "DevicePrefetcher",
     "DuplicateTracker",
     "EpochCounts",
-    "FolderDataset",
     "ImageDecoder",
-    "NaiveTarDataset",
     "NoDecode",
-    "PerWorkerTarDataset",
     "ShardDataset",
     "ShardReadError",
     "StatsReporter",
-    "folder_loader",
     "make_loader",
     "plan_epoch",
     "plan_worker",

@@ -69,7 +69,7 @@ class ChunkedStream:
     """A forward-only binary stream over ``RemoteFile`` that fetches ``chunk_bytes`` per request.
 
     Seeking forward past the buffered data skips the bytes in between without fetching them.
-    Supports what ``loader.tarscan.iter_members`` needs: ``read``, ``seek``, ``tell``,
+    Supports what ``shards.tarscan.iter_members`` needs: ``read``, ``seek``, ``tell``,
     ``seekable``.
     """
 

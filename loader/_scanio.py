@@ -11,7 +11,7 @@ import numpy as np
 
 from loader._location import is_local, local_path
 from loader._remote import CHUNK_BYTES, ChunkedStream, RemoteFile
-from loader.tarscan import (
+from shards.tarscan import (
     IMAGE_SUFFIXES,
     SampleGrouper,
     SampleMembers,

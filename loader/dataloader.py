@@ -18,7 +18,14 @@ from loader.batch import Batch, BatchGroup
 from loader.dataset import ShardDataset
 from loader.sources import DatasetSource
 
-__all__ = ["ClosingDataLoader", "WorkerInit", "make_loader", "transfer_batches_for"]
+__all__ = [
+    "PREFETCH_FACTOR",
+    "ClosingDataLoader",
+    "WorkerInit",
+    "make_loader",
+    "stop_workers",
+    "transfer_batches_for",
+]
 
 _CLEANUP = "_shardfeed_forgets_lenders"
 TRANSFER_SAMPLES = 1024
@@ -26,6 +33,7 @@ TRANSFER_DECODED = 256
 MAX_TRANSFER_BATCHES = 16
 TRANSFER_BYTES = 32 << 20
 MIN_ITEMS_PER_EPOCH = 2
+PREFETCH_FACTOR = 4
 
 
 class WorkerInit:
@@ -93,12 +101,25 @@ class _ClosingIterator:
 
     def close(self) -> None:
         """Stop this iteration's workers now (a persistent loader starts new ones next time)."""
-        shutdown = getattr(self._iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        if getattr(self._loader, "_iterator", None) is self._iterator:
-            self._loader._iterator = None
-        forget_exited_lenders()
+        stop_workers(self._loader, self._iterator)
+
+
+def stop_workers(loader: object, iterator: object | None = None) -> None:
+    """Stop the worker processes of ``iterator`` now (default: the iterator a persistent
+    ``loader`` keeps between epochs), so the next ``iter(loader)`` starts new ones, and drop this
+    process's maps of their buffers.
+
+    The one place that reaches into the DataLoader's private ``_iterator`` and
+    ``_shutdown_workers``; anything that is not a DataLoader with workers is left alone.
+    """
+    if iterator is None:
+        iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if iterator is not None and getattr(loader, "_iterator", None) is iterator:
+        loader._iterator = None  # type: ignore[attr-defined]
+    forget_exited_lenders()
 
 
 class ClosingDataLoader(DataLoader[Batch | BatchGroup]):
@@ -160,7 +181,7 @@ def make_loader(
     image_size: int = 224,
     train: bool = True,
     seed: int = 0,
-    prefetch_factor: int = 4,
+    prefetch_factor: int = PREFETCH_FACTOR,
     transfer_batches: int | None = None,
     pin_memory: bool | None = None,
     persistent_workers: bool = True,

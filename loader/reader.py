@@ -26,8 +26,8 @@ from loader._location import is_local, local_path
 from loader._remote import CHUNK_BYTES, RemoteFile
 from loader._scanio import StreamScan, scan_mapped
 from loader.sources import ShardSource
-from loader.tarscan import ShardFormatError, header_name
 from shards.format import BLOCK, read_index
+from shards.tarscan import ShardFormatError, header_name
 
 __all__ = ["MissingShardError", "RawSample", "ShardReadError", "ShardReader"]
 

@@ -24,10 +24,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import routes_benchmarks, routes_jobs, routes_system
-from server._state import Service
+from server.deps import Service
 from server.events import EventBus
 from server.metrics import ServiceMetrics
+from server.routes import benchmarks, jobs, system
 from server.runner import Runner
 from server.settings import Settings
 from server.store import Store
@@ -163,8 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
-    app.include_router(routes_benchmarks.router)
-    app.include_router(routes_jobs.router)
-    app.include_router(routes_system.router)
-    app.mount("/static", StaticFiles(directory=routes_system.STATIC_DIR), name="static")
+    app.include_router(benchmarks.router)
+    app.include_router(jobs.router)
+    app.include_router(system.router)
+    app.mount("/static", StaticFiles(directory=system.STATIC_DIR), name="static")
     return app

@@ -37,10 +37,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     shards_cli.register(sub)
     if command in shards_cli.COMMANDS:
         return parser
-    from loader import cli as loader_cli
+    from loader.bench import cli as bench_cli
+    from loader.train import cli as train_cli
 
-    loader_cli.register(sub)
-    if command not in loader_cli.COMMANDS:
+    bench_cli.register(sub)
+    train_cli.register(sub)
+    if command not in (bench_cli.COMMAND, train_cli.COMMAND):
         from server import _serve_cli, demo
 
         _serve_cli.register(sub)

@@ -21,13 +21,13 @@ from typing import Any
 
 import uvicorn
 
+from loader.bench.modes import DEFAULT_MODES
 from server.app import create_app
 from server.settings import Settings
 
 __all__ = ["DemoOptions", "register_demo", "run_demo"]
 
 log = logging.getLogger("shardfeed.demo")
-BENCH_MODES = ["map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def run_demo(
 
     ``on_ready(summary)`` is called once the work is done, before the service is left running.
     """
-    from loader.train import TrainOptions, train
+    from loader.train.loop import TrainOptions, train
     from shards.build import BuildOptions, build_shards
     from shards.plan import SizingOptions
     from shards.sample import make_sample
@@ -96,7 +96,7 @@ def run_demo(
             body = {
                 "folder": str(src),
                 "shards": str(shards),
-                "modes": BENCH_MODES,
+                "modes": list(DEFAULT_MODES),
                 "workers": options.workers,
                 "batch_size": options.batch_size,
                 "epochs": options.bench_epochs,

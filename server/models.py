@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
+
+from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
 
 __all__ = [
-    "DEFAULT_MODES",
     "JOB_PATTERN",
-    "MODES",
     "BenchmarkRequest",
     "RunCreated",
     "RunList",
@@ -27,16 +35,16 @@ __all__ = [
 JOB_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 MAX_COUNT = 2**62
 
-Mode = Literal["map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata"]
-MODES: tuple[Mode, ...] = (
-    "map",
-    "tar-naive",
-    "tar-per-worker",
-    "tar-aware",
-    "webdataset",
-    "litdata",
-)
-DEFAULT_MODES: tuple[Mode, ...] = ("map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset")
+
+def _known_mode(value: str) -> str:
+    if value not in MODE_NAMES:
+        raise ValueError(f"expected a mode of {', '.join(MODE_NAMES)}, got mode={value!r}")
+    return value
+
+
+Mode = Annotated[
+    str, AfterValidator(_known_mode), WithJsonSchema({"type": "string", "enum": list(MODE_NAMES)})
+]
 Status = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 PathText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 TrackerKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
@@ -53,7 +61,7 @@ class BenchmarkRequest(BaseModel):
     )
     shards: PathText = Field(description="shard folder with manifest.json, under a data root")
     modes: list[Mode] = Field(
-        default_factory=lambda: list(DEFAULT_MODES), min_length=1, max_length=len(MODES)
+        default_factory=lambda: list(DEFAULT_MODES), min_length=1, max_length=len(MODE_NAMES)
     )
     workers: int = Field(default=2, ge=0, le=64, description="DataLoader workers")
     batch_size: int = Field(default=64, ge=1, le=4096)

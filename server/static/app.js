@@ -272,7 +272,7 @@ function lineChart(points) {
 
 function buildForm(info) {
   const field = $("#modes-field");
-  const defaults = new Set(["map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset"]);
+  const defaults = new Set(info.default_modes);
   for (const mode of info.modes) {
     const box = el("input", { type: "checkbox", name: "modes", value: mode });
     box.checked = defaults.has(mode);

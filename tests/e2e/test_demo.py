@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import CHROMEDRIVER, CHROMIUM
+from tests.helpers import CHROMEDRIVER, CHROMIUM
 
 DEMO_ARGS = ["--images", "48", "--classes", "4", "--size", "tiny", "--train-epochs", "1",
              "--batch-size", "8", "--latency-ms", "2"]  # fmt: skip

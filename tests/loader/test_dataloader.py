@@ -24,6 +24,7 @@ from loader.batch import Batch, BatchGroup
 from loader.dataloader import WorkerInit, make_loader, transfer_batches_for
 from loader.dataset import ShardDataset
 from loader.tracker import DuplicateTracker, EpochCounts
+from tests.loader.helpers import label_of, write_test_shards
 
 
 def jpeg_bytes(gid: int) -> bytes:
@@ -98,10 +99,10 @@ GRID = [
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory: pytest.TempPathFactory, loader_kit: Any) -> dict[int, Path]:
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("layouts")
     return {
-        n: loader_kit.write_test_shards(root / f"s{n}", sizes, image_bytes=jpeg_bytes)
+        n: write_test_shards(root / f"s{n}", sizes, image_bytes=jpeg_bytes)
         for n, (sizes, _) in LAYOUTS.items()
     }
 
@@ -134,16 +135,16 @@ def test_every_id_exactly_once_per_epoch_in_a_new_order(
     assert runs[0].ids != runs[1].ids
 
 
-def test_workers_outnumbering_batches_leave_some_idle(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [3, 4], image_bytes=jpeg_bytes)
+def test_workers_outnumbering_batches_leave_some_idle(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [3, 4], image_bytes=jpeg_bytes)
     loader = make_loader(manifest, batch_size=4, num_workers=5, image_size=16, prefetch_factor=1)
     runs = run_epochs(loader, 7, 2, set_epoch=False)
     assert [r.counts.missing + r.counts.duplicates for r in runs] == [0, 0]
     assert [sorted(r.sizes) for r in runs] == [[3, 4], [3, 4]]
 
 
-def test_set_epoch_replays_an_epoch_in_persistent_workers(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [11, 9, 14], image_bytes=jpeg_bytes)
+def test_set_epoch_replays_an_epoch_in_persistent_workers(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [11, 9, 14], image_bytes=jpeg_bytes)
     loader = make_loader(manifest, batch_size=4, num_workers=2, image_size=16, prefetch_factor=1)
     orders = []
     for epoch in (3, 4, 3):
@@ -154,10 +155,8 @@ def test_set_epoch_replays_an_epoch_in_persistent_workers(tmp_path: Path, loader
 
 
 @pytest.mark.parametrize("persistent", [True, False])
-def test_an_epoch_left_early_does_not_spoil_the_next(
-    tmp_path: Path, loader_kit: Any, persistent: bool
-) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [12, 15], image_bytes=jpeg_bytes)
+def test_an_epoch_left_early_does_not_spoil_the_next(tmp_path: Path, persistent: bool) -> None:
+    manifest = write_test_shards(tmp_path, [12, 15], image_bytes=jpeg_bytes)
     loader = make_loader(
         manifest,
         batch_size=3,
@@ -177,10 +176,8 @@ def test_an_epoch_left_early_does_not_spoil_the_next(
     assert [i for b in reference for i in b.ids.tolist()] == runs[0].ids
 
 
-def test_a_look_in_the_main_process_does_not_split_the_workers(
-    tmp_path: Path, loader_kit: Any
-) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [4, 7, 3, 5], image_bytes=jpeg_bytes)
+def test_a_look_in_the_main_process_does_not_split_the_workers(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [4, 7, 3, 5], image_bytes=jpeg_bytes)
     dataset = ShardDataset(manifest, batch_size=3, image_size=16)
     first = next(iter(dataset))
     assert first.images.shape == (3, 16, 16, 3)
@@ -190,8 +187,8 @@ def test_a_look_in_the_main_process_does_not_split_the_workers(
     assert runs[0].ids != runs[1].ids
 
 
-def test_epochs_advance_by_themselves_like_set_epoch(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [10, 13], image_bytes=jpeg_bytes)
+def test_epochs_advance_by_themselves_like_set_epoch(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [10, 13], image_bytes=jpeg_bytes)
     options: dict[str, Any] = {"batch_size": 3, "image_size": 16, "prefetch_factor": 1}
     free = make_loader(manifest, num_workers=2, **options)
     chosen = make_loader(manifest, num_workers=2, persistent_workers=False, **options)
@@ -201,8 +198,8 @@ def test_epochs_advance_by_themselves_like_set_epoch(tmp_path: Path, loader_kit:
     assert dataset_of(free).next_epoch == 3
 
 
-def test_batches_have_the_promised_layout(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [6, 7], image_bytes=jpeg_bytes)
+def test_batches_have_the_promised_layout(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [6, 7], image_bytes=jpeg_bytes)
     loader = make_loader(manifest, batch_size=4, num_workers=2, image_size=16, prefetch_factor=1)
     batches = list(loader)
     assert len(batches) == len(loader) == 4
@@ -213,12 +210,12 @@ def test_batches_have_the_promised_layout(tmp_path: Path, loader_kit: Any) -> No
         assert batch.labels.dtype == torch.int64 and batch.labels.shape == (n,)
         assert batch.ids.dtype == torch.int64
         assert batch.padded.dtype == torch.bool and not batch.padded.any()
-        assert batch.labels.tolist() == [loader_kit.label_of(i) for i in batch.ids.tolist()]
+        assert batch.labels.tolist() == [label_of(i) for i in batch.ids.tolist()]
         assert int(batch.images.float().std()) > 0
 
 
-def test_eval_mode_is_deterministic(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
+def test_eval_mode_is_deterministic(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
 
     def images_by_id() -> dict[int, bytes]:
         loader = make_loader(
@@ -253,8 +250,8 @@ class _Recorder:
         _record_threads(self.path, worker_id)
 
 
-def test_workers_run_one_opencv_thread_and_the_user_init(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path / "d", [5, 5], image_bytes=jpeg_bytes)
+def test_workers_run_one_opencv_thread_and_the_user_init(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path / "d", [5, 5], image_bytes=jpeg_bytes)
     record = tmp_path / "init.txt"
     loader = make_loader(
         manifest,
@@ -284,8 +281,8 @@ def test_worker_init_is_picklable_and_composes() -> None:
     assert pickle.loads(pickle.dumps(WorkerInit())).user_fn is None
 
 
-def test_spawned_workers_follow_set_epoch(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [8, 9], image_bytes=jpeg_bytes)
+def test_spawned_workers_follow_set_epoch(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [8, 9], image_bytes=jpeg_bytes)
     loader = make_loader(
         manifest,
         batch_size=4,
@@ -303,8 +300,8 @@ def test_spawned_workers_follow_set_epoch(tmp_path: Path, loader_kit: Any) -> No
         assert sorted(got) == list(range(17))
 
 
-def test_a_ready_dataset_is_used_as_it_is(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [5, 6], image_bytes=jpeg_bytes)
+def test_a_ready_dataset_is_used_as_it_is(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [5, 6], image_bytes=jpeg_bytes)
     dataset = ShardDataset(manifest, batch_size=3, image_size=8)
     loader = make_loader(dataset, num_workers=0)
     assert loader.dataset is dataset
@@ -330,10 +327,8 @@ def test_a_ready_dataset_is_used_as_it_is(tmp_path: Path, loader_kit: Any) -> No
         ({"multiprocessing_context": "teleport", "num_workers": 1}, "teleport"),
     ],
 )
-def test_bad_arguments_are_named(
-    tmp_path: Path, loader_kit: Any, kwargs: dict[str, Any], named: str
-) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [4])
+def test_bad_arguments_are_named(tmp_path: Path, kwargs: dict[str, Any], named: str) -> None:
+    manifest = write_test_shards(tmp_path, [4])
     with pytest.raises(ValueError, match=named.replace("[", r"\[").replace(".", r"\.")):
         make_loader(manifest, **kwargs)
 
@@ -344,13 +339,11 @@ def test_a_missing_source_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("persistent", [True, False])
-def test_a_worker_error_stops_the_workers_at_once(
-    tmp_path: Path, loader_kit: Any, persistent: bool
-) -> None:
+def test_a_worker_error_stops_the_workers_at_once(tmp_path: Path, persistent: bool) -> None:
     def bad_at_9(gid: int) -> bytes:
         return b"not an image" if gid == 9 else jpeg_bytes(gid)
 
-    manifest = loader_kit.write_test_shards(tmp_path, [6, 7], image_bytes=bad_at_9)
+    manifest = write_test_shards(tmp_path, [6, 7], image_bytes=bad_at_9)
     loader = make_loader(
         manifest,
         batch_size=3,
@@ -435,8 +428,8 @@ def test_transfer_batches_for_names_bad_arguments() -> None:
         transfer_batches_for(64, -1)
 
 
-def test_grouping_settings_reach_the_dataloader(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
+def test_grouping_settings_reach_the_dataloader(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
     grouped = make_loader(manifest, batch_size=2, num_workers=1, decode=False, prefetch_factor=6)
     assert dataset_of(grouped).transfer_batches == 9 // 2  # at least two items per epoch
     assert grouped.prefetch_factor == 2
@@ -451,8 +444,8 @@ def test_grouping_settings_reach_the_dataloader(tmp_path: Path, loader_kit: Any)
         ShardDataset(manifest, transfer_batches=0)
 
 
-def test_a_plain_dataloader_hands_over_the_groups(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [7, 6], image_bytes=jpeg_bytes)
+def test_a_plain_dataloader_hands_over_the_groups(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [7, 6], image_bytes=jpeg_bytes)
     dataset = ShardDataset(manifest, batch_size=2, image_size=8, transfer_batches=3)
     items = list(DataLoader(dataset, batch_size=None, num_workers=2))
     assert [type(item) for item in items[:2]] == [Batch, Batch]  # each worker's first
@@ -462,8 +455,8 @@ def test_a_plain_dataloader_hands_over_the_groups(tmp_path: Path, loader_kit: An
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a CUDA device")
-def test_grouped_batches_arrive_pinned(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
+def test_grouped_batches_arrive_pinned(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [9, 8], image_bytes=jpeg_bytes)
     loader = make_loader(
         manifest, batch_size=2, num_workers=2, image_size=8, transfer_batches=3, pin_memory=True
     )

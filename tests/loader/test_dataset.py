@@ -21,6 +21,7 @@ from loader.dataloader import make_loader
 from loader.dataset import ShardDataset, distributed_context
 from loader.tracker import DuplicateTracker, EpochCounts
 from shards.format import make_key
+from tests.loader.helpers import default_image_bytes, write_test_shards
 
 GARBAGE = b"\x00 this is not an image \x00" * 4
 
@@ -67,9 +68,9 @@ def loader_over(source: Any, num_workers: int = 2, **options: Any) -> Any:
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("bad", [0, 6, 13])
 def test_skip_delivers_the_rest_and_keeps_the_batch_count(
-    tmp_path: Path, loader_kit: Any, num_workers: int, bad: int
+    tmp_path: Path, num_workers: int, bad: int
 ) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [9, 5], image_bytes=with_bad(bad))
+    manifest = write_test_shards(tmp_path, [9, 5], image_bytes=with_bad(bad))
     loader = loader_over(manifest, num_workers)
     counts, batches = track(loader, 14)
     assert (counts.delivered, counts.unique, counts.duplicates) == (13, 13, 0)
@@ -77,10 +78,8 @@ def test_skip_delivers_the_rest_and_keeps_the_batch_count(
     assert batches == len(loader) == 4
 
 
-def test_skip_warns_with_shard_and_member(
-    tmp_path: Path, loader_kit: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [4, 6], image_bytes=with_bad(7))
+def test_skip_warns_with_shard_and_member(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    manifest = write_test_shards(tmp_path, [4, 6], image_bytes=with_bad(7))
     with caplog.at_level(logging.WARNING, logger="shardfeed.loader"):
         counts, _ = track(loader_over(manifest, 0), 10)
     assert counts.missing == 1
@@ -90,8 +89,8 @@ def test_skip_warns_with_shard_and_member(
     assert f"member {make_key(7, 10)}.jpg" in message and "id 7" in message
 
 
-def test_skip_budget_is_enforced(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [10], image_bytes=with_bad(2, 5, 8))
+def test_skip_budget_is_enforced(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [10], image_bytes=with_bad(2, 5, 8))
     assert track(loader_over(manifest, 0, skip_budget=3), 10)[0].missing == 3
     with pytest.raises(ValueError, match=r"more than skip_budget=2 bad samples") as info:
         track(loader_over(manifest, 1, skip_budget=2), 10)
@@ -99,10 +98,8 @@ def test_skip_budget_is_enforced(tmp_path: Path, loader_kit: Any) -> None:
 
 
 @pytest.mark.parametrize("with_index", [True, False])
-def test_raise_names_shard_and_member(tmp_path: Path, loader_kit: Any, with_index: bool) -> None:
-    manifest = loader_kit.write_test_shards(
-        tmp_path, [5, 8], image_bytes=with_bad(9), with_index=with_index
-    )
+def test_raise_names_shard_and_member(tmp_path: Path, with_index: bool) -> None:
+    manifest = write_test_shards(tmp_path, [5, 8], image_bytes=with_bad(9), with_index=with_index)
     with pytest.raises(ValueError) as info:
         track(loader_over(manifest, 2, bad_samples="raise"), 13)
     message = str(info.value)
@@ -111,8 +108,8 @@ def test_raise_names_shard_and_member(tmp_path: Path, loader_kit: Any, with_inde
     assert "BadSampleError" in message
 
 
-def test_a_worker_whose_samples_are_all_bad_says_so(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [3], image_bytes=with_bad(0, 1, 2))
+def test_a_worker_whose_samples_are_all_bad_says_so(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [3], image_bytes=with_bad(0, 1, 2))
     with pytest.raises(ValueError, match="every sample of this worker's range was bad"):
         track(loader_over(manifest, 0), 3)
 
@@ -130,10 +127,8 @@ def test_missing_label_is_a_bad_sample(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("with_index", [True, False])
-def test_a_truncated_shard_is_named(tmp_path: Path, loader_kit: Any, with_index: bool) -> None:
-    manifest = loader_kit.write_test_shards(
-        tmp_path, [6, 7, 5], image_bytes=jpeg_bytes, with_index=with_index
-    )
+def test_a_truncated_shard_is_named(tmp_path: Path, with_index: bool) -> None:
+    manifest = write_test_shards(tmp_path, [6, 7, 5], image_bytes=jpeg_bytes, with_index=with_index)
     loader = loader_over(manifest, 2)
     shard = tmp_path / "shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:3000])
@@ -142,8 +137,8 @@ def test_a_truncated_shard_is_named(tmp_path: Path, loader_kit: Any, with_index:
     assert str(shard) in str(info.value)
 
 
-def test_a_missing_shard_is_named(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [6, 7, 5], image_bytes=jpeg_bytes)
+def test_a_missing_shard_is_named(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [6, 7, 5], image_bytes=jpeg_bytes)
     loader = loader_over(manifest, 2)
     shard = tmp_path / "shard-000002.tar"
     shard.unlink()
@@ -159,11 +154,9 @@ def test_a_missing_shard_is_named(tmp_path: Path, loader_kit: Any) -> None:
 
 @pytest.mark.parametrize("with_index", [True, False])
 def test_shards_served_over_http_load_exactly_once(
-    tmp_path: Path, loader_kit: Any, http_server: Any, with_index: bool
+    tmp_path: Path, http_server: Any, with_index: bool
 ) -> None:
-    loader_kit.write_test_shards(
-        tmp_path, [7, 12, 4], image_bytes=jpeg_bytes, with_index=with_index
-    )
+    write_test_shards(tmp_path, [7, 12, 4], image_bytes=jpeg_bytes, with_index=with_index)
     base = http_server(tmp_path)
     loader = loader_over(base + "manifest.json", 2, batch_size=5)
     assert loader.dataset.source.shards[0].url.startswith("http://127.0.0.1:")
@@ -174,20 +167,16 @@ def test_shards_served_over_http_load_exactly_once(
     assert http_server.ranged_gets(".tar")
 
 
-def test_shards_listed_by_url_pattern_over_http(
-    tmp_path: Path, loader_kit: Any, http_server: Any
-) -> None:
-    loader_kit.write_test_shards(tmp_path, [5, 6], image_bytes=jpeg_bytes)
+def test_shards_listed_by_url_pattern_over_http(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path, [5, 6], image_bytes=jpeg_bytes)
     base = http_server(tmp_path)
     loader = loader_over(base + "shard-{000000..000001}.tar", 2)
     counts, _ = track(loader, 11)
     assert (counts.unique, counts.duplicates, counts.missing) == (11, 0, 0)
 
 
-def test_a_missing_shard_over_http_is_named(
-    tmp_path: Path, loader_kit: Any, http_server: Any
-) -> None:
-    loader_kit.write_test_shards(tmp_path, [5, 6], image_bytes=jpeg_bytes)
+def test_a_missing_shard_over_http_is_named(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path, [5, 6], image_bytes=jpeg_bytes)
     loader = loader_over(http_server(tmp_path) + "manifest.json", 1)
     (tmp_path / "shard-000000.tar").unlink()
     with pytest.raises(FileNotFoundError, match=r"shard http://127\.0\.0\.1:\d+/shard-000000\.tar"):
@@ -234,10 +223,8 @@ def test_foreign_shards_load_by_brace_pattern_exactly_once(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("even", "sizes"), [("pad", [9, 4]), ("none", [9, 4]), ("drop", [9, 4])])
-def test_explicit_ranks_split_the_epoch(
-    tmp_path: Path, loader_kit: Any, even: str, sizes: list[int]
-) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, sizes, image_bytes=jpeg_bytes)
+def test_explicit_ranks_split_the_epoch(tmp_path: Path, even: str, sizes: list[int]) -> None:
+    manifest = write_test_shards(tmp_path, sizes, image_bytes=jpeg_bytes)
     total = sum(sizes)  # 13 = 2 * 3 * 2 + 1 with batch 3: one rank's share is 7, the other 6
     tracker = DuplicateTracker(total)
     batches = []
@@ -264,9 +251,9 @@ def test_explicit_ranks_split_the_epoch(
 
 
 def test_rank_and_world_come_from_the_environment(
-    tmp_path: Path, loader_kit: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [10], image_bytes=jpeg_bytes)
+    manifest = write_test_shards(tmp_path, [10], image_bytes=jpeg_bytes)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert distributed_context() == (1, 2)
@@ -278,19 +265,19 @@ def test_rank_and_world_come_from_the_environment(
         distributed_context()
 
 
-def test_decode_false_yields_ids_without_pixels(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [5, 4])
+def test_decode_false_yields_ids_without_pixels(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [5, 4])
     loader = loader_over(manifest, 2, decode=False, batch_size=4)
     batches = list(loader)
     assert [tuple(b.images.shape) for b in batches if len(b.ids) == 4] == [(4, 0, 0, 3)] * 2
     assert sorted(i for b in batches for i in b.ids.tolist()) == list(range(9))
     assert sum(int(b.nbytes.sum()) for b in batches) == sum(
-        len(loader_kit.default_image_bytes(i)) for i in range(9)
+        len(default_image_bytes(i)) for i in range(9)
     )
 
 
-def test_pickled_copy_keeps_the_epoch_counter_shared(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [4])
+def test_pickled_copy_keeps_the_epoch_counter_shared(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path, [4])
     dataset = ShardDataset(manifest, batch_size=2, image_size=0)
     copy = pickle.loads(pickle.dumps(dataset))
     assert copy._rank is None and copy.num_samples == 4
@@ -318,10 +305,8 @@ def test_pickled_copy_keeps_the_epoch_counter_shared(tmp_path: Path, loader_kit:
         ({"rank": 0, "world_size": 9}, "world_size=9 is larger than the number of samples 6"),
     ],
 )
-def test_bad_arguments_are_named(
-    tmp_path: Path, loader_kit: Any, kwargs: dict[str, Any], named: str
-) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path, [6])
+def test_bad_arguments_are_named(tmp_path: Path, kwargs: dict[str, Any], named: str) -> None:
+    manifest = write_test_shards(tmp_path, [6])
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         ShardDataset(manifest, **kwargs)
 

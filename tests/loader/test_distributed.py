@@ -26,6 +26,7 @@ import torch.multiprocessing as tmp
 from loader.dataloader import make_loader
 from loader.dataset import ShardDataset
 from loader.tracker import DuplicateTracker
+from tests.loader.helpers import write_test_shards
 
 BATCH = 4
 SIZES = [7, 11, 3, 4]  # 25 = 2 * BATCH * 3 + 1: shares of 13 and 12, and 12 % BATCH == 0
@@ -107,9 +108,9 @@ def _run_spawned_workers(manifest: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def rank_reports(tmp_path_factory: pytest.TempPathFactory, loader_kit: Any) -> list[Any]:
+def rank_reports(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
     root = tmp_path_factory.mktemp("ranks")
-    manifest = loader_kit.write_test_shards(root / "data", SIZES)
+    manifest = write_test_shards(root / "data", SIZES)
     out = root / "report.json"
     tmp.spawn(
         _rank_main,

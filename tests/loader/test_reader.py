@@ -20,6 +20,7 @@ import webdataset as wds
 from loader.reader import MissingShardError, RawSample, ShardReader, ShardReadError
 from loader.sources import ShardSource, resolve_source
 from shards.format import read_index
+from tests.loader.helpers import default_image_bytes, label_of, write_test_shards
 
 
 def _shards(tmp_path: Path, kit: Any, counts: list[int], **kw: Any) -> tuple[ShardSource, ...]:
@@ -34,11 +35,11 @@ def _check(samples: list[RawSample], kit: Any, gids: range, *, keys: bool) -> No
         assert s.key == (f"{s.gid:09d}" if keys else "")
 
 
-def test_local_sidecar_reads_all(tmp_path: Path, loader_kit: Any) -> None:
-    shards = _shards(tmp_path, loader_kit, [4, 6])
+def test_local_sidecar_reads_all(tmp_path: Path) -> None:
+    shards = _shards(tmp_path, [4, 6])
     reader = ShardReader(shards[1])
     samples = list(reader.read(0, 6))
-    _check(samples, loader_kit, range(4, 10), keys=False)
+    _check(samples, range(4, 10), keys=False)
     assert [s.position for s in samples] == list(range(6))
     assert all(isinstance(s.data, memoryview) and s.data.readonly for s in samples)
     index = reader.index()
@@ -48,10 +49,8 @@ def test_local_sidecar_reads_all(tmp_path: Path, loader_kit: Any) -> None:
     reader.close()
 
 
-def test_sidecar_subrange_seeks_without_reading_what_comes_before(
-    tmp_path: Path, loader_kit: Any
-) -> None:
-    shard = _shards(tmp_path, loader_kit, [8])[0]
+def test_sidecar_subrange_seeks_without_reading_what_comes_before(tmp_path: Path) -> None:
+    shard = _shards(tmp_path, [8])[0]
     start = int(ShardReader(shard).index()["offset"][5])
     path = tmp_path / "shard-000000.tar"
     data = bytearray(path.read_bytes())
@@ -59,44 +58,44 @@ def test_sidecar_subrange_seeks_without_reading_what_comes_before(
     path.write_bytes(bytes(data))
     with ShardReader(shard) as reader:
         samples = list(reader.read(5, 7))
-    _check(samples, loader_kit, range(5, 7), keys=False)
+    _check(samples, range(5, 7), keys=False)
     assert [s.position for s in samples] == [5, 6]
     with pytest.raises(ShardReadError, match="bad tar header checksum at byte 0"):
         list(ShardReader(replace(shard, index_url=None)).read(5, 7))
 
 
-def test_local_without_sidecar_scans(tmp_path: Path, loader_kit: Any) -> None:
-    with_index = _shards(tmp_path / "a", loader_kit, [7])[0]
-    shard = _shards(tmp_path / "b", loader_kit, [7], with_index=False)[0]
+def test_local_without_sidecar_scans(tmp_path: Path) -> None:
+    with_index = _shards(tmp_path / "a", [7])[0]
+    shard = _shards(tmp_path / "b", [7], with_index=False)[0]
     assert shard.index_url is None
     with ShardReader(shard) as reader:
-        _check(list(reader.read(2, 7)), loader_kit, range(2, 7), keys=True)
-        _check(list(reader.read(0, 1)), loader_kit, range(0, 1), keys=True)
+        _check(list(reader.read(2, 7)), range(2, 7), keys=True)
+        _check(list(reader.read(0, 1)), range(0, 1), keys=True)
         assert np.array_equal(reader.index(), ShardReader(with_index).index())
         assert reader.member_name(3) == "000000003.jpg"
 
 
-def test_file_url(tmp_path: Path, loader_kit: Any) -> None:
-    shard = _shards(tmp_path, loader_kit, [5])[0]
+def test_file_url(tmp_path: Path) -> None:
+    shard = _shards(tmp_path, [5])[0]
     url = f"file://{shard.url}"
     for index_url in (f"file://{shard.index_url}", None):
         with ShardReader(replace(shard, url=url, index_url=index_url)) as reader:
-            _check(list(reader.read(1, 5)), loader_kit, range(1, 5), keys=index_url is None)
+            _check(list(reader.read(1, 5)), range(1, 5), keys=index_url is None)
 
 
-def test_views_stay_valid_after_close(tmp_path: Path, loader_kit: Any) -> None:
-    shard = _shards(tmp_path, loader_kit, [3])[0]
+def test_views_stay_valid_after_close(tmp_path: Path) -> None:
+    shard = _shards(tmp_path, [3])[0]
     reader = ShardReader(shard)
     kept = list(reader.read(0, 3))
     reader.close()
     reader.close()
-    _check(kept, loader_kit, range(3), keys=False)
+    _check(kept, range(3), keys=False)
     del kept
-    _check(list(reader.read(0, 3)), loader_kit, range(3), keys=False)
+    _check(list(reader.read(0, 3)), range(3), keys=False)
 
 
-def test_bad_ranges(tmp_path: Path, loader_kit: Any) -> None:
-    reader = ShardReader(_shards(tmp_path, loader_kit, [3])[0])
+def test_bad_ranges(tmp_path: Path) -> None:
+    reader = ShardReader(_shards(tmp_path, [3])[0])
     for start, stop in ((-1, 2), (2, 1), (0, 4)):
         with pytest.raises(ValueError, match=f"got start={start} stop={stop}"):
             reader.read(start, stop)
@@ -105,8 +104,8 @@ def test_bad_ranges(tmp_path: Path, loader_kit: Any) -> None:
         ShardReader(reader.shard, latency_s=-1)
 
 
-def test_missing_shard(tmp_path: Path, loader_kit: Any, http_server: Any) -> None:
-    shard = _shards(tmp_path, loader_kit, [3])[0]
+def test_missing_shard(tmp_path: Path, http_server: Any) -> None:
+    shard = _shards(tmp_path, [3])[0]
     (tmp_path / "shard-000000.tar").unlink()
     with pytest.raises(MissingShardError, match=r"shard .*shard-000000\.tar not found") as info:
         list(ShardReader(shard).read(0, 3))
@@ -117,8 +116,8 @@ def test_missing_shard(tmp_path: Path, loader_kit: Any, http_server: Any) -> Non
         list(ShardReader(remote).read(0, 3))
 
 
-def test_truncated_shard_local(tmp_path: Path, loader_kit: Any) -> None:
-    shard = _shards(tmp_path, loader_kit, [4])[0]
+def test_truncated_shard_local(tmp_path: Path) -> None:
+    shard = _shards(tmp_path, [4])[0]
     path = tmp_path / "shard-000000.tar"
     path.write_bytes(path.read_bytes()[:-1500])
     with pytest.raises(ShardReadError, match=r"shard .*shard-000000\.tar is truncated.*sample 3"):
@@ -130,8 +129,8 @@ def test_truncated_shard_local(tmp_path: Path, loader_kit: Any) -> None:
         ShardReader(shard).index()
 
 
-def test_count_mismatch(tmp_path: Path, loader_kit: Any) -> None:
-    shard = _shards(tmp_path, loader_kit, [4])[0]
+def test_count_mismatch(tmp_path: Path) -> None:
+    shard = _shards(tmp_path, [4])[0]
     with pytest.raises(
         ShardReadError, match=r"sidecar .*idx\.npy has 4 samples, expected nsamples=5"
     ):
@@ -140,8 +139,8 @@ def test_count_mismatch(tmp_path: Path, loader_kit: Any) -> None:
         ShardReader(replace(shard, nsamples=3, index_url=None)).read(0, 1)
 
 
-def test_bad_sidecar(tmp_path: Path, loader_kit: Any, caplog: pytest.LogCaptureFixture) -> None:
-    shard = _shards(tmp_path, loader_kit, [4])[0]
+def test_bad_sidecar(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shard = _shards(tmp_path, [4])[0]
     sidecar = tmp_path / "shard-000000.idx.npy"
     index = read_index(sidecar.read_bytes())
     index["offset"][2] = index["offset"][1]
@@ -154,14 +153,12 @@ def test_bad_sidecar(tmp_path: Path, loader_kit: Any, caplog: pytest.LogCaptureF
     sidecar.unlink()
     with caplog.at_level(logging.WARNING, logger="loader.reader"):
         with ShardReader(shard) as reader:
-            _check(list(reader.read(0, 4)), loader_kit, range(4), keys=True)
+            _check(list(reader.read(0, 4)), range(4), keys=True)
     assert "sidecar" in caplog.text and "missing" in caplog.text
 
 
-def test_latency_is_paid_per_open_and_request(
-    tmp_path: Path, loader_kit: Any, http_server: Any
-) -> None:
-    shard = _shards(tmp_path, loader_kit, [3])[0]
+def test_latency_is_paid_per_open_and_request(tmp_path: Path, http_server: Any) -> None:
+    shard = _shards(tmp_path, [3])[0]
     t = time.perf_counter()
     with ShardReader(shard, latency_s=0.05) as reader:
         list(reader.read(0, 3))
@@ -176,45 +173,43 @@ def test_latency_is_paid_per_open_and_request(
     assert time.perf_counter() - t >= 0.05 * (2 + gets), "size, sidecar and each range"
 
 
-def test_http_with_sidecar_uses_few_contiguous_ranges(
-    tmp_path: Path, loader_kit: Any, http_server: Any
-) -> None:
-    loader_kit.write_test_shards(tmp_path, [12])
+def test_http_with_sidecar_uses_few_contiguous_ranges(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path, [12])
     base = http_server(tmp_path)
     shard = resolve_source(f"{base}manifest.json").shards[0]
     with ShardReader(shard, chunk_bytes=4096) as reader:
         samples = list(reader.read(3, 11))
         index = reader.index()
-    _check(samples, loader_kit, range(3, 11), keys=False)
+    _check(samples, range(3, 11), keys=False)
     ranges = http_server.ranged_gets("shard-000000.tar")
     lo, hi = int(index["offset"][3]), int(index["end"][10])
     assert ranges[0][0] == lo and ranges[-1][1] == hi - 1
     assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
     assert len(ranges) <= (hi - lo) // 4096 + 1
     with ShardReader(shard) as reader:
-        _check(list(reader.read(0, 12)), loader_kit, range(12), keys=False)
+        _check(list(reader.read(0, 12)), range(12), keys=False)
     assert len(http_server.ranged_gets("shard-000000.tar")) == len(ranges) + 1
 
 
-def test_http_without_sidecar_streams(tmp_path: Path, loader_kit: Any, http_server: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [12], with_index=False)
+def test_http_without_sidecar_streams(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path, [12], with_index=False)
     base = http_server(tmp_path)
     shard = resolve_source(f"{base}shard-000000.tar").shards[0]
     http_server.requests.clear()
     size = shard.filesize
     assert size is not None
     with ShardReader(shard, chunk_bytes=2048) as reader:
-        _check(list(reader.read(1, 3)), loader_kit, range(1, 3), keys=True)
+        _check(list(reader.read(1, 3)), range(1, 3), keys=True)
         fetched = sum(b - a + 1 for a, b in http_server.ranged_gets(".tar"))
         assert fetched < size / 2, "an early range must not fetch the whole shard"
-        _check(list(reader.read(5, 12)), loader_kit, range(5, 12), keys=True)
+        _check(list(reader.read(5, 12)), range(5, 12), keys=True)
         index = reader.index()
         assert len(index) == 12 and index["label"].tolist() == [g % 3 for g in range(12)]
         assert reader.member_name(4) == "000000004.jpg"
 
 
-def test_http_truncated(tmp_path: Path, loader_kit: Any, http_server: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [6])
+def test_http_truncated(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path, [6])
     base = http_server(tmp_path)
     shard = resolve_source(f"{base}manifest.json").shards[0]
     path = tmp_path / "shard-000000.tar"
@@ -228,8 +223,8 @@ def test_http_truncated(tmp_path: Path, loader_kit: Any, http_server: Any) -> No
     assert got and got == list(range(len(got)))
 
 
-def test_server_without_range_support(tmp_path: Path, loader_kit: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [6])
+def test_server_without_range_support(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [6])
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a: None  # type: ignore[attr-defined]
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -283,10 +278,8 @@ class _ShardsDataset(torch.utils.data.IterableDataset):
                     yield s.gid, s.label, bytes(s.data)
 
 
-def test_http_reads_in_dataloader_workers(
-    tmp_path: Path, loader_kit: Any, http_server: Any
-) -> None:
-    loader_kit.write_test_shards(tmp_path, [5, 3, 4, 2])
+def test_http_reads_in_dataloader_workers(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path, [5, 3, 4, 2])
     base = http_server(tmp_path)
     shards = resolve_source(f"{base}manifest.json").shards
     loader = torch.utils.data.DataLoader(
@@ -295,12 +288,12 @@ def test_http_reads_in_dataloader_workers(
     got = sorted(loader)
     assert [g for g, _, _ in got] == list(range(14))
     for gid, label, data in got:
-        assert label == loader_kit.label_of(gid)
-        assert data == loader_kit.default_image_bytes(gid)
+        assert label == label_of(gid)
+        assert data == default_image_bytes(gid)
 
 
-def test_reopens_after_close(tmp_path: Path, loader_kit: Any, http_server: Any) -> None:
-    shard = _shards(tmp_path, loader_kit, [4])[0]
+def test_reopens_after_close(tmp_path: Path, http_server: Any) -> None:
+    shard = _shards(tmp_path, [4])[0]
     base = http_server(tmp_path)
     remote = resolve_source(f"{base}manifest.json").shards[0]
     for source in (shard, remote, replace(shard, index_url=None)):
@@ -309,7 +302,7 @@ def test_reopens_after_close(tmp_path: Path, loader_kit: Any, http_server: Any) 
         first = next(pending)
         reader.close()
         rest = list(pending)
-        _check([first, *rest], loader_kit, range(4), keys=source.index_url is None)
+        _check([first, *rest], range(4), keys=source.index_url is None)
         assert reader.member_name(1) == "000000001.jpg"
-        _check(list(reader.read(2, 4)), loader_kit, range(2, 4), keys=source.index_url is None)
+        _check(list(reader.read(2, 4)), range(2, 4), keys=source.index_url is None)
         reader.close()

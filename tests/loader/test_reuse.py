@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader, IterableDataset
 from loader._reuse import Reuse
 from loader.dataset import ShardDataset
 from loader.sources import resolve_source
+from tests.loader.helpers import write_test_shards
 
 
 @pytest.fixture
-def source(tmp_path: Path, loader_kit: Any) -> Any:
-    return resolve_source(str(loader_kit.write_test_shards(tmp_path / "s", [4, 3, 5])))
+def source(tmp_path: Path) -> Any:
+    return resolve_source(str(write_test_shards(tmp_path / "s", [4, 3, 5])))
 
 
 def test_readers_are_kept_reused_and_evicted_oldest_first(source: Any) -> None:

@@ -12,8 +12,9 @@ import pytest
 import webdataset as wds
 
 from loader.sources import DatasetSource, ShardSource, resolve_source
-from loader.tarscan import ShardFormatError
 from shards.manifest import ManifestError
+from shards.tarscan import ShardFormatError
+from tests.loader.helpers import write_test_shards
 
 
 def _summary(src: DatasetSource) -> list[tuple[str, int, int, str | None]]:
@@ -32,8 +33,8 @@ def _wds_shards(folder: Path, n: int = 5) -> list[str]:
     return sorted(str(p) for p in folder.glob("w-*.tar"))
 
 
-def test_manifest_file_and_directory(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path / "ds", [3, 0, 4])
+def test_manifest_file_and_directory(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path / "ds", [3, 0, 4])
     for given in (manifest, str(manifest), tmp_path / "ds", f"file://{manifest}"):
         src = resolve_source(given)
         assert src.num_samples == 7
@@ -51,8 +52,8 @@ def test_manifest_file_and_directory(tmp_path: Path, loader_kit: Any) -> None:
     assert resolve_source(manifest).origin == str(manifest)
 
 
-def test_manifest_urls_resolve_against_its_location(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path / "ds", [2, 2])
+def test_manifest_urls_resolve_against_its_location(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path / "ds", [2, 2])
     data = json.loads(manifest.read_text())
     data["shardlist"][0]["url"] = "../ds/shard-000000.tar"
     data["shardlist"][1]["url"] = str(tmp_path / "ds" / "shard-000001.tar")
@@ -69,12 +70,12 @@ def test_manifest_urls_resolve_against_its_location(tmp_path: Path, loader_kit: 
     assert src.shards[1].index_url is None
 
 
-def test_manifest_errors(tmp_path: Path, loader_kit: Any) -> None:
+def test_manifest_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no manifest at"):
         resolve_source(tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         resolve_source(tmp_path / "nope.json")
-    manifest = loader_kit.write_test_shards(tmp_path / "ds", [2, 2])
+    manifest = write_test_shards(tmp_path / "ds", [2, 2])
     (tmp_path / "ds" / "shard-000001.tar").unlink()
     with pytest.raises(FileNotFoundError, match=r"shard .*shard-000001\.tar listed in manifest"):
         resolve_source(manifest)
@@ -92,15 +93,15 @@ def test_manifest_errors(tmp_path: Path, loader_kit: Any) -> None:
         resolve_source(bad)
 
 
-def test_manifest_without_json_suffix_is_sniffed(tmp_path: Path, loader_kit: Any) -> None:
-    manifest = loader_kit.write_test_shards(tmp_path / "ds", [2])
+def test_manifest_without_json_suffix_is_sniffed(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path / "ds", [2])
     plain = tmp_path / "ds" / "MANIFEST"
     shutil.copy(manifest, plain)
     assert resolve_source(plain).num_samples == 2
 
 
-def test_shard_list_with_sidecars_in_given_order(tmp_path: Path, loader_kit: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [3, 5])
+def test_shard_list_with_sidecars_in_given_order(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [3, 5])
     urls = [str(tmp_path / "shard-000001.tar"), str(tmp_path / "shard-000000.tar")]
     src = resolve_source(urls)
     assert _summary(src) == [
@@ -111,17 +112,17 @@ def test_shard_list_with_sidecars_in_given_order(tmp_path: Path, loader_kit: Any
     assert all(s.sha256 is None and s.filesize for s in src.shards)
 
 
-def test_shard_list_without_sidecars_is_scanned(tmp_path: Path, loader_kit: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [3, 5], with_index=False)
+def test_shard_list_without_sidecars_is_scanned(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [3, 5], with_index=False)
     src = resolve_source(str(tmp_path / "shard-{000000..000001}.tar"))
     assert _summary(src) == [("shard-000000.tar", 3, 0, None), ("shard-000001.tar", 5, 3, None)]
     assert src.origin.endswith("shard-{000000..000001}.tar")
 
 
 def test_relative_paths_single_tar_and_file_urls(
-    tmp_path: Path, loader_kit: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loader_kit.write_test_shards(tmp_path / "ds", [3, 5])
+    write_test_shards(tmp_path / "ds", [3, 5])
     monkeypatch.chdir(tmp_path)
     src = resolve_source("ds/shard-000001.tar")
     assert [s.url for s in src.shards] == [str(tmp_path / "ds" / "shard-000001.tar")]
@@ -132,8 +133,8 @@ def test_relative_paths_single_tar_and_file_urls(
     assert [s.first_index for s in src.shards] == [0, 3]
 
 
-def test_list_errors(tmp_path: Path, loader_kit: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [2, 2])
+def test_list_errors(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [2, 2])
     with pytest.raises(ValueError, match="at least one shard"):
         resolve_source([])
     with pytest.raises(ValueError, match="got ''"):
@@ -150,8 +151,8 @@ def test_list_errors(tmp_path: Path, loader_kit: Any) -> None:
         resolve_source(str(tmp_path / "shard-{000000..000001}.tar"))
 
 
-def test_truncated_foreign_shard_in_list(tmp_path: Path, loader_kit: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [3], with_index=False)
+def test_truncated_foreign_shard_in_list(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [3], with_index=False)
     shard = tmp_path / "shard-000000.tar"
     shard.write_bytes(shard.read_bytes()[:1700])
     with pytest.raises(ShardFormatError, match=r"shard-000000\.tar: archive ends inside member"):
@@ -168,8 +169,8 @@ def test_webdataset_shards(tmp_path: Path) -> None:
     assert src.classes == () and src.num_samples == 5
 
 
-def test_manifest_over_http(tmp_path: Path, loader_kit: Any, http_server: Any) -> None:
-    loader_kit.write_test_shards(tmp_path / "ds", [3, 4])
+def test_manifest_over_http(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path / "ds", [3, 4])
     base = http_server(tmp_path)
     for given in (f"{base}ds/manifest.json", f"{base}ds/"):
         src = resolve_source(given)
@@ -190,9 +191,9 @@ def test_manifest_over_http(tmp_path: Path, loader_kit: Any, http_server: Any) -
         resolve_source(f"{base}ds/broken.json")
 
 
-def test_brace_pattern_over_http(tmp_path: Path, loader_kit: Any, http_server: Any) -> None:
-    loader_kit.write_test_shards(tmp_path / "with", [3, 4])
-    loader_kit.write_test_shards(tmp_path / "without", [3, 4], with_index=False)
+def test_brace_pattern_over_http(tmp_path: Path, http_server: Any) -> None:
+    write_test_shards(tmp_path / "with", [3, 4])
+    write_test_shards(tmp_path / "without", [3, 4], with_index=False)
     _wds_shards(tmp_path / "wds")
     base = http_server(tmp_path)
     with_idx = resolve_source(f"{base}with/shard-{{000000..000001}}.tar")

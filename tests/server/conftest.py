@@ -1,47 +1,30 @@
-"""Service test helpers: a tiny real dataset, app settings, and a real ``shardfeed serve``.
+"""Fixtures of the service tests; the helpers they use are in ``tests.server.helpers``.
 
 ``tiny_data`` is built once per session with the real sample generator and shard builder
-(40 tiny JPEGs, 4 classes, 2 shards). ``LiveServer`` runs ``python -m server.cli serve`` as a
-subprocess on 127.0.0.1 and a free port, so tests can stop it gracefully or kill it hard and
-start it again on the same ``--db``.
+(40 tiny JPEGs, 4 classes, 2 shards).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette's "use httpx2" deprecation notice on import
-    from fastapi.testclient import TestClient
-
 from server.app import create_app
-from server.settings import Settings
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
-
-TINY_IMAGES = 40
-
-
-@dataclass(frozen=True)
-class TinyData:
-    root: Path
-    src: Path
-    shards: Path
-    images: int
+from tests.server.helpers import (
+    TINY_IMAGES,
+    LiveServer,
+    ServedRun,
+    TestClient,
+    TinyData,
+    make_settings,
+    wait_for_status,
+)
 
 
 @pytest.fixture(scope="session")
@@ -57,110 +40,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
     return TinyData(root.resolve(), src.resolve(), shards.resolve(), TINY_IMAGES)
 
 
-def make_settings(tmp_path: Path, roots: list[Path], **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"db": tmp_path / "service.db", "data_roots": roots}
-    values.update(overrides)
-    return Settings(**values)
-
-
 @pytest.fixture
 def client(tmp_path: Path, tiny_data: TinyData) -> Iterator[TestClient]:
     app = create_app(make_settings(tmp_path, [tiny_data.root]))
     with TestClient(app) as test_client:
         yield test_client
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDFEED_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class LiveServer:
-    """``shardfeed serve`` in a subprocess; ``start`` waits until ``/healthz`` answers."""
-
-    def __init__(self, db: Path, roots: list[Path], log: Path, token: str | None = None) -> None:
-        self.db = db
-        self.roots = roots
-        self.log = log
-        self.token = token
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> LiveServer:
-        args = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1"]
-        args += ["--port", str(self.port), "--db", str(self.db)]
-        for root in self.roots:
-            args += ["--data-root", str(root)]
-        if self.token is not None:
-            args += ["--token", self.token]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=clean_env()
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.output()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"serve did not answer within {timeout} s: {self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait: the graceful path (lifespan shutdown runs; uvicorn then re-raises
-        the signal, so the exit code is -15)."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-
-    def kill(self) -> None:
-        """SIGKILL: the service dies without any shutdown."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
-
-def wait_for_status(
-    url: str, run_id: str, wanted: set[str], timeout: float = 90.0
-) -> dict[str, Any]:
-    """Poll ``GET /api/benchmarks/{id}`` until its status is in ``wanted``."""
-    deadline = time.monotonic() + timeout
-    doc: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        doc = httpx.get(f"{url}/api/benchmarks/{run_id}", timeout=5.0).json()
-        if doc["status"] in wanted:
-            return doc
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} still {doc.get('status')!r} after {timeout} s: {doc}")
-
-
-@dataclass(frozen=True)
-class ServedRun:
-    server: LiveServer
-    run_id: str
-    run: dict[str, Any]
 
 
 @pytest.fixture(scope="session")

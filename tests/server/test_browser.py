@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import CHROMEDRIVER, CHROMIUM
-from tests.server.conftest import ServedRun
+from tests.helpers import CHROMEDRIVER, CHROMIUM
+from tests.server.helpers import ServedRun
 
 pytestmark = [
     pytest.mark.browser,

@@ -84,11 +84,21 @@ def test_close_ends_every_subscription_and_drops_later_events() -> None:
     assert left == 0
 
 
-def test_publish_before_bind_or_after_the_loop_closed_is_harmless() -> None:
+def test_publish_before_bind_or_after_the_loop_closed_is_dropped_without_error() -> None:
     bus = EventBus()
     bus.publish({"n": 0})
-    loop = asyncio.new_event_loop()
-    bus.bind(loop)
-    loop.close()
+    closed = asyncio.new_event_loop()
+    bus.bind(closed)
+    closed.close()
     bus.publish({"n": 1})
+
+    async def scenario() -> list[Any]:
+        bus.bind(asyncio.get_running_loop())
+        task = asyncio.create_task(collect(bus, 1))
+        await asyncio.sleep(0.01)
+        bus.publish({"n": 2})
+        return await asyncio.wait_for(task, 5)
+
+    events = asyncio.run(scenario())
+    assert [e["n"] for e in events] == [2]
     bus.close()

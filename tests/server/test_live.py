@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from loader.reporter import StatsReporter
-from tests.server.conftest import LiveServer, ServedRun, TinyData, wait_for_status
+from tests.server.helpers import LiveServer, ServedRun, TinyData, wait_for_status
 
 FINAL = {"done", "failed", "cancelled", "interrupted"}
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from server.app import create_app
-from tests.server.conftest import TestClient, TinyData, make_settings
+from tests.server.helpers import TestClient, TinyData, make_settings
 
 EXAMPLES = 25
 

@@ -13,7 +13,7 @@ import pytest
 
 from server.app import create_app
 from server.store import Store
-from tests.server.conftest import TestClient, TinyData, make_settings
+from tests.server.helpers import TestClient, TinyData, make_settings
 
 DONE_RESULT = {
     "limit": {"samples_per_s": 100.0},

@@ -15,7 +15,7 @@ from server.events import EventBus
 from server.models import BenchmarkRequest
 from server.runner import Runner
 from server.store import RunRecord, Store
-from tests.server.conftest import TinyData
+from tests.server.helpers import TinyData
 
 
 def config(tiny: TinyData, **overrides: Any) -> dict[str, Any]:

@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from loader.baselines import FolderDataset, NaiveTarDataset, PerWorkerTarDataset, folder_loader
+from loader.bench.baselines import (
+    FolderDataset,
+    NaiveTarDataset,
+    PerWorkerTarDataset,
+    folder_loader,
+)
 from loader.dataloader import ClosingDataLoader
 from loader.tracker import DuplicateTracker, EpochCounts
 from shards.sample import make_sample
+from tests.loader.helpers import write_test_shards
 
 
 def jpeg_bytes(gid: int) -> bytes:
@@ -52,9 +58,9 @@ def iterable_loader(dataset: Any, num_workers: int) -> ClosingDataLoader:
 
 
 @pytest.fixture(scope="module")
-def tar_shards(tmp_path_factory: pytest.TempPathFactory, loader_kit: Any) -> Path:
+def tar_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tars")
-    return loader_kit.write_test_shards(root, [8, 5, 7], image_bytes=jpeg_bytes)  # N = 20
+    return write_test_shards(root, [8, 5, 7], image_bytes=jpeg_bytes)  # N = 20
 
 
 @pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
@@ -83,11 +89,11 @@ def test_per_worker_tar_names_both_numbers_when_they_differ(
 
 
 def test_per_worker_tar_in_the_main_process_needs_one_shard(
-    tar_shards: Path, tmp_path: Path, loader_kit: Any
+    tar_shards: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="num_workers=0 and 3 shards"):
         count(iterable_loader(PerWorkerTarDataset(tar_shards, image_size=0), 0), 20)
-    single = loader_kit.write_test_shards(tmp_path, [6], image_bytes=jpeg_bytes)
+    single = write_test_shards(tmp_path, [6], image_bytes=jpeg_bytes)
     counts, _ = count(iterable_loader(PerWorkerTarDataset(single, batch_size=4), 0), 6)
     assert (counts.unique, counts.duplicates) == (6, 0)
 

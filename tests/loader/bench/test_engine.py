@@ -19,22 +19,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loader._bench_http import serve_http
-from loader._bench_limit import LimitRunner, split_ranges
-from loader._bench_measure import combine_rounds, measure_epoch, percentile, summarize_epochs
 from loader.batch import Batch, BatchBuilder
-from loader.bench import MODES, BenchCancelled, BenchConfig, run_bench
+from loader.bench import MODE_NAMES, BenchCancelled, BenchConfig, run_bench
+from loader.bench.http_server import serve_http
+from loader.bench.limit import LimitRunner, split_ranges
+from loader.bench.measure import combine_rounds, measure_epoch, percentile, summarize_epochs
 from loader.decode import NoDecode
 from loader.sources import resolve_source
 from loader.tracker import DuplicateTracker
+from tests.loader.helpers import write_test_shards
 
 SIZES = [7, 5, 9]
 TOTAL = sum(SIZES)
 
 
 @pytest.fixture
-def shards(tmp_path: Path, loader_kit: Any) -> Path:
-    manifest: Path = loader_kit.write_test_shards(tmp_path / "shards", SIZES)
+def shards(tmp_path: Path) -> Path:
+    manifest: Path = write_test_shards(tmp_path / "shards", SIZES)
     return manifest.parent
 
 
@@ -160,8 +161,8 @@ def test_missing_shards_raise_before_anything_runs(tmp_path: Path) -> None:
 
 
 def test_default_modes_are_the_design_list() -> None:
-    assert BenchConfig(folder=None, shards="x").modes == MODES[:5]
-    assert MODES[5] == "litdata"
+    assert BenchConfig(folder=None, shards="x").modes == MODE_NAMES[:5]
+    assert MODE_NAMES[5] == "litdata"
 
 
 def test_split_ranges_cuts_contiguous_balanced_pieces() -> None:

@@ -1,4 +1,4 @@
-"""``shardfeed train``: argument parsing for ``loader.train``."""
+"""``shardfeed train``: argument parsing for ``loader.train.loop``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import os
 import sys
 from dataclasses import asdict
 
-__all__ = ["register_train"]
+__all__ = ["COMMAND", "register"]
+
+COMMAND = "train"
 
 
-def register_train(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train`` to the ``shardfeed`` subcommands."""
     p = sub.add_parser(
         "train",
@@ -40,7 +42,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from loader.train import TrainOptions, train
+    from loader.train.loop import TrainOptions, train
 
     for name in ("epochs", "batch_size", "image_size"):
         if getattr(args, name) < 1:

@@ -27,8 +27,9 @@ from torch import nn
 from loader.dataloader import make_loader
 from loader.device import DevicePrefetcher, resolve_device
 from loader.tracker import DuplicateTracker
+from loader.train.model import SmallCNN, random_flip
 
-__all__ = ["EpochReport", "TrainOptions", "SmallCNN", "train"]
+__all__ = ["EpochReport", "TrainOptions", "train"]
 
 log = logging.getLogger("shardfeed.train")
 
@@ -64,33 +65,6 @@ class EpochReport:
     missing: int
     padded: int
     step_losses: list[float] = field(default_factory=list)
-
-
-class SmallCNN(nn.Module):
-    """Four conv blocks and a linear head: small enough for a CPU, enough for the sample data."""
-
-    def __init__(self, num_classes: int, width: int = 32) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for out in (width, width * 2, width * 4, width * 4):
-            layers += [
-                nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-            ]
-            channels = out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image of ``[B, C, H, W]`` left-right with probability 1/2, in one batched op."""
-    mask = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(mask[:, None, None, None], images.flip(3), images)
 
 
 def train(options: TrainOptions) -> list[EpochReport]:

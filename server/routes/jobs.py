@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
-from server._state import Service, get_service, require_token
+from server.deps import Service, get_service, require_token
 from server.jobs import MAX_BUCKETS, JobReport, series, summarize
 from server.models import JOB_PATTERN, StatsAccepted, StatsReport
 

@@ -1,7 +1,6 @@
-"""Loader subcommands: ``shardfeed bench`` and ``shardfeed train``.
+"""``shardfeed bench``: its options and handler.
 
-Each subcommand has an ``_add_<name>(sub)`` that declares it and a handler that returns the exit
-code. Option values are parsed by the handlers, not by argparse, so a bad value is a
+Option values are parsed by the handlers, not by argparse, so a bad value is a
 ``ValueError`` that ``server.cli`` prints as one line with exit code 2.
 """
 
@@ -10,39 +9,37 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["COMMANDS", "register"]
+from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
 
-COMMANDS = frozenset({"bench", "train"})
+if TYPE_CHECKING:
+    from loader.bench.engine import BenchConfig
+
+__all__ = ["COMMAND", "bench_config", "register"]
+
+COMMAND = "bench"
 
 log = logging.getLogger("shardfeed.bench")
 
-_DEFAULT_MODES = "map,tar-naive,tar-per-worker,tar-aware,webdataset"
 _DECODE_CHOICES = ("opencv", "none")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the loader's subcommands to the ``shardfeed`` parser."""
-    from loader._train_cli import register_train
-
-    _add_bench(sub)
-    register_train(sub)
-
-
-def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """Add ``shardfeed bench`` to the ``shardfeed`` parser."""
     p = sub.add_parser(
         "bench",
         help="measure map-style, tar and worker-aware loading against the raw limit",
         description="Run every mode on the same data and report samples, duplicates, missing, "
-        "samples/s and the ratio to the limit (design section 4).",
+        "samples/s and the ratio to the limit (docs/architecture.md, section 'Benchmark').",
     )
     p.add_argument("--folder", metavar="SRC", help="source image folder (map mode reads it)")
     p.add_argument("--shards", metavar="DIR", required=True, help="shard folder or manifest")
     p.add_argument(
         "--modes",
-        default=_DEFAULT_MODES,
-        help=f"comma-separated modes, or 'all' (default {_DEFAULT_MODES}; also litdata)",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated modes of {', '.join(MODE_NAMES)}, or 'all' "
+        f"(default {','.join(DEFAULT_MODES)})",
     )
     p.add_argument("--workers", default="2", metavar="W", help="DataLoader workers (default 2)")
     p.add_argument("--batch-size", default="64", metavar="B", help="batch size (default 64)")
@@ -66,19 +63,17 @@ def _number(name: str, text: str, kind: type[int] | type[float]) -> Any:
 
 
 def _modes(text: str) -> tuple[str, ...]:
-    from loader.bench import MODES
-
     if text.strip() == "all":
-        return MODES
+        return MODE_NAMES
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
     if not modes:
         raise ValueError(f"expected a comma-separated list of modes, got modes={text!r}")
     return modes
 
 
-def bench_config(args: argparse.Namespace) -> Any:
+def bench_config(args: argparse.Namespace) -> BenchConfig:
     """The ``BenchConfig`` the options describe, validated; ``ValueError`` for a bad value."""
-    from loader.bench import BenchConfig
+    from loader.bench.engine import BenchConfig
 
     if args.decode not in _DECODE_CHOICES:
         raise ValueError(f"expected --decode opencv or none, got decode={args.decode!r}")
@@ -116,8 +111,8 @@ def _log_event(event: dict[str, Any]) -> None:
 def _bench(args: argparse.Namespace) -> int:
     import json
 
-    from loader._bench_report import format_table
-    from loader.bench import run_bench
+    from loader.bench.engine import run_bench
+    from loader.bench.report import format_table
 
     config = bench_config(args)
     if not log.isEnabledFor(logging.DEBUG):

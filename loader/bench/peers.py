@@ -38,13 +38,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import get_worker_info
 
-from loader._bench_modes import (
-    BuiltMode,
-    ModeSetup,
-    ModeUnavailable,
-    loader_options,
-)
 from loader.batch import Batch, BatchBuilder
+from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable, loader_options
 from loader.decode import Decoder, ImageDecoder, NoDecode
 from loader.reader import ShardReader
 from loader.sources import DatasetSource

@@ -18,7 +18,7 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
-from loader._tarheader import (
+from shards._tarheader import (
     ZERO_BLOCK,
     ShardFormatError,
     check_header,

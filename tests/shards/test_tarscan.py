@@ -12,7 +12,8 @@ import pytest
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
-from loader.tarscan import (
+from shards.format import end_of_archive, padding, read_index, tar_member_header
+from shards.tarscan import (
     Member,
     ShardFormatError,
     build_index,
@@ -24,7 +25,7 @@ from loader.tarscan import (
     scan_members,
     split_key,
 )
-from shards.format import end_of_archive, padding, read_index, tar_member_header
+from tests.loader.helpers import write_test_shards
 
 LONG_DIR = "d" * 120
 FILES = [
@@ -251,8 +252,8 @@ def test_group_samples_rejects_duplicate_suffix() -> None:
         group_samples([_m("k.jpg", 0), _m("k.cls", 1024), _m("k.JPG", 3072)], url="u.tar")
 
 
-def test_build_index_equals_sidecar(tmp_path: Path, loader_kit: Any) -> None:
-    loader_kit.write_test_shards(tmp_path, [5])
+def test_build_index_equals_sidecar(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [5])
     data = (tmp_path / "shard-000000.tar").read_bytes()
     samples = group_samples(scan_buffer(data, "t"))
     labels = [

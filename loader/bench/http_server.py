@@ -25,13 +25,8 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class RangeRequestHandler(SimpleHTTPRequestHandler):
-    """Static files with single-range ``Range`` support; no directory listings.
-
-    ``log``, when a list, receives ``(method, path, range header)`` for every request (the
-    tests read it); requests are not written to stderr.
-    """
-
-    log: list[tuple[str, str, str | None]] | None = None
+    """Static files with single-range ``Range`` support; no directory listings; requests are
+    not written to stderr."""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -44,8 +39,6 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
 
     def _serve(self, *, body: bool) -> None:
         rng = self.headers.get("Range")
-        if self.log is not None:
-            self.log.append((self.command, self.path.split("?", 1)[0], rng))
         path = self.translate_path(self.path)
         if not os.path.isfile(path):
             self.send_error(HTTPStatus.NOT_FOUND)

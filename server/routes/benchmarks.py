@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.exceptions import RequestValidationError
 
-from server._state import Service, get_service, require_token
+from server.deps import Service, get_service, require_token
 from server.models import BenchmarkRequest, RunCreated, RunList, RunOut, RunSummary, Status
 from server.paths import MissingInput, PathRefused, check_bench_inputs
 from server.store import FINISHED, RunRecord

@@ -11,13 +11,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from server._state import Service, get_service
+from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from server.deps import Service, get_service
 from server.metrics import CONTENT_TYPE
-from server.models import MODES
 
 __all__ = ["STATIC_DIR", "router"]
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
 router = APIRouter()
 
@@ -64,7 +64,8 @@ def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
         "version": _version(),
         "data_roots": [str(root) for root in settings.data_roots],
         "token_required": settings.token_value() is not None,
-        "modes": list(MODES),
+        "modes": list(MODE_NAMES),
+        "default_modes": list(DEFAULT_MODES),
         "limits": {
             "max_workers": settings.max_workers,
             "max_epochs": settings.max_epochs,

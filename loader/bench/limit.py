@@ -26,8 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from loader._bench_measure import BenchCancelled
 from loader._reuse import Reuse
+from loader.bench.measure import BenchCancelled
 from loader.decode import Decoder, ImageDecoder, NoDecode
 from loader.sources import DatasetSource
 

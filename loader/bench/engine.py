@@ -7,8 +7,8 @@ One unrecorded limit run comes first, so that the first recorded one, like the r
 the limit's processes started and their shards mapped.
 Per mode the top-level figures are totals over epochs and, over rounds, medians (with
 ``samples_per_s_min``/``_max`` and a short ``rounds`` list); per-epoch figures (of the median
-round) sit under ``"epochs"``. See ``loader._bench_measure`` for how each figure is measured
-and ``loader._bench_modes``/``loader._bench_peers`` for what each mode runs.
+round) sit under ``"epochs"``. See ``loader.bench.measure`` for how each figure is measured
+and ``loader.bench.modes``/``loader.bench.peers`` for what each mode runs.
 
 ``run_bench`` calls ``on_event`` from the calling thread and checks ``cancel`` between batches
 (and while the limit runs); when it is set, it stops every worker and raises ``BenchCancelled``.
@@ -26,26 +26,27 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loader._bench_http import serve_http
-from loader._bench_limit import MIN_RUN_S, LimitRun, LimitRunner
-from loader._bench_measure import (
+from loader.bench.http_server import serve_http
+from loader.bench.limit import MIN_RUN_S, LimitRun, LimitRunner
+from loader.bench.measure import (
     BenchCancelled,
     combine_rounds,
     finite,
     measure_epoch,
     summarize_epochs,
 )
-from loader._bench_modes import ModeSetup, ModeUnavailable, build_mode, close_loader
-from loader._bench_report import machine_info
+from loader.bench.modes import DEFAULT_MODES, MODE_NAMES, build_mode
+from loader.bench.report import machine_info
+from loader.bench.setup import ModeSetup, ModeUnavailable
+from loader.dataloader import stop_workers
 from loader.sources import resolve_source
 from loader.tracker import DuplicateTracker
 from shards.format import MANIFEST_NAME
 
-__all__ = ["MODES", "BenchCancelled", "BenchConfig", "BenchEvent", "run_bench"]
+__all__ = ["BenchCancelled", "BenchConfig", "BenchEvent", "run_bench"]
 
 log = logging.getLogger("shardfeed.bench")
 
-MODES = ("map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata")
 BenchEvent = dict[str, Any]
 
 _LIMITS: dict[str, tuple[float, float]] = {
@@ -66,7 +67,7 @@ class BenchConfig:
 
     folder: str | None
     shards: str
-    modes: tuple[str, ...] = ("map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset")
+    modes: tuple[str, ...] = DEFAULT_MODES
     workers: int = 2
     batch_size: int = 64
     epochs: int = 1
@@ -86,10 +87,10 @@ class BenchConfig:
             if not ok or not math.isfinite(value) or not lo <= value <= hi:
                 raise ValueError(f"expected {name} between {lo:g} and {hi:g}, got {name}={value!r}")
         if not isinstance(self.modes, tuple | list) or not self.modes:
-            raise ValueError(f"expected at least one mode of {', '.join(MODES)}, got modes=()")
+            raise ValueError(f"expected at least one mode of {', '.join(MODE_NAMES)}, got modes=()")
         for mode in self.modes:
-            if mode not in MODES:
-                raise ValueError(f"expected modes from {', '.join(MODES)}, got mode={mode!r}")
+            if mode not in MODE_NAMES:
+                raise ValueError(f"expected modes from {', '.join(MODE_NAMES)}, got mode={mode!r}")
         if len(set(self.modes)) != len(self.modes):
             raise ValueError(f"expected each mode once, got modes={','.join(self.modes)}")
         if not isinstance(self.shards, str) or not self.shards:
@@ -173,7 +174,7 @@ def _run_mode(
             shown = {k: v for k, v in figures.items() if not k.startswith("_")}
             progress.emit("epoch", name, round, 1, **shown)
     finally:
-        close_loader(built.loader)
+        stop_workers(built.loader)
     return epochs, built.storage
 
 
