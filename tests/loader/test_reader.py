@@ -23,15 +23,15 @@ from shards.format import read_index
 from tests.loader.helpers import default_image_bytes, label_of, write_test_shards
 
 
-def _shards(tmp_path: Path, kit: Any, counts: list[int], **kw: Any) -> tuple[ShardSource, ...]:
-    return resolve_source(kit.write_test_shards(tmp_path, counts, **kw)).shards
+def _shards(tmp_path: Path, counts: list[int], **kw: Any) -> tuple[ShardSource, ...]:
+    return resolve_source(write_test_shards(tmp_path, counts, **kw)).shards
 
 
-def _check(samples: list[RawSample], kit: Any, gids: range, *, keys: bool) -> None:
+def _check(samples: list[RawSample], gids: range, *, keys: bool) -> None:
     assert [s.gid for s in samples] == list(gids)
     for s in samples:
-        assert bytes(s.data) == kit.default_image_bytes(s.gid)
-        assert s.label == kit.label_of(s.gid)
+        assert bytes(s.data) == default_image_bytes(s.gid)
+        assert s.label == label_of(s.gid)
         assert s.key == (f"{s.gid:09d}" if keys else "")
 
 
