@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from loader._ranges import check_int
+from loader._checks import check_int
 
 __all__ = ["MAX_READERS", "SharedEpoch"]
 

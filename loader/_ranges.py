@@ -1,4 +1,4 @@
-"""Private helpers for ``loader.partition``: argument checks and position-range cutting.
+"""Private helpers for ``loader.partition``: position-range cutting.
 
 A *position* is an index into an epoch's permuted sample sequence: the shards concatenated in
 ``order``. ``cum`` holds the permuted shards' cumulative sizes with a leading 0, so permuted
@@ -11,19 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_sizes", "check_int", "cut_positions", "position_to_id"]
-
-
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """Return ``value`` as an int, or raise ValueError naming it unless ``low <= value``
-    (and ``value < high`` when ``high`` is given)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"expected an integer {name}, got {name}={value!r}")
-    number = int(value)
-    if number < low or (high is not None and number >= high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high})"
-        raise ValueError(f"expected {name} {bound}, got {name}={number}")
-    return number
+__all__ = ["as_sizes", "cut_positions", "position_to_id"]
 
 
 def as_sizes(shard_sizes: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -51,8 +51,8 @@ import torch
 
 __all__ = [
     "FREE",
-    "ImagePool",
     "LENT",
+    "ImagePool",
     "LentBufferError",
     "forget_exited_lenders",
     "is_received",

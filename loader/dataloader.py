@@ -12,7 +12,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader
 
-from loader._ranges import check_int
+from loader._checks import check_int
 from loader._recycle import forget_exited_lenders
 from loader.batch import Batch, BatchGroup
 from loader.dataset import ShardDataset

@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from loader._checks import check_int, check_non_negative
 from loader._epoch import SharedEpoch
-from loader._ranges import check_int
 from loader._recycle import CAPACITY
 from loader._reuse import Reuse
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
+from loader.ranks import rank_and_world
 from loader.reader import RawSample, ShardReader
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
-__all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
+__all__ = ["BadSampleError", "ShardDataset"]
 
 log = logging.getLogger("shardfeed.loader")
 BAD_SAMPLE_POLICIES = ("skip", "raise")
@@ -47,43 +48,13 @@ class BadSampleError(ValueError):
     """A sample that cannot be delivered; the message names the shard, member and offset."""
 
 
-def distributed_context(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size): explicit values, else ``torch.distributed``, else RANK/WORLD_SIZE."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if env_rank is not None and env_world is not None:
-        try:
-            return int(env_rank), int(env_world)
-        except ValueError:
-            raise ValueError(
-                f"expected integers in RANK/WORLD_SIZE, got RANK={env_rank!r} "
-                f"WORLD_SIZE={env_world!r}"
-            ) from None
-    return 0, 1
-
-
-def _check_rank(rank: int | None, world_size: int | None) -> None:
-    if rank is None and world_size is None:
-        return
-    if rank is None or world_size is None:
-        raise ValueError(
-            f"expected rank and world_size both given or both None, got rank={rank!r} "
-            f"world_size={world_size!r}"
-        )
-    check_int("world_size", world_size, 1)
-    check_int("rank", rank, 0, world_size)
-
-
 class ShardDataset(IterableDataset[Batch | BatchGroup]):
     """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded).
 
     ``source``: a manifest path or URL, a shard list or a brace pattern (``loader.sources``).
     ``image_size=0`` or ``decode=False`` skips decoding (benchmarks of the pipeline itself).
-    Rank and world size are read when iteration starts (``distributed_context``), so the same
-    object works before and after ``torch.distributed`` is initialised. A copy pickled while
+    Rank and world size are read when iteration starts (``loader.ranks.rank_and_world``), so the
+    same object works before and after ``torch.distributed`` is initialised. A copy pickled while
     ``torch.distributed`` is initialised (a DataLoader starting spawned workers) carries the
     rank and world size with it, since the process group does not reach such a worker.
     ``transfer_batches > 1`` makes iteration yield, after a first lone batch, ``BatchGroup``s
@@ -121,9 +92,9 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
                 f"expected bad_samples in {BAD_SAMPLE_POLICIES}, got bad_samples={bad_samples!r}"
             )
         check_int("skip_budget", skip_budget, 0)
-        if not isinstance(latency_ms, int | float) or not latency_ms >= 0:
-            raise ValueError(f"expected latency_ms >= 0, got latency_ms={latency_ms!r}")
-        _check_rank(rank, world_size)
+        check_non_negative("latency_ms", latency_ms)
+        if rank is not None or world_size is not None:
+            rank_and_world(rank, world_size)
         self.source = source if isinstance(source, DatasetSource) else resolve_source(source)
         self.batch_size = batch_size
         self.image_size = image_size
@@ -152,7 +123,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         state = dict(self.__dict__)
         if state["_rank"] is None and torch.distributed.is_available():
             if torch.distributed.is_initialized():
-                state["_rank"], state["_world"] = distributed_context()
+                state["_rank"], state["_world"] = rank_and_world()
         return state
 
     @property
@@ -173,7 +144,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
 
     def epoch_plan(self, epoch: int, num_workers: int) -> list[WorkerPlan]:
         """This rank's worker plans for ``epoch``: what it will yield, pad and drop."""
-        rank, world = distributed_context(self._rank, self._world)
+        rank, world = rank_and_world(self._rank, self._world)
         return plan_epoch(
             self._sizes,
             seed=self.seed,
@@ -192,7 +163,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
         epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
-        rank, world = distributed_context(self._rank, self._world)
+        rank, world = rank_and_world(self._rank, self._world)
         plan = plan_worker(
             self._sizes,
             seed=self.seed,

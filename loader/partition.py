@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loader._ranges import as_sizes, check_int, cut_positions, position_to_id
+from loader._checks import check_int
+from loader._ranges import as_sizes, cut_positions, position_to_id
 
 __all__ = [
     "EVEN_POLICIES",

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from loader._checks import check_int, check_non_negative
 from loader._location import is_local, local_path
 from loader._remote import CHUNK_BYTES, RemoteFile
 from loader._scanio import StreamScan, scan_mapped
@@ -78,11 +79,8 @@ class ShardReader:
     def __init__(
         self, shard: ShardSource, *, latency_s: float = 0.0, chunk_bytes: int = CHUNK_BYTES
     ) -> None:
-        if latency_s < 0 or chunk_bytes <= 0:
-            raise ValueError(
-                f"expected latency_s >= 0 and chunk_bytes > 0, got latency_s={latency_s} "
-                f"chunk_bytes={chunk_bytes}"
-            )
+        check_non_negative("latency_s", latency_s)
+        check_int("chunk_bytes", chunk_bytes, 1)
         self.shard = shard
         self._latency_s = latency_s
         self._chunk = chunk_bytes

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import json
 import logging
-import os
 import re
 import threading
 import time
@@ -24,17 +22,15 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from loader.jsonsafe import dumps
+from loader.ranks import rank_and_world
+
 __all__ = ["StatsReporter"]
 
 log = logging.getLogger(__name__)
 
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded")
-
-
-def _default_rank() -> int:
-    text = os.environ.get("RANK", "0")
-    return int(text) if text.isdigit() else 0
 
 
 def _opener(host: str) -> urllib.request.OpenerDirector:
@@ -92,7 +88,7 @@ class StatsReporter:
         self._bytes = 0
         self._blocked_s = 0.0
         self._epoch: int | None = None
-        self._rank = _default_rank() if rank is None else int(rank)
+        self._rank = rank_and_world()[0] if rank is None else int(rank)
         self._tracker: dict[str, int] = {}
         self.sent = 0
         self.failed_sends = 0
@@ -152,7 +148,7 @@ class StatsReporter:
     def flush(self) -> bool:
         """Send one snapshot now, from the calling thread; True when the service took it."""
         with self._send_lock:
-            body = json.dumps(self.snapshot()).encode()
+            body = dumps(self.snapshot()).encode()
             request = urllib.request.Request(
                 self.endpoint, data=body, headers=self._headers, method="POST"
             )

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from loader._checks import check_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -48,11 +50,7 @@ class DuplicateTracker:
     """
 
     def __init__(self, num_samples: int) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
-            raise ValueError(f"expected an integer num_samples, got num_samples={num_samples!r}")
-        if num_samples < 0:
-            raise ValueError(f"expected num_samples >= 0, got num_samples={num_samples}")
-        self.num_samples = int(num_samples)
+        self.num_samples = check_int("num_samples", num_samples, 0)
         self._counters = np.zeros(self.num_samples, dtype=np.uint8)
         self.history: list[EpochCounts] = []
         self._epoch = 0
@@ -74,10 +72,8 @@ class DuplicateTracker:
 
     def start_epoch(self, epoch: int) -> None:
         """Open ``epoch`` with all counters at zero; an epoch not ended is discarded unrecorded."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch < 0:
-            raise ValueError(f"expected an integer epoch >= 0, got epoch={epoch!r}")
+        self._epoch = check_int("epoch", epoch, 0)
         self._counters[:] = 0
-        self._epoch = int(epoch)
         self._open = True
         self._delivered = 0
         self._unique = 0
@@ -134,8 +130,7 @@ class DuplicateTracker:
             raise ValueError(f"expected integer other_counts, got dtype {other.dtype}")
         if other.size and other.min() < 0:
             raise ValueError(f"expected other_counts >= 0, got minimum {int(other.min())}")
-        if isinstance(padded, bool) or not isinstance(padded, int | np.integer) or padded < 0:
-            raise ValueError(f"expected an integer padded >= 0, got padded={padded!r}")
+        check_int("padded", padded, 0)
         total = np.minimum(self._counters.astype(np.int64) + other, _SATURATION)
         self._counters[:] = total
         self._delivered += int(other.sum(dtype=np.int64))

@@ -10,35 +10,18 @@ its own run when the cancel event is set or when its parent (the service) goes a
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import traceback
 from typing import Any
 
-__all__ = ["child_main", "clean_json"]
+from loader.jsonsafe import json_safe
+
+__all__ = ["child_main"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.2
-
-
-def clean_json(value: Any) -> Any:
-    """``value`` as plain JSON: NumPy scalars unwrapped, NaN and infinities as None."""
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean_json(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and not isinstance(value, str | bytes):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def _watch(cancel: Any, parent_pid: int, stop: threading.Event) -> None:
@@ -68,7 +51,7 @@ def child_main(config: dict[str, Any], queue: Any, cancel: Any, parent_pid: int)
         return
 
     def on_event(event: dict[str, Any]) -> None:
-        queue.put({"kind": "event", "event": clean_json(event)})
+        queue.put({"kind": "event", "event": json_safe(event)})
 
     try:
         result = run_bench(bench_config, on_event=on_event, cancel=stop)
@@ -78,6 +61,6 @@ def child_main(config: dict[str, Any], queue: Any, cancel: Any, parent_pid: int)
         log.debug("bench failed:\n%s", traceback.format_exc())
         queue.put({"kind": "error", "error": f"{type(exc).__name__}: {exc}"})
     else:
-        queue.put({"kind": "result", "result": clean_json(result)})
+        queue.put({"kind": "result", "result": json_safe(result)})
     finally:
         stop.set()

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 from pydantic import ValidationError
 
@@ -49,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_serve)
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """The ``Settings`` for ``args`` over the environment; ValueError naming a bad option."""
     from server.settings import Settings
 

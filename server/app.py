@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -24,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from loader.jsonsafe import json_safe
 from server.deps import Service
 from server.events import EventBus
 from server.metrics import ServiceMetrics
@@ -102,21 +101,10 @@ class _BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity replaced by its name: JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 body, made JSON-safe (an echoed ``1e999`` input would crash it)."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(errors))})
+    return JSONResponse(status_code=422, content={"detail": json_safe(jsonable_encoder(errors))})
 
 
 def _warm_engine() -> None:

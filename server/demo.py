@@ -24,6 +24,7 @@ import uvicorn
 from loader.bench.modes import DEFAULT_MODES
 from server.app import create_app
 from server.settings import Settings
+from shards.format import MANIFEST_NAME
 
 __all__ = ["DemoOptions", "register_demo", "run_demo"]
 
@@ -62,7 +63,7 @@ def run_demo(
 
     work = options.workdir.resolve()
     src, shards = work / "src", work / "shards"
-    if not (shards / "manifest.json").is_file():
+    if not (shards / MANIFEST_NAME).is_file():
         if src.exists() and any(src.iterdir()):
             raise ValueError(f"{src} exists without its shards: remove {work} and run again")
         log.info("making a %d-image sample in %s", options.images, src)

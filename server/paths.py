@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shards.format import MANIFEST_NAME
+
 __all__ = ["MissingInput", "PathRefused", "check_bench_inputs", "resolve_under_roots"]
 
 _MAX_MANIFEST_BYTES = 256 << 20
@@ -78,7 +80,7 @@ def resolve_under_roots(value: str, roots: Sequence[Path], field: str) -> Path:
 
 
 def _manifest_of(shards: Path) -> Path:
-    manifest = shards / "manifest.json" if shards.is_dir() else shards
+    manifest = shards / MANIFEST_NAME if shards.is_dir() else shards
     if not manifest.is_file():
         raise MissingInput(
             "shards", f"expected a shard folder with manifest.json, got {str(shards)!r}"

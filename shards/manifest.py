@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shards._atomic import write_json_atomic
+from shards.format import MANIFEST_NAME
 
 __all__ = ["Manifest", "ManifestError", "ShardEntry"]
 
@@ -140,7 +141,7 @@ class Manifest:
     def load(cls, path: str | os.PathLike[str]) -> Manifest:
         p = Path(path)
         if p.is_dir():
-            p = p / "manifest.json"
+            p = p / MANIFEST_NAME
         if not p.is_file():
             raise FileNotFoundError(f"no manifest at {p}: build one with 'shardfeed shard'")
         try:

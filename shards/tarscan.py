@@ -30,8 +30,8 @@ from shards._tarheader import (
 from shards.format import BLOCK, INDEX_DTYPE
 
 __all__ = [
-    "Buffer",
     "IMAGE_SUFFIXES",
+    "Buffer",
     "Member",
     "SampleGrouper",
     "SampleMembers",

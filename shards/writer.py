@@ -21,6 +21,7 @@ import numpy as np
 
 from shards._atomic import write_bytes_atomic, write_json_atomic
 from shards.format import (
+    BLOCK,
     INDEX_DTYPE,
     end_of_archive,
     index_name,
@@ -97,7 +98,7 @@ def write_shard(
                 sha = hashlib.sha256(data).hexdigest()
                 meta = _metadata(cand, job.classes, image, sha, len(data))
                 start = offset
-                image_offset = offset + 512
+                image_offset = offset + BLOCK
                 for member, payload in (
                     (f"{key}.{image.format}", image.data),
                     (f"{key}.cls", str(cand.label).encode("ascii")),

@@ -30,7 +30,7 @@ from torch.utils.data import (
     get_worker_info,
 )
 
-from loader._ranges import check_int
+from loader._checks import check_int, check_non_negative
 from loader._reuse import Reuse
 from loader.batch import Batch, BatchBuilder
 from loader.dataloader import ClosingDataLoader, WorkerInit
@@ -45,8 +45,7 @@ __all__ = ["FolderDataset", "NaiveTarDataset", "PerWorkerTarDataset", "folder_lo
 def _check_common(*, image_size: int, seed: int, latency_ms: float) -> None:
     check_int("image_size", image_size, 0)
     check_int("seed", seed, 0)
-    if not isinstance(latency_ms, int | float) or not latency_ms >= 0:
-        raise ValueError(f"expected latency_ms >= 0, got latency_ms={latency_ms!r}")
+    check_non_negative("latency_ms", latency_ms)
 
 
 def _decoder(image_size: int, train: bool, decode: bool) -> Decoder:

@@ -54,12 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_bench)
 
 
-def _number(name: str, text: str, kind: type[int] | type[float]) -> Any:
+def _int(name: str, text: str) -> int:
     try:
-        return kind(text)
+        return int(text)
     except ValueError:
-        noun = "an integer" if kind is int else "a number"
-        raise ValueError(f"expected {noun} for --{name}, got {name}={text!r}") from None
+        raise ValueError(f"expected an integer for --{name}, got {name}={text!r}") from None
+
+
+def _float(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number for --{name}, got {name}={text!r}") from None
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -81,15 +87,15 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         folder=args.folder,
         shards=args.shards,
         modes=_modes(args.modes),
-        workers=_number("workers", args.workers, int),
-        batch_size=_number("batch-size", args.batch_size, int),
-        epochs=_number("epochs", args.epochs, int),
-        image_size=_number("image-size", args.image_size, int),
-        latency_ms=_number("latency-ms", args.latency_ms, float),
+        workers=_int("workers", args.workers),
+        batch_size=_int("batch-size", args.batch_size),
+        epochs=_int("epochs", args.epochs),
+        image_size=_int("image-size", args.image_size),
+        latency_ms=_float("latency-ms", args.latency_ms),
         decode=args.decode != "none",
-        repeat=_number("repeat", args.repeat, int),
+        repeat=_int("repeat", args.repeat),
         http=args.http,
-        seed=_number("seed", args.seed, int),
+        seed=_int("seed", args.seed),
     )
     config.validate()
     return config

@@ -31,7 +31,6 @@ from loader.bench.limit import MIN_RUN_S, LimitRun, LimitRunner
 from loader.bench.measure import (
     BenchCancelled,
     combine_rounds,
-    finite,
     measure_epoch,
     summarize_epochs,
 )
@@ -39,6 +38,7 @@ from loader.bench.modes import DEFAULT_MODES, MODE_NAMES, build_mode
 from loader.bench.report import machine_info
 from loader.bench.setup import ModeSetup, ModeUnavailable
 from loader.dataloader import stop_workers
+from loader.jsonsafe import json_safe
 from loader.sources import resolve_source
 from loader.tracker import DuplicateTracker
 from shards.format import MANIFEST_NAME
@@ -113,7 +113,7 @@ class _Progress:
         if self.on_event is not None:
             event: BenchEvent = {"type": kind, "mode": mode, "round": round}
             event.update(progress=self.done / self.total, **data)
-            self.on_event(finite(event))
+            self.on_event(json_safe(event))
 
 
 def _local_dirs(config: BenchConfig) -> tuple[str | None, str | None]:
@@ -287,7 +287,7 @@ def run_bench(
     for name in modes:
         if results[name]["status"] == "ok" and rounds[name]:
             results[name].update(combine_rounds(rounds[name]))
-    doc = finite(
+    doc = json_safe(
         {
             "machine": machine_info(),
             "config": {**asdict(config), "modes": modes},

@@ -17,7 +17,6 @@ mode that delivers duplicates costs per sample the epoch actually needed).
 
 from __future__ import annotations
 
-import math
 import statistics
 import threading
 import time
@@ -34,7 +33,6 @@ __all__ = [
     "FIGURES",
     "BenchCancelled",
     "combine_rounds",
-    "finite",
     "measure_epoch",
     "percentile",
     "summarize_epochs",
@@ -203,14 +201,3 @@ def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for i, r in enumerate(rounds)
     ]
     return out
-
-
-def finite(value: Any) -> Any:
-    """``value`` with NaN and infinities (not valid JSON) replaced by ``None``, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value

@@ -43,6 +43,7 @@ from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable, loader_opt
 from loader.decode import Decoder, ImageDecoder, NoDecode
 from loader.reader import ShardReader
 from loader.sources import DatasetSource
+from shards.format import MANIFEST_NAME
 
 __all__ = ["ensure_litdata", "litdata_cache_dir", "litdata_mode", "webdataset_mode"]
 
@@ -132,7 +133,7 @@ def webdataset_mode(setup: ModeSetup) -> BuiltMode:
 
 def litdata_cache_dir(shards_dir: str | os.PathLike[str]) -> Path:
     """``<shards>/.litdata-<hash>``: the hash covers the manifest's bytes and this format."""
-    manifest = Path(shards_dir) / "manifest.json"
+    manifest = Path(shards_dir) / MANIFEST_NAME
     digest = hashlib.sha256(_LITDATA_FORMAT.encode() + manifest.read_bytes()).hexdigest()
     return Path(shards_dir) / f".litdata-{digest[:16]}"
 

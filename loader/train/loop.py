@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +26,12 @@ from torch import nn
 
 from loader.dataloader import make_loader
 from loader.device import DevicePrefetcher, resolve_device
+from loader.ranks import rank_and_world
 from loader.tracker import DuplicateTracker
 from loader.train.model import SmallCNN, random_flip
+
+if TYPE_CHECKING:
+    from loader.reporter import StatsReporter
 
 __all__ = ["EpochReport", "TrainOptions", "train"]
 
@@ -77,7 +81,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
         raise ValueError(f"expected --epochs >= 1, got --epochs={options.epochs}")
     device = resolve_device(options.device)
     own_group = _init_distributed(device)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     torch.manual_seed(options.seed)
     loader = make_loader(
         options.shards,
@@ -223,7 +227,7 @@ def _max_label(dataset: Any) -> int:
     return int(labels.max()) if len(labels) else 0
 
 
-def _reporter(options: TrainOptions, rank: int) -> Any:
+def _reporter(options: TrainOptions, rank: int) -> StatsReporter | None:
     if not options.report_url:
         return None
     from loader.reporter import StatsReporter

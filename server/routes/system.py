@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -12,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from loader.jsonsafe import dumps
 from server.deps import Service, get_service
 from server.metrics import CONTENT_TYPE
 
@@ -111,7 +111,7 @@ async def events(
                 yield ": ping\n\n"
                 continue
             kind = event.get("type", "message")
-            yield f"id: {event['id']}\nevent: {kind}\ndata: {json.dumps(event)}\n\n"
+            yield f"id: {event['id']}\nevent: {kind}\ndata: {dumps(event)}\n\n"
             sent += 1
             if limit is not None and sent >= limit:
                 return

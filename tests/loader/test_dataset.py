@@ -18,7 +18,8 @@ import pytest
 import webdataset as wds
 
 from loader.dataloader import make_loader
-from loader.dataset import ShardDataset, distributed_context
+from loader.dataset import ShardDataset
+from loader.ranks import rank_and_world
 from loader.tracker import DuplicateTracker, EpochCounts
 from shards.format import make_key
 from tests.loader.helpers import default_image_bytes, write_test_shards
@@ -256,13 +257,13 @@ def test_rank_and_world_come_from_the_environment(
     manifest = write_test_shards(tmp_path, [10], image_bytes=jpeg_bytes)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert distributed_context() == (1, 2)
+    assert rank_and_world() == (1, 2)
     dataset = ShardDataset(manifest, batch_size=2, image_size=0, shuffle_buffer=0)
     ids = sorted(i for b in dataset for i in b.ids.tolist())
     assert len(ids) == 5 and len(dataset) == 3
     monkeypatch.setenv("RANK", "one")
     with pytest.raises(ValueError, match="RANK='one'"):
-        distributed_context()
+        rank_and_world()
 
 
 def test_decode_false_yields_ids_without_pixels(tmp_path: Path) -> None:
