@@ -1,4 +1,4 @@
-"""Batches assembled in the worker (design section 3): decode straight into one batch array.
+"""Batches assembled in the worker, decoded into one array (docs/architecture.md, "Loader").
 
 A ``BatchBuilder`` lives in one DataLoader worker. It preallocates one uint8 ``[B, S, S, 3]``
 array, decodes sample ``i`` directly into slot ``i``, records each sample's label, id, padding

@@ -1,7 +1,8 @@
 """One decode step: image bytes in, a uint8 ``[S, S, 3]`` RGB crop written into a caller's array.
 
-Decoding is a pluggable step (design section 8): the batch builder calls any ``Decoder`` with
-the sample's bytes, a view of its batch slot and the worker's random generator. Two decoders:
+Decoding is a pluggable step (docs/architecture.md, "Loader"): the batch builder calls any
+``Decoder`` with the sample's bytes, a view of its batch slot and the worker's random generator.
+Two decoders:
 
 - ``ImageDecoder`` decodes with OpenCV (which releases the GIL), crops and resizes straight into
   the slot. Training uses torchvision's ``RandomResizedCrop`` semantics plus a random horizontal

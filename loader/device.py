@@ -1,4 +1,4 @@
-"""GPU delivery (design section 3): batches copied on a side stream and normalised on the device.
+"""GPU delivery: side-stream copies, normalised on the device (docs/architecture.md, "Loader").
 
 ``DevicePrefetcher`` wraps any iterable of ``Batch`` (a DataLoader over the loader's dataset,
 typically) and yields ``DeviceBatch``: float32 ``[B, 3, H, W]`` images normalised by

@@ -1,4 +1,4 @@
-"""The partition rule (design section 3): which samples each worker of each rank reads.
+"""Which samples each worker of each rank reads: the rule of docs/architecture.md, "Partition".
 
 For epoch ``e`` the shard order is permuted with a generator seeded from ``(seed, e)`` and the
 shards are concatenated into one sequence of *positions*. That sequence is cut twice:

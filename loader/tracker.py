@@ -1,4 +1,4 @@
-"""Delivery-duplicate tracking (design section 5): how often each global id arrived this epoch.
+"""Delivery duplicates: how often each id arrived this epoch (docs/architecture.md, "Tracker").
 
 One saturating ``np.uint8`` counter per sample (about 1.3 MB for ImageNet). Per epoch the
 tracker reports samples delivered (not counting padding), unique ids seen, duplicates

@@ -1,4 +1,4 @@
-"""Content duplicates in the source (design section 5): found by hash, reported, never removed.
+"""Source content duplicates, by hash: reported, never removed (docs/architecture.md, "Format").
 
 Three findings: exact duplicates (two or more sharded images with the same bytes), the subset
 whose copies carry different labels (label noise), and images that also occur in a second

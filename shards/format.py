@@ -1,4 +1,4 @@
-"""The on-disk shard format (design section 2): names, tar headers, the offset sidecar.
+"""The on-disk format: names, tar headers, the offset sidecar (docs/architecture.md, "Format").
 
 A shard is a plain POSIX (ustar) tar. A sample is three adjacent members sharing one key:
 ``KEY.<ext>`` (the image; ``ext`` sniffed from the bytes), ``KEY.cls`` (class index as ASCII

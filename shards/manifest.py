@@ -1,4 +1,4 @@
-"""``manifest.json``: a superset of the wids shard index (design section 2).
+"""``manifest.json``: a superset of the wids shard index (docs/architecture.md, "Format").
 
 Layout::
 

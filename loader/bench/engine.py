@@ -1,4 +1,4 @@
-"""The benchmark engine (design section 4): every mode on the same data, against the raw limit.
+"""The benchmark engine: all modes against the raw limit (docs/architecture.md, "Benchmark").
 
 ``run_bench(config)`` runs, for each of ``config.repeat`` rounds, the limit and the modes
 interleaved (``L m1 L m2 L ...``), because a shared machine's speed drifts: each mode's
@@ -207,7 +207,7 @@ def run_bench(
     on_event: Callable[[BenchEvent], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark and return the design-section-4 document (see the module docstring).
+    """Run the benchmark and return its JSON document (docs/architecture.md, "Benchmark").
 
     Raises ``ValueError``/``FileNotFoundError`` for a bad config or missing data before anything
     runs, and ``BenchCancelled`` when ``cancel`` is set. A mode that fails is reported with

@@ -51,7 +51,7 @@ def check_epoch(
     batch_size: int,
     even: str,
 ) -> None:
-    """Assert every invariant of design section 3 on one epoch's plans."""
+    """Assert every invariant of docs/architecture.md, "Partition" on one epoch's plans."""
     sizes = np.asarray(sizes, dtype=np.int64)
     first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     total = int(sizes.sum())
