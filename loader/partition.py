@@ -1,4 +1,4 @@
-"""Which samples each worker of each rank reads: the rule of docs/architecture.md, "Partition".
+"""Which samples each worker of each rank reads: the rule of (docs/architecture.md, "Partition").
 
 For epoch ``e`` the shard order is permuted with a generator seeded from ``(seed, e)`` and the
 shards are concatenated into one sequence of *positions*. That sequence is cut twice:

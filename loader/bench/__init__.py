@@ -1,4 +1,4 @@
-"""Benchmark: every mode on the same data against the machine's limit (architecture.md,
+"""Benchmark: every mode on the same data against the machine's limit (docs/architecture.md,
 "Benchmark"), and the baselines the loader is measured against."""
 
 from loader.bench.baselines import (

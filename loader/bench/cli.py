@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="measure map-style, tar and worker-aware loading against the raw limit",
         description="Run every mode on the same data and report samples, duplicates, missing, "
-        "samples/s and the ratio to the limit (docs/architecture.md, section 'Benchmark').",
+        'samples/s and the ratio to the limit (docs/architecture.md, "Benchmark").',
     )
     p.add_argument("--folder", metavar="SRC", help="source image folder (map mode reads it)")
     p.add_argument("--shards", metavar="DIR", required=True, help="shard folder or manifest")

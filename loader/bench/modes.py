@@ -1,4 +1,4 @@
-"""The bench modes: one table, the only list of them (architecture.md, "Benchmark").
+"""The bench modes: one table, the only list of them (docs/architecture.md, "Benchmark").
 
 The CLI's default and choices, the service's accepted modes, the dashboard's check boxes and the
 demo all derive from ``MODES``. Adding a mode is one row here plus its builder, a function

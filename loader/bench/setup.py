@@ -1,5 +1,5 @@
 """What every bench mode is built from and returns: ``ModeSetup`` in, ``BuiltMode`` out, or
-``ModeUnavailable`` when a mode cannot run here (architecture.md, "Benchmark").
+``ModeUnavailable`` when a mode cannot run here (docs/architecture.md, "Benchmark").
 
 Every DataLoader a mode builds (except ``map``'s, which is ``folder_loader``'s own) has the
 settings ``make_loader`` uses, from ``loader_options``.
