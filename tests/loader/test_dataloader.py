@@ -463,3 +463,24 @@ def test_grouped_batches_arrive_pinned(tmp_path: Path) -> None:
     batches = list(loader)
     assert sorted(i for b in batches for i in b.ids.tolist()) == list(range(17))
     assert all(t.is_pinned() for b in batches for t in b)
+
+
+def test_stop_workers_ends_a_persistent_loaders_workers_between_epochs(tmp_path: Path) -> None:
+    from loader.bench import engine
+    from loader.dataloader import stop_workers
+
+    assert engine.stop_workers is stop_workers
+    manifest = write_test_shards(tmp_path, [5, 5])
+    loader = make_loader(manifest, batch_size=2, num_workers=2, image_size=0)
+    before = {p.pid for p in psutil.Process().children()}
+    assert len([i for b in loader for i in b.ids.tolist()]) == 10
+    workers = {p.pid for p in psutil.Process().children()} - before
+    assert len(workers) == 2 and loader._iterator is not None
+    stop_workers(loader)
+    assert loader._iterator is None
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in workers
+    )
+    stop_workers(loader)
+    stop_workers(object())
+    assert len([i for b in loader for i in b.ids.tolist()]) == 10
