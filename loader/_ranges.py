@@ -11,7 +11,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_sizes", "check_int", "cut_positions", "position_to_id"]
+__all__ = [
+    "as_sizes",
+    "check_int",
+    "cut_positions",
+    "free_runs",
+    "position_to_id",
+    "to_positions",
+]
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -73,6 +80,39 @@ def position_to_id(cum: np.ndarray, order: np.ndarray, first_index: np.ndarray, 
     """Global id of the sample at permuted position ``pos`` (``0 <= pos < cum[-1]``)."""
     k = int(np.searchsorted(cum, pos, side="right")) - 1
     return int(first_index[order[k]] + pos - cum[k])
+
+
+def free_runs(
+    cum: np.ndarray, order: np.ndarray, first_index: np.ndarray, taken: np.ndarray
+) -> np.ndarray:
+    """``[start, stop)`` position runs (int64 ``[k, 2]``, in sequence order) whose samples are
+    not marked in ``taken``, a bool array indexed by global id."""
+    total = int(cum[-1])
+    sizes = np.diff(cum)
+    ids = np.arange(total, dtype=np.int64)
+    ids += np.repeat(first_index[order] - cum[:-1], sizes)
+    free = np.zeros(total + 2, dtype=np.int8)
+    free[1:-1] = ~taken[ids]
+    edges = np.flatnonzero(np.diff(free))
+    return edges.reshape(-1, 2).astype(np.int64)
+
+
+def to_positions(
+    runs: np.ndarray, vcum: np.ndarray, start: int, stop: int
+) -> list[tuple[int, int]]:
+    """Map ``[start, stop)`` of a filtered sequence (the positions of ``runs`` one after the
+    other; ``vcum`` their cumulative lengths with a leading 0) to real position runs."""
+    if stop <= start:
+        return []
+    i0 = int(np.searchsorted(vcum, start, side="right")) - 1
+    i1 = int(np.searchsorted(vcum, stop, side="left"))
+    out = []
+    for i in range(i0, i1):
+        lo = int(runs[i, 0]) + max(start - int(vcum[i]), 0)
+        hi = int(runs[i, 0]) + min(stop, int(vcum[i + 1])) - int(vcum[i])
+        if hi > lo:
+            out.append((lo, hi))
+    return out
 
 
 def _short(value: object, limit: int = 80) -> str:

@@ -6,6 +6,13 @@ sequentially (seeking into its first shard through the sidecar index), passes sa
 bounded shuffle buffer, decodes each straight into a preallocated batch array and yields whole
 ``Batch`` objects, so the main process does no per-sample work.
 
+Resume (docs/architecture.md, section "Resume"): ``state_dict()`` says what the training loop
+received (``record`` is called per batch it receives; ``make_loader``'s loader does that),
+``load_state_dict()`` makes the next iteration deliver the rest of that epoch, for any topology
+(``loader.resume``). The in-worker shuffle is an order drawn over the plan before reading
+(``loader._shuffle``), and crops are drawn per batch from a generator seeded by the batch's
+index, so a resumed worker skips its first batches unread and yields the rest unchanged.
+
 Bad samples (undecodable bytes, no label): with ``bad_samples="skip"`` the sample is not
 delivered, its batch slot is filled with a copy of another sample of the same batch marked
 ``padded`` (so every rank still yields the planned number of batches), and a warning names the
@@ -19,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -26,13 +34,23 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from loader._epoch import SharedEpoch
+from loader._progress import Progress
 from loader._ranges import check_int
 from loader._recycle import CAPACITY
 from loader._reuse import Reuse
+from loader._shuffle import emission_order, kept_segments, plan_ids, reorder, worker_seed
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
-from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
+from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_epoch, plan_worker
 from loader.reader import RawSample, ShardReader
+from loader.resume import (
+    LoaderState,
+    ResumeError,
+    Topology,
+    fingerprint,
+    merge_states,
+    resume_point,
+)
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
 __all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
@@ -40,7 +58,6 @@ __all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
 log = logging.getLogger("shardfeed.loader")
 BAD_SAMPLE_POLICIES = ("skip", "raise")
 IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, held by the trainer
-_DRAWS = 1024  # shuffle-buffer slots drawn per call: one call per sample costs ~2 us
 
 
 class BadSampleError(ValueError):
@@ -140,6 +157,11 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         self._epoch = SharedEpoch()
         self._reuse = Reuse(self.latency_s)
         self._sizes = np.array([s.nsamples for s in self.source.shards], dtype=np.int64)
+        self._resume: LoaderState | None = None
+        self._progress: Progress | None = None
+        self._current: int | None = None  # the epoch ``_progress`` records (main process)
+        self._num_workers = 0
+        self._iterated = False
         if self._world is not None and self._world > self.num_samples:
             raise ValueError(
                 f"world_size={self._world} is larger than the number of samples "
@@ -150,6 +172,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         """The state to pickle, with the rank and world size pinned when ``torch.distributed``
         is initialised here (a spawned worker has no process group to ask)."""
         state = dict(self.__dict__)
+        state["_progress"] = None
         if state["_rank"] is None and torch.distributed.is_available():
             if torch.distributed.is_initialized():
                 state["_rank"], state["_world"] = distributed_context()
@@ -164,8 +187,12 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         return self.source.classes
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration (in every worker, persistent ones too) use ``epoch``."""
+        """Make the next iteration (in every worker, persistent ones too) use ``epoch``.
+
+        A state loaded for ``epoch`` still applies; one loaded for another epoch is ignored.
+        """
         self._epoch.set(epoch)
+        self._follow(epoch)
 
     @property
     def next_epoch(self) -> int:
@@ -188,11 +215,118 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         """Batches this rank yields per epoch (the same every epoch)."""
         return sum(p.num_batches for p in self.epoch_plan(0, num_workers))
 
+    def topology(self, num_workers: int, world_size: int | None = None) -> Topology:
+        """The topology this dataset iterates with ``num_workers`` DataLoader workers."""
+        world = world_size if world_size is not None else distributed_context(*self._ranks())[1]
+        size = self.shuffle_buffer if self.train else 0
+        return Topology(world, num_workers, self.batch_size, self.even, size)
+
+    def begin_epoch(self, num_workers: int) -> None:
+        """Called by the main process as a DataLoader over this dataset starts an epoch (before
+        its workers start it): from now on ``record`` counts batches of that epoch."""
+        self._iterated = True
+        self._num_workers = check_int("num_workers", num_workers, 0)
+        self._follow(self._epoch.peek())
+
+    def end_epoch(self) -> None:
+        """Called by the main process when the loop has received the epoch's last batch: the
+        state now says the next epoch, nothing taken."""
+        if self._current is not None:
+            self._follow(self._current + 1)
+
+    def record(self, batch: Batch, num_workers: int | None = None) -> None:
+        """Count ``batch`` as received by the training loop. ``make_loader``'s loader calls it
+        for every batch it hands over; with a plain ``DataLoader`` call it for every batch your
+        loop takes (with the loader's ``num_workers``) and ``set_epoch`` before every epoch."""
+        if num_workers is not None and num_workers != self._num_workers:
+            self._num_workers = check_int("num_workers", num_workers, 0)
+            self._progress = None
+        self._iterated = True
+        self._progress_now().record(batch.ids, batch.padded)
+
+    def state_dict(self, num_workers: int | None = None) -> dict[str, Any]:
+        """What the training loop has received this epoch (``loader.resume.LoaderState`` as a
+        dict of plain types). Under ``torch.distributed`` every rank must call it at the same
+        step: the ranks' parts are gathered and every rank returns the same global state. With
+        ranks from ``RANK``/``WORLD_SIZE`` only, it covers this rank; pass every rank's state
+        as a list to ``load_state_dict``."""
+        if num_workers is not None and num_workers != self._num_workers:
+            self._num_workers = check_int("num_workers", num_workers, 0)
+            self._progress = None
+        state = self._progress_now().state().to_dict()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, state)
+            state = merge_states(gathered).to_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+        """Resume from ``state`` (a ``state_dict()`` result, or the list of every old rank's):
+        the next iteration delivers that epoch's samples the loop had not received, cut for
+        this loader's ranks, workers and batch size. Call it before the first iteration.
+        Raises ``ResumeError`` for a state of another dataset or seed, a newer format, a
+        corrupt state, or a call after iteration began."""
+        if self._iterated:
+            raise ResumeError(
+                "load_state_dict() after iteration began: the workers already have their plan; "
+                "call it on a new loader before its first iter()"
+            )
+        loaded = merge_states(state)
+        mine = self.fingerprint
+        if loaded.fingerprint != mine or loaded.num_samples != self.num_samples:
+            raise ResumeError(
+                f"expected a state of this dataset ({self.num_samples} samples, fingerprint "
+                f"{mine[:12]}), got one of {loaded.num_samples} samples, fingerprint "
+                f"{loaded.fingerprint[:12]}: resume with the shards that saved it"
+            )
+        if loaded.seed != self.seed:
+            raise ResumeError(
+                f"expected a state saved with this loader's seed={self.seed}, got "
+                f"seed={loaded.seed}: construct the loader with seed={loaded.seed}"
+            )
+        self._resume = loaded
+        self._epoch.set(loaded.epoch)
+        self._progress = None
+        self._current = loaded.epoch
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset's fingerprint (``loader.resume.fingerprint``)."""
+        return fingerprint(self.source)
+
+    def _ranks(self) -> tuple[int | None, int | None]:
+        return self._rank, self._world
+
+    def _follow(self, epoch: int) -> None:
+        if self._current != epoch:
+            self._progress = None
+        self._current = epoch
+
+    def _progress_now(self) -> Progress:
+        if self._current is None:
+            self._current = self._epoch.peek()
+        rank, world = distributed_context(self._rank, self._world)
+        if self._progress is None:
+            self._progress = Progress(
+                self._sizes,
+                fingerprint=self.fingerprint,
+                seed=self.seed,
+                epoch=self._current,
+                rank=rank,
+                topology=self.topology(self._num_workers, world),
+                resume=self._resume,
+            )
+        return self._progress
+
     def __iter__(self) -> Iterator[Batch | BatchGroup]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
+        if info is None:
+            self._iterated = True
         epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
         rank, world = distributed_context(self._rank, self._world)
+        topology = self.topology(num_workers, world)
+        taken, skip, left_out = resume_point(self._resume, topology, epoch, rank, worker)
         plan = plan_worker(
             self._sizes,
             seed=self.seed,
@@ -203,6 +337,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
             num_workers=num_workers,
             batch_size=self.batch_size,
             even=self.even,
+            taken=taken,
         )
         if plan.drop:
             log.info(
@@ -212,53 +347,73 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
                 plan.drop,
                 epoch,
             )
-        rng = np.random.default_rng([self.seed, epoch, rank, worker])
-        return grouped(self._batches(plan, rng), self.transfer_batches)
+        key = worker_seed(self.seed, epoch, rank, worker, left_out)
+        rng = np.random.default_rng(key)
+        return grouped(self._batches(plan, rng, skip, key), self.transfer_batches)
 
-    def _batches(self, plan: WorkerPlan, rng: np.random.Generator) -> Iterator[Batch]:
+    def _batches(
+        self, plan: WorkerPlan, rng: np.random.Generator, skip: int, key: list[int]
+    ) -> Iterator[Batch]:
+        """The plan's batches from batch ``skip`` on. ``rng`` draws the shuffle order; batch
+        ``j``'s crops come from ``default_rng(key + [j])``, so they do not depend on ``skip``."""
         decoder = ImageDecoder(self.image_size, train=self.train) if self.decode else NoDecode()
         side = self.image_size if self.decode else 0
         in_flight = IN_FLIGHT_ITEMS * self.transfer_batches
         pool = self._reuse.pool(self.batch_size * side * side * 3, max(CAPACITY, in_flight))
         builder = BatchBuilder(self.batch_size, side, decoder, pool=pool)
-        skipped = 0
+        ids = plan_ids(plan)
+        order = emission_order(len(ids), self.shuffle_buffer if self.train else 0, rng)
+        done = min(skip * self.batch_size, len(ids))
+        segments: Sequence[Segment] = plan.segments
+        if done:
+            skipped = np.zeros(len(ids), dtype=bool)
+            skipped[np.fromiter(islice(order, done), np.int64, done)] = True
+            segments = kept_segments(plan, skipped)
+        pads = list(plan.pad_ids)[skip * self.batch_size - done :]
+        augment = self.decode and self.train
+        index = skip
+        draw = np.random.default_rng([*key, index]) if augment else rng
+        id_list = ids.tolist()
+        skipped_bad = 0
         fillers = 0
         last_good: int | None = None
         add, full = builder.add, self.batch_size
-        for sample in self._shuffled(self._samples(plan), rng):
+        for sample in reorder(self._samples(segments), (id_list[i] for i in order)):
             try:
                 if sample.label < 0:
                     raise DecodeError("no class label (.cls member missing)")
-                add(sample.data, sample.label, sample.gid, rng)
+                add(sample.data, sample.label, sample.gid, draw)
                 last_good = sample.gid
             except DecodeError as exc:
-                skipped += 1
-                self._bad_sample(sample, exc, skipped)
+                skipped_bad += 1
+                self._bad_sample(sample, exc, skipped_bad)
                 fillers += 1
             while fillers and len(builder) and not builder.full:
                 builder.repeat(0)
                 fillers -= 1
             if len(builder) == full:
                 yield builder.finish()
-        pads = list(plan.pad_ids)
+                index += 1
+                if augment:
+                    draw = np.random.default_rng([*key, index])
         if fillers:
             if last_good is None:
                 raise BadSampleError(
-                    f"every sample of this worker's range was bad ({skipped} skipped): "
+                    f"every sample of this worker's range was bad ({skipped_bad} skipped): "
                     "nothing to fill the batch with"
                 )
             pads = [last_good] * fillers + pads
         for gid in pads:
             pad = self._read_one(gid)
-            builder.add(pad.data, pad.label, gid, rng, padded=True)
+            builder.add(pad.data, pad.label, gid, draw, padded=True)
             if builder.full:
                 yield builder.finish()
         if len(builder):
             yield builder.finish()
 
-    def _samples(self, plan: WorkerPlan) -> Iterator[RawSample]:
-        """The plan's samples; readers stay open for later epochs (``loader._reuse``)."""
-        for seg in plan.segments:
+    def _samples(self, segments: Sequence[Segment]) -> Iterator[RawSample]:
+        """The segments' samples; readers stay open for later epochs (``loader._reuse``)."""
+        for seg in segments:
             shard = self.source.shards[seg.shard]
             try:
                 yield from self._reuse.reader(shard).read(seg.start, seg.stop)
@@ -275,25 +430,6 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
             return sample._replace(data=bytes(sample.data))
         finally:
             reader.close()
-
-    def _shuffled(self, samples: Iterator[RawSample], rng: np.random.Generator) -> Iterator[Any]:
-        size = self.shuffle_buffer if self.train else 0
-        if size <= 1:
-            yield from samples
-            return
-        buf: list[RawSample] = []
-        draws: list[int] = []
-        for s in samples:
-            if len(buf) < size:
-                buf.append(s)
-                continue
-            if not draws:
-                draws = rng.integers(size, size=_DRAWS).tolist()[::-1]
-            i = draws.pop()
-            buf[i], s = s, buf[i]
-            yield s
-        rng.shuffle(buf)
-        yield from buf
 
     def _bad_sample(self, sample: RawSample, exc: Exception, skipped: int) -> None:
         shard = self.source.shards[self._shard_of(sample.gid)]
