@@ -41,7 +41,7 @@ from loader._reuse import Reuse
 from loader._shuffle import emission_order, kept_segments, plan_ids, reorder, worker_seed
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
-from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_epoch, plan_worker
+from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_epoch
 from loader.reader import RawSample, ShardReader
 from loader.resume import (
     LoaderState,
@@ -49,6 +49,7 @@ from loader.resume import (
     Topology,
     fingerprint,
     merge_states,
+    next_worker,
     resume_point,
 )
 from loader.sources import DatasetSource, ShardSource, resolve_source
@@ -326,19 +327,23 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
         rank, world = distributed_context(self._rank, self._world)
         topology = self.topology(num_workers, world)
-        taken, skip, left_out = resume_point(self._resume, topology, epoch, rank, worker)
-        plan = plan_worker(
+        taken, done, left_out = resume_point(self._resume, topology, epoch, rank)
+        plans = plan_epoch(
             self._sizes,
             seed=self.seed,
             epoch=epoch,
-            rank=rank,
             world_size=world,
-            worker=worker,
             num_workers=num_workers,
             batch_size=self.batch_size,
             even=self.even,
             taken=taken,
-        )
+        )[rank]
+        skip = 0
+        if done is not None:
+            counts = [p.num_batches for p in plans]
+            worker = (worker + next_worker(counts, done, self.transfer_batches)) % len(plans)
+            skip = done[worker]
+        plan = plans[worker]
         if plan.drop:
             log.info(
                 "even='drop': rank %d worker %d leaves out %d sample(s) in epoch %d",
@@ -349,7 +354,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
             )
         key = worker_seed(self.seed, epoch, rank, worker, left_out)
         rng = np.random.default_rng(key)
-        return grouped(self._batches(plan, rng, skip, key), self.transfer_batches)
+        return grouped(self._batches(plan, rng, skip, key), self.transfer_batches, skip)
 
     def _batches(
         self, plan: WorkerPlan, rng: np.random.Generator, skip: int, key: list[int]

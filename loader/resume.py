@@ -43,6 +43,7 @@ __all__ = [
     "Topology",
     "fingerprint",
     "merge_states",
+    "next_worker",
     "resume_point",
     "pack_bits",
     "unpack_bits",
@@ -265,18 +266,49 @@ def merge_states(states: Sequence[object] | object) -> LoaderState:
 
 
 def resume_point(
-    state: LoaderState | None, topology: Topology, epoch: int, rank: int, worker: int
-) -> tuple[np.ndarray | None, int, int]:
-    """Where worker ``worker`` of rank ``rank`` of a loader of ``topology`` starts epoch
-    ``epoch``: the samples its plan leaves out (``None``: none), how many of its batches it
-    skips, and how many samples were left out (part of its shuffle seed, so that a plan cut
-    afresh draws an order of its own). A state of another epoch does not apply."""
+    state: LoaderState | None, topology: Topology, epoch: int, rank: int
+) -> tuple[np.ndarray | None, list[int] | None, int]:
+    """Where rank ``rank`` of a loader of ``topology`` starts epoch ``epoch``: the samples its
+    plan leaves out (``None``: none), how many batches each of its workers skips (``None``: the
+    plan is new, nothing to skip), and how many samples were left out (part of the workers'
+    shuffle seed, so that a plan cut afresh draws an order of its own). A state of another
+    epoch does not apply."""
     if state is None or state.epoch != epoch:
-        return None, 0, 0
+        return None, None, 0
     base, batches = state.plan_for(topology)
-    skip = batches[rank][worker] if rank in batches else 0
     count = int(base.sum())
-    return (base if count else None), skip, count
+    return (base if count else None), batches.get(rank), count
+
+
+def next_worker(batches: Sequence[int], done: Sequence[int], group: int) -> int:
+    """The worker whose DataLoader item comes next after each worker ``w`` of ``batches[w]``
+    handed over ``done[w]`` batches, in groups of ``group`` after a lone first batch
+    (``loader.batch.grouped``). A DataLoader takes items from its workers in turn, passing over
+    workers that have run out; a resumed loader whose worker ``i`` plays worker
+    ``(i + next_worker(...)) % workers`` therefore hands over the same batches in the same order
+    as the run that stopped."""
+    items = [_item_sizes(n, group) for n in batches]
+    position = [0] * len(batches)
+    got = [0] * len(batches)
+    while any(position[w] < len(items[w]) for w in range(len(batches))):
+        for w in range(len(batches)):
+            if position[w] == len(items[w]):
+                continue
+            size = items[w][position[w]]
+            if got[w] + size > done[w]:
+                return w
+            got[w] += size
+            position[w] += 1
+    return 0
+
+
+def _item_sizes(batches: int, group: int) -> list[int]:
+    if batches == 0:
+        return []
+    if group == 1:
+        return [1] * batches
+    rest = batches - 1
+    return [1] + [group] * (rest // group) + ([rest % group] if rest % group else [])
 
 
 def _int(doc: Any, name: str, low: int) -> int:

@@ -37,9 +37,7 @@ class Run:
 
 def rest_of_epoch(sizes: list[int], topology: Topology, state: LoaderState | None) -> Run:
     workers = topology.num_workers
-    base = None
-    if state is not None:
-        base, _, _ = resume_point(state, topology, EPOCH, 0, 0)
+    base, _, left_out = resume_point(state, topology, EPOCH, 0)
     plans = plan_epoch(
         sizes,
         seed=SEED,
@@ -53,8 +51,9 @@ def rest_of_epoch(sizes: list[int], topology: Topology, state: LoaderState | Non
     batches = []
     for rank in range(topology.world_size):
         per_worker = []
+        _, done, _ = resume_point(state, topology, EPOCH, rank)
         for w in range(workers):
-            _, skip, left_out = resume_point(state, topology, EPOCH, rank, w)
+            skip = done[w] if done else 0
             rng = np.random.default_rng(worker_seed(SEED, EPOCH, rank, w, left_out))
             all_batches = batch_ids(
                 plans[rank][w], topology.batch_size, topology.shuffle_buffer, rng
