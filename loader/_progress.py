@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from loader.partition import plan_epoch
+from loader.partition import plan_rank
 from loader.resume import LoaderState, ResumeError, Topology
 
 if TYPE_CHECKING:
@@ -50,16 +50,17 @@ class Progress:
             batches = {}
         self.batches = {r: list(c) for r, c in batches.items()}
         self.batches.setdefault(rank, [0] * topology.num_workers)
-        plans = plan_epoch(
+        plans = plan_rank(
             sizes,
             seed=seed,
             epoch=epoch,
+            rank=rank,
             world_size=topology.world_size,
             num_workers=topology.num_workers,
             batch_size=topology.batch_size,
             even=topology.even,
             taken=self.base if self.base.any() else None,
-        )[rank]
+        )
         starts, stops, owners = [], [], []
         self._pad_worker = 0
         for w, plan in enumerate(plans):

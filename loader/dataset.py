@@ -41,7 +41,7 @@ from loader._reuse import Reuse
 from loader._shuffle import emission_order, kept_segments, plan_ids, reorder, worker_seed
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
-from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_epoch
+from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_rank
 from loader.reader import RawSample, ShardReader
 from loader.resume import (
     LoaderState,
@@ -202,15 +202,16 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
     def epoch_plan(self, epoch: int, num_workers: int) -> list[WorkerPlan]:
         """This rank's worker plans for ``epoch``: what it will yield, pad and drop."""
         rank, world = distributed_context(self._rank, self._world)
-        return plan_epoch(
+        return plan_rank(
             self._sizes,
             seed=self.seed,
             epoch=epoch,
+            rank=rank,
             world_size=world,
             num_workers=num_workers,
             batch_size=self.batch_size,
             even=self.even,
-        )[rank]
+        )
 
     def batches_per_epoch(self, num_workers: int = 0) -> int:
         """Batches this rank yields per epoch (the same every epoch)."""
@@ -328,16 +329,17 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         rank, world = distributed_context(self._rank, self._world)
         topology = self.topology(num_workers, world)
         taken, done, left_out = resume_point(self._resume, topology, epoch, rank)
-        plans = plan_epoch(
+        plans = plan_rank(
             self._sizes,
             seed=self.seed,
             epoch=epoch,
+            rank=rank,
             world_size=world,
             num_workers=num_workers,
             batch_size=self.batch_size,
             even=self.even,
             taken=taken,
-        )[rank]
+        )
         skip = 0
         if done is not None:
             counts = [p.num_batches for p in plans]

@@ -42,6 +42,7 @@ import numpy as np
 from loader._ranges import (
     as_sizes,
     check_int,
+    cut_many,
     cut_positions,
     free_runs,
     position_to_id,
@@ -53,6 +54,7 @@ __all__ = [
     "Segment",
     "WorkerPlan",
     "plan_epoch",
+    "plan_rank",
     "plan_worker",
     "rank_shares",
     "shard_order",
@@ -111,16 +113,13 @@ class _Layout:
         """Segments of sequence positions ``[start, stop)`` (filtered when ``runs`` is set)."""
         if self.runs is None or self.vcum is None:
             return cut_positions(self.cum, self.order, self.first_index, start, stop)
-        return [
-            run
-            for lo, hi in to_positions(self.runs, self.vcum, start, stop)
-            for run in cut_positions(self.cum, self.order, self.first_index, lo, hi)
-        ]
+        lo, hi = to_positions(self.runs, self.vcum, start, stop)
+        return cut_many(self.cum, self.order, self.first_index, lo, hi)
 
     def id_at(self, pos: int) -> int:
         """Global id at sequence position ``pos`` (filtered when ``runs`` is set)."""
         if self.runs is not None and self.vcum is not None:
-            pos = to_positions(self.runs, self.vcum, pos, pos + 1)[0][0]
+            pos = int(to_positions(self.runs, self.vcum, pos, pos + 1)[0][0])
         return position_to_id(self.cum, self.order, self.first_index, pos)
 
 
@@ -202,6 +201,26 @@ def plan_worker(
     _check_batching(num_workers, batch_size, even)
     worker = check_int("worker", worker, 0, max(num_workers, 1))
     return _plan_rank(layout, rank, num_workers, batch_size, even, only=worker)[0]
+
+
+def plan_rank(
+    shard_sizes: Sequence[int] | np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    even: str = "pad",
+    taken: np.ndarray | None = None,
+) -> list[WorkerPlan]:
+    """The plans of every worker of rank ``rank``: ``plan_epoch(...)[rank]``, without cutting
+    the other ranks' shares."""
+    layout = _layout(shard_sizes, seed, epoch, world_size, taken)
+    rank = check_int("rank", rank, 0, layout.world_size)
+    _check_batching(num_workers, batch_size, even)
+    return _plan_rank(layout, rank, num_workers, batch_size, even)
 
 
 def plan_epoch(
