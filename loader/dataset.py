@@ -37,21 +37,14 @@ from loader._epoch import SharedEpoch
 from loader._progress import Progress
 from loader._ranges import check_int
 from loader._recycle import CAPACITY
+from loader._resumable import Resumable, distributed_context
 from loader._reuse import Reuse
 from loader._shuffle import emission_order, kept_segments, plan_ids, reorder, worker_seed
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_rank
 from loader.reader import RawSample, ShardReader
-from loader.resume import (
-    LoaderState,
-    ResumeError,
-    Topology,
-    fingerprint,
-    merge_states,
-    next_worker,
-    resume_point,
-)
+from loader.resume import LoaderState, next_worker, resume_point
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
 __all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
@@ -63,24 +56,6 @@ IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, he
 
 class BadSampleError(ValueError):
     """A sample that cannot be delivered; the message names the shard, member and offset."""
-
-
-def distributed_context(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size): explicit values, else ``torch.distributed``, else RANK/WORLD_SIZE."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if env_rank is not None and env_world is not None:
-        try:
-            return int(env_rank), int(env_world)
-        except ValueError:
-            raise ValueError(
-                f"expected integers in RANK/WORLD_SIZE, got RANK={env_rank!r} "
-                f"WORLD_SIZE={env_world!r}"
-            ) from None
-    return 0, 1
 
 
 def _check_rank(rank: int | None, world_size: int | None) -> None:
@@ -95,7 +70,7 @@ def _check_rank(rank: int | None, world_size: int | None) -> None:
     check_int("rank", rank, 0, world_size)
 
 
-class ShardDataset(IterableDataset[Batch | BatchGroup]):
+class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
     """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded).
 
     ``source``: a manifest path or URL, a shard list or a brace pattern (``loader.sources``).
@@ -180,10 +155,6 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         return state
 
     @property
-    def num_samples(self) -> int:
-        return self.source.num_samples
-
-    @property
     def classes(self) -> tuple[str, ...]:
         return self.source.classes
 
@@ -216,109 +187,6 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
     def batches_per_epoch(self, num_workers: int = 0) -> int:
         """Batches this rank yields per epoch (the same every epoch)."""
         return sum(p.num_batches for p in self.epoch_plan(0, num_workers))
-
-    def topology(self, num_workers: int, world_size: int | None = None) -> Topology:
-        """The topology this dataset iterates with ``num_workers`` DataLoader workers."""
-        world = world_size if world_size is not None else distributed_context(*self._ranks())[1]
-        size = self.shuffle_buffer if self.train else 0
-        return Topology(world, num_workers, self.batch_size, self.even, size)
-
-    def begin_epoch(self, num_workers: int) -> None:
-        """Called by the main process as a DataLoader over this dataset starts an epoch (before
-        its workers start it): from now on ``record`` counts batches of that epoch."""
-        self._iterated = True
-        self._num_workers = check_int("num_workers", num_workers, 0)
-        self._follow(self._epoch.peek())
-
-    def end_epoch(self) -> None:
-        """Called by the main process when the loop has received the epoch's last batch: the
-        state now says the next epoch, nothing taken."""
-        if self._current is not None:
-            self._follow(self._current + 1)
-
-    def record(self, batch: Batch, num_workers: int | None = None) -> None:
-        """Count ``batch`` as received by the training loop. ``make_loader``'s loader calls it
-        for every batch it hands over; with a plain ``DataLoader`` call it for every batch your
-        loop takes (with the loader's ``num_workers``) and ``set_epoch`` before every epoch."""
-        if num_workers is not None and num_workers != self._num_workers:
-            self._num_workers = check_int("num_workers", num_workers, 0)
-            self._progress = None
-        self._iterated = True
-        self._progress_now().record(batch.ids, batch.padded)
-
-    def state_dict(self, num_workers: int | None = None) -> dict[str, Any]:
-        """What the training loop has received this epoch (``loader.resume.LoaderState`` as a
-        dict of plain types). Under ``torch.distributed`` every rank must call it at the same
-        step: the ranks' parts are gathered and every rank returns the same global state. With
-        ranks from ``RANK``/``WORLD_SIZE`` only, it covers this rank; pass every rank's state
-        as a list to ``load_state_dict``."""
-        if num_workers is not None and num_workers != self._num_workers:
-            self._num_workers = check_int("num_workers", num_workers, 0)
-            self._progress = None
-        state = self._progress_now().state().to_dict()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, state)
-            state = merge_states(gathered).to_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
-        """Resume from ``state`` (a ``state_dict()`` result, or the list of every old rank's):
-        the next iteration delivers that epoch's samples the loop had not received, cut for
-        this loader's ranks, workers and batch size. Call it before the first iteration.
-        Raises ``ResumeError`` for a state of another dataset or seed, a newer format, a
-        corrupt state, or a call after iteration began."""
-        if self._iterated:
-            raise ResumeError(
-                "load_state_dict() after iteration began: the workers already have their plan; "
-                "call it on a new loader before its first iter()"
-            )
-        loaded = merge_states(state)
-        mine = self.fingerprint
-        if loaded.fingerprint != mine or loaded.num_samples != self.num_samples:
-            raise ResumeError(
-                f"expected a state of this dataset ({self.num_samples} samples, fingerprint "
-                f"{mine[:12]}), got one of {loaded.num_samples} samples, fingerprint "
-                f"{loaded.fingerprint[:12]}: resume with the shards that saved it"
-            )
-        if loaded.seed != self.seed:
-            raise ResumeError(
-                f"expected a state saved with this loader's seed={self.seed}, got "
-                f"seed={loaded.seed}: construct the loader with seed={loaded.seed}"
-            )
-        self._resume = loaded
-        self._epoch.set(loaded.epoch)
-        self._progress = None
-        self._current = loaded.epoch
-
-    @property
-    def fingerprint(self) -> str:
-        """The dataset's fingerprint (``loader.resume.fingerprint``)."""
-        return fingerprint(self.source)
-
-    def _ranks(self) -> tuple[int | None, int | None]:
-        return self._rank, self._world
-
-    def _follow(self, epoch: int) -> None:
-        if self._current != epoch:
-            self._progress = None
-        self._current = epoch
-
-    def _progress_now(self) -> Progress:
-        if self._current is None:
-            self._current = self._epoch.peek()
-        rank, world = distributed_context(self._rank, self._world)
-        if self._progress is None:
-            self._progress = Progress(
-                self._sizes,
-                fingerprint=self.fingerprint,
-                seed=self.seed,
-                epoch=self._current,
-                rank=rank,
-                topology=self.topology(self._num_workers, world),
-                resume=self._resume,
-            )
-        return self._progress
 
     def __iter__(self) -> Iterator[Batch | BatchGroup]:
         info = get_worker_info()

@@ -5,22 +5,34 @@ It is written to a temporary name in ``DIR``, flushed and fsync-ed, then renamed
 is fsync-ed: a reader sees a whole file or none, even when the job is killed while saving. Only
 one process (rank 0) writes; the loader state in it is the gathered, global one
 (docs/architecture.md, section "Resume"). ``latest_checkpoint`` picks the newest complete file;
-temporary files of a killed save are ignored.
+temporary files of a killed save are ignored. ``CheckpointSteps`` is the training loop's side:
+it counts steps, logs each step's ids and saves every N steps.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+
+from loader.tracker import DuplicateTracker
+
+if TYPE_CHECKING:
+    from loader.train.loop import TrainOptions
 
 __all__ = [
     "CHECKPOINT_KIND",
     "CheckpointError",
+    "CheckpointSteps",
     "latest_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
@@ -28,6 +40,7 @@ __all__ = [
 
 CHECKPOINT_KIND = "shardfeed-train-checkpoint"
 CHECKPOINT_VERSION = 1
+log = logging.getLogger("shardfeed.train")
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 
@@ -95,3 +108,85 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"version={doc.get('version')!r}: upgrade shardfeed to resume from it"
         )
     return doc
+
+
+class CheckpointSteps:
+    """Counts optimiser steps across epochs, logs each step's ids (``log_json``) and saves a
+    checkpoint every ``checkpoint_every`` steps. Saving is collective: every rank calls
+    ``after_step`` at the same step (the ``pad`` policy gives every rank the same count)."""
+
+    def __init__(
+        self,
+        options: TrainOptions,
+        rank: int,
+        world: int,
+        loader: Any,
+        tracker: DuplicateTracker,
+    ) -> None:
+        self.options, self.rank, self.world = options, rank, world
+        self.loader, self.tracker = loader, tracker
+        self.model: nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.step = 0
+        self._log = None
+        if options.log_json:
+            path = Path(f"{options.log_json}.rank{rank}.steps.jsonl")
+            self._log = path.open("a", encoding="utf-8", buffering=1)
+
+    def restore(self, checkpoint: dict[str, Any]) -> int:
+        """Load the loader and tracker state; returns the epoch to go on with."""
+        self.loader.load_state_dict(checkpoint["loader"])
+        epoch = int(checkpoint["loader"]["epoch"])
+        if self.rank == 0:
+            self.tracker.load_state_dict(checkpoint["tracker"])
+        else:
+            self.tracker.start_epoch(epoch)
+        self.step = int(checkpoint["step"])
+        return epoch
+
+    def after_step(self, epoch: int, ids: np.ndarray) -> None:
+        self.step += 1
+        if self._log is not None:
+            line = {"step": self.step, "epoch": epoch, "world_size": self.world}
+            self._log.write(json.dumps({**line, "ids": ids.tolist()}) + "\n")
+        every = self.options.checkpoint_every
+        if every and self.step % every == 0:
+            self.save()
+
+    def save(self) -> None:
+        loader_state = self.loader.state_dict()
+        tracker_state = self._global_tracker()
+        if self.model is None or self.opt is None:
+            raise RuntimeError("checkpoint before the model and optimiser were set")
+        if self.rank == 0 and self.options.checkpoint_dir:
+            path = save_checkpoint(
+                self.options.checkpoint_dir,
+                self.step,
+                {
+                    "world_size": self.world,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "loader": loader_state,
+                    "tracker": tracker_state,
+                },
+            )
+            log.info("checkpoint %s", path)
+        if self.world > 1:
+            dist.barrier()
+
+    def _global_tracker(self) -> dict[str, Any]:
+        if self.world == 1:
+            return self.tracker.state_dict()
+        counts = self.tracker.counts()
+        counters = torch.from_numpy(self.tracker.counters.astype(np.int32))
+        padded = torch.tensor([counts.padded], dtype=torch.int64)
+        dist.all_reduce(counters)
+        dist.all_reduce(padded)
+        merged = DuplicateTracker(self.tracker.num_samples)
+        merged.start_epoch(self.tracker.epoch)
+        merged.merge(counters.numpy(), padded=int(padded))
+        return merged.state_dict()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()

@@ -33,7 +33,7 @@ from torch import nn
 from loader.dataloader import make_loader
 from loader.device import DevicePrefetcher, resolve_device
 from loader.tracker import DuplicateTracker
-from loader.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from loader.train.checkpoint import CheckpointSteps, latest_checkpoint, load_checkpoint
 from loader.train.model import SmallCNN, random_flip
 
 __all__ = ["EpochReport", "TrainOptions", "train"]
@@ -112,7 +112,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
     model: nn.Module = SmallCNN(classes).to(device)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     tracker = DuplicateTracker(dataset.num_samples)
-    steps = _Steps(options, rank, world, loader, tracker)
+    steps = CheckpointSteps(options, rank, world, loader, tracker)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
     raw_model = model
@@ -169,88 +169,6 @@ def _resume_from(options: TrainOptions) -> dict[str, Any] | None:
     return checkpoint
 
 
-class _Steps:
-    """Counts optimiser steps across epochs, logs each step's ids (``log_json``) and saves a
-    checkpoint every ``checkpoint_every`` steps. Saving is collective: every rank calls
-    ``after_step`` at the same step (the ``pad`` policy gives every rank the same count)."""
-
-    def __init__(
-        self,
-        options: TrainOptions,
-        rank: int,
-        world: int,
-        loader: Any,
-        tracker: DuplicateTracker,
-    ) -> None:
-        self.options, self.rank, self.world = options, rank, world
-        self.loader, self.tracker = loader, tracker
-        self.model: nn.Module | None = None
-        self.opt: torch.optim.Optimizer | None = None
-        self.step = 0
-        self._log = None
-        if options.log_json:
-            path = Path(f"{options.log_json}.rank{rank}.steps.jsonl")
-            self._log = path.open("a", encoding="utf-8", buffering=1)
-
-    def restore(self, checkpoint: dict[str, Any]) -> int:
-        """Load the loader and tracker state; returns the epoch to go on with."""
-        self.loader.load_state_dict(checkpoint["loader"])
-        epoch = int(checkpoint["loader"]["epoch"])
-        if self.rank == 0:
-            self.tracker.load_state_dict(checkpoint["tracker"])
-        else:
-            self.tracker.start_epoch(epoch)
-        self.step = int(checkpoint["step"])
-        return epoch
-
-    def after_step(self, epoch: int, ids: np.ndarray) -> None:
-        self.step += 1
-        if self._log is not None:
-            line = {"step": self.step, "epoch": epoch, "world_size": self.world}
-            self._log.write(json.dumps({**line, "ids": ids.tolist()}) + "\n")
-        every = self.options.checkpoint_every
-        if every and self.step % every == 0:
-            self.save()
-
-    def save(self) -> None:
-        loader_state = self.loader.state_dict()
-        tracker_state = self._global_tracker()
-        if self.model is None or self.opt is None:
-            raise RuntimeError("checkpoint before the model and optimiser were set")
-        if self.rank == 0 and self.options.checkpoint_dir:
-            path = save_checkpoint(
-                self.options.checkpoint_dir,
-                self.step,
-                {
-                    "world_size": self.world,
-                    "model": self.model.state_dict(),
-                    "optimizer": self.opt.state_dict(),
-                    "loader": loader_state,
-                    "tracker": tracker_state,
-                },
-            )
-            log.info("checkpoint %s", path)
-        if self.world > 1:
-            dist.barrier()
-
-    def _global_tracker(self) -> dict[str, Any]:
-        if self.world == 1:
-            return self.tracker.state_dict()
-        counts = self.tracker.counts()
-        counters = torch.from_numpy(self.tracker.counters.astype(np.int32))
-        padded = torch.tensor([counts.padded], dtype=torch.int64)
-        dist.all_reduce(counters)
-        dist.all_reduce(padded)
-        merged = DuplicateTracker(self.tracker.num_samples)
-        merged.start_epoch(self.tracker.epoch)
-        merged.merge(counters.numpy(), padded=int(padded))
-        return merged.state_dict()
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-
-
 def _run_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -259,7 +177,7 @@ def _run_epoch(
     tracker: DuplicateTracker,
     reporter: Any,
     epoch: int,
-    steps: _Steps,
+    steps: CheckpointSteps,
 ) -> tuple[EpochReport, np.ndarray]:
     model.train()
     losses: list[float] = []
