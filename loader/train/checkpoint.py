@@ -128,6 +128,7 @@ class CheckpointSteps:
         self.model: nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.step = 0
+        self.resumed_at: int | None = None
         self._log = None
         if options.log_json:
             path = Path(f"{options.log_json}.rank{rank}.steps.jsonl")
@@ -142,6 +143,7 @@ class CheckpointSteps:
         else:
             self.tracker.start_epoch(epoch)
         self.step = int(checkpoint["step"])
+        self.resumed_at = self.step
         return epoch
 
     def after_step(self, epoch: int, ids: np.ndarray) -> None:

@@ -214,6 +214,7 @@ def _run_epoch(
                 blocked_s=waited,
                 epoch=epoch,
                 tracker_counts=tracker.counts(),
+                resumed_at_step=steps.resumed_at,
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
