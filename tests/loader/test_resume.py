@@ -5,11 +5,17 @@ topology is the same, and later epochs as if nothing had happened."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as tmp
 
 from loader.dataloader import ClosingDataLoader, make_loader
 from loader.dataset import ShardDataset
@@ -234,3 +240,50 @@ def test_a_consumer_that_holds_a_batch_records_it_on_hand_over(manifest: str) ->
     for batch in held[1:] + rest:
         received(batch)
     assert loader.state_dict()["epoch"] == 1
+
+
+def _gathering_rank(rank: int, manifest: str, init_file: str, out: str) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(name, None)
+    warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        loader = loader_of(manifest, num_workers=1)
+        it = iter(loader)
+        got = flat(ids_of([next(it) for _ in range(2 + rank)]))
+        state = loader.state_dict()
+        it.close()
+        Path(f"{out}.{rank}").write_bytes(pickle.dumps({"state": state, "ids": got}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_every_rank_returns_the_gathered_state(
+    manifest: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "rank"
+    tmp.spawn(
+        _gathering_rank, args=(manifest, str(tmp_path / "init"), str(out)), nprocs=2, join=True
+    )
+    ranks = [pickle.loads(Path(f"{out}.{r}").read_bytes()) for r in (0, 1)]
+    assert ranks[0]["state"] == ranks[1]["state"]
+    state = ranks[0]["state"]
+    got = ranks[0]["ids"] + ranks[1]["ids"]
+    assert state["ranks"] == [0, 1] and state["samples_taken"] == len(got) == 20
+    alone = loader_of(manifest, num_workers=3, batch_size=5)
+    alone.load_state_dict(state)
+    assert sorted(got + flat(ids_of(list(alone)))) == list(range(TOTAL))
+
+
+def test_state_saves_and_loads_through_torch_distributed_checkpoint(
+    manifest: str, tmp_path: Path
+) -> None:
+    first = loader_of(manifest, num_workers=0)
+    it = iter(first)
+    got = flat(ids_of([next(it) for _ in range(3)]))
+    dcp.save({"loader": first.state_dict()}, checkpoint_id=str(tmp_path / "dcp"))
+    second = loader_of(manifest, num_workers=2)
+    target = {"loader": second.state_dict()}
+    dcp.load(target, checkpoint_id=str(tmp_path / "dcp"))
+    second.load_state_dict(target["loader"])
+    assert sorted(got + flat(ids_of(list(second)))) == list(range(TOTAL))
