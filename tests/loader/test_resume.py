@@ -140,9 +140,9 @@ def test_persistent_workers_resume_mid_second_epoch(manifest: str, tmp_path: Pat
 
 def test_more_workers_than_shards(tmp_path: Path) -> None:
     manifest = str(write_test_shards(tmp_path / "two", [6, 5]))
-    first = loader_of(manifest, num_workers=5, batch_size=2)
+    first = loader_of(manifest, num_workers=5, batch_size=4)  # workers 3 and 4 read nothing
     it = iter(first)
-    got = [next(it) for _ in range(3)]
+    got = [next(it) for _ in range(2)]
     state = first.state_dict()
     it.close()
     second = loader_of(manifest, num_workers=4, batch_size=1)
