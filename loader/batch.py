@@ -134,25 +134,28 @@ class BatchGroup:
         return BatchGroup(tuple(Batch(*(t.pin_memory() for t in b)) for b in self.batches))
 
 
-def grouped(batches: Iterator[Batch], size: int) -> Iterator[Batch | BatchGroup]:
+def grouped(batches: Iterator[Batch], size: int, done: int = 0) -> Iterator[Batch | BatchGroup]:
     """``batches`` as they are for ``size == 1``; else the first batch alone, so the first batch
     of an epoch is not held back, then ``BatchGroup``s of ``size`` (the last one shorter). A
-    group is yielded once its last batch is built, never before."""
+    group is yielded once its last batch is built, never before. ``done`` batches were yielded
+    before (a resumed worker): the first group then ends where it would have ended."""
     if size < 1:
         raise ValueError(f"expected a group size >= 1, got size={size}")
     if size == 1:
         yield from batches
         return
-    first = next(batches, None)
-    if first is None:
-        return
-    yield first
+    if not done:
+        first = next(batches, None)
+        if first is None:
+            return
+        yield first
+    room = size - (done - 1) % size if done else size
     group: list[Batch] = []
     for batch in batches:
         group.append(batch)
-        if len(group) == size:
+        if len(group) == room:
             yield BatchGroup(tuple(group))
-            group = []
+            group, room = [], size
     if group:
         yield BatchGroup(tuple(group))
 

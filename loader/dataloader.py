@@ -59,6 +59,12 @@ class _ClosingIterator:
     DataLoader's own iterator is collected (its workers stopped), this process drops its maps of
     their buffers (``forget_exited_lenders``), also after an epoch left early.
 
+    With a ``ShardDataset`` it also tells the dataset what the training loop received: each batch
+    is recorded as it is handed over (``ShardDataset.record``), and the epoch ends there once the
+    last one has been. A consumer that holds batches before passing them on
+    (``DevicePrefetcher``) calls ``defer_records()`` and records each batch itself when its own
+    consumer gets it.
+
     PyTorch stops the workers when the iterator is collected, but the traceback of a worker's
     error puts the iterator in a reference cycle, and when the cycle collector gets to it the
     queues that carry the stop signal are already closed: each worker then holds the
@@ -66,12 +72,19 @@ class _ClosingIterator:
     """
 
     def __init__(
-        self, iterator: Iterator[Batch | BatchGroup], loader: DataLoader[Batch | BatchGroup]
+        self,
+        iterator: Iterator[Batch | BatchGroup],
+        loader: DataLoader[Batch | BatchGroup],
+        dataset: ShardDataset | None = None,
     ) -> None:
         self._iterator = iterator
         self._loader = loader
         self._pending: deque[Batch] = deque()
         self.items_received = 0
+        self._dataset = dataset
+        self._deferred = False
+        self._unmarked = 0
+        self._exhausted = False
         if not getattr(iterator, _CLEANUP, False):
             weakref.finalize(iterator, forget_exited_lenders)
             setattr(iterator, _CLEANUP, True)
@@ -84,11 +97,14 @@ class _ClosingIterator:
 
     def __next__(self) -> Batch:
         if self._pending:
-            return self._pending.popleft()
+            return self._hand(self._pending.popleft())
         try:
             item = next(self._iterator)
         except StopIteration:
             forget_exited_lenders()
+            if not self._exhausted:
+                self._exhausted = True
+                self._maybe_end()
             raise
         except BaseException:
             self.close()
@@ -96,8 +112,33 @@ class _ClosingIterator:
         self.items_received += 1
         if isinstance(item, BatchGroup):
             self._pending.extend(item.batches[1:])
-            return item.batches[0]
-        return item
+            return self._hand(item.batches[0])
+        return self._hand(item)
+
+    def defer_records(self) -> Callable[[Batch], None]:
+        """Stop recording batches as they leave this iterator; the caller records each with the
+        returned function when its own consumer receives it (in the order handed out)."""
+        self._deferred = True
+        return self._mark
+
+    def _hand(self, batch: Batch) -> Batch:
+        if self._dataset is not None:
+            if self._deferred:
+                self._unmarked += 1
+            else:
+                self._dataset.record(batch, self._loader.num_workers)
+        return batch
+
+    def _mark(self, batch: Batch) -> None:
+        if self._dataset is not None:
+            self._dataset.record(batch, self._loader.num_workers)
+            self._unmarked -= 1
+            self._maybe_end()
+
+    def _maybe_end(self) -> None:
+        if self._dataset is not None and self._exhausted and self._unmarked <= 0:
+            self._dataset.end_epoch()
+            self._dataset = None
 
     def close(self) -> None:
         """Stop this iteration's workers now (a persistent loader starts new ones next time)."""
@@ -126,10 +167,34 @@ class ClosingDataLoader(DataLoader[Batch | BatchGroup]):
     """A plain ``DataLoader`` whose iterator yields single ``Batch``es (unpacking the
     ``BatchGroup``s workers send) and stops its workers as soon as an error reaches the main
     process (see ``_ClosingIterator``). ``make_loader`` and ``folder_loader`` return one; use it
-    for any loader whose worker errors are caught and survived (tests, benchmarks)."""
+    for any loader whose worker errors are caught and survived (tests, benchmarks).
+
+    Over a ``ShardDataset`` it is stateful in the way of ``torchdata``'s
+    ``StatefulDataLoader``: ``state_dict()`` says which batches the loop has received (not the
+    ones prefetched), ``load_state_dict()`` before the first ``iter()`` resumes there, with any
+    number of ranks, workers and batch size (``loader.resume``)."""
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
-        return _ClosingIterator(super().__iter__(), self)
+        dataset = self.dataset if isinstance(self.dataset, ShardDataset) else None
+        if dataset is not None:
+            dataset.begin_epoch(self.num_workers)
+        return _ClosingIterator(super().__iter__(), self, dataset)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The dataset's ``state_dict`` for this loader's workers (see ``ShardDataset``)."""
+        return self._shard_dataset().state_dict(self.num_workers)
+
+    def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+        """The dataset's ``load_state_dict``: call before the first ``iter()``."""
+        self._shard_dataset().load_state_dict(state)
+
+    def _shard_dataset(self) -> ShardDataset:
+        if not isinstance(self.dataset, ShardDataset):
+            raise TypeError(
+                f"expected a loader over a ShardDataset for state_dict, got a loader over "
+                f"{type(self.dataset).__name__}"
+            )
+        return self.dataset
 
 
 def transfer_batches_for(

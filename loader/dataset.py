@@ -6,6 +6,13 @@ sequentially (seeking into its first shard through the sidecar index), passes sa
 bounded shuffle buffer, decodes each straight into a preallocated batch array and yields whole
 ``Batch`` objects, so the main process does no per-sample work.
 
+Resume (docs/architecture.md, section "Resume"): ``state_dict()`` says what the training loop
+received (``record`` is called per batch it receives; ``make_loader``'s loader does that),
+``load_state_dict()`` makes the next iteration deliver the rest of that epoch, for any topology
+(``loader.resume``). The in-worker shuffle is an order drawn over the plan before reading
+(``loader._shuffle``), and crops are drawn per batch from a generator seeded by the batch's
+index, so a resumed worker skips its first batches unread and yields the rest unchanged.
+
 Bad samples (undecodable bytes, no label): with ``bad_samples="skip"`` the sample is not
 delivered, its batch slot is filled with a copy of another sample of the same batch marked
 ``padded`` (so every rank still yields the planned number of batches), and a warning names the
@@ -19,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -27,13 +35,17 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from loader._checks import check_int, check_non_negative
 from loader._epoch import SharedEpoch
+from loader._progress import Progress
 from loader._recycle import CAPACITY
+from loader._resumable import Resumable
 from loader._reuse import Reuse
+from loader._shuffle import emission_order, kept_segments, plan_ids, reorder, worker_seed
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
-from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
+from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_rank
 from loader.ranks import rank_and_world
 from loader.reader import RawSample, ShardReader
+from loader.resume import LoaderState, next_worker, resume_point
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
 __all__ = ["BadSampleError", "ShardDataset"]
@@ -41,14 +53,13 @@ __all__ = ["BadSampleError", "ShardDataset"]
 log = logging.getLogger("shardfeed.loader")
 BAD_SAMPLE_POLICIES = ("skip", "raise")
 IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, held by the trainer
-_DRAWS = 1024  # shuffle-buffer slots drawn per call: one call per sample costs ~2 us
 
 
 class BadSampleError(ValueError):
     """A sample that cannot be delivered; the message names the shard, member and offset."""
 
 
-class ShardDataset(IterableDataset[Batch | BatchGroup]):
+class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
     """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded).
 
     ``source``: a manifest path or URL, a shard list or a brace pattern (``loader.sources``).
@@ -111,6 +122,11 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         self._epoch = SharedEpoch()
         self._reuse = Reuse(self.latency_s)
         self._sizes = np.array([s.nsamples for s in self.source.shards], dtype=np.int64)
+        self._resume: LoaderState | None = None
+        self._progress: Progress | None = None
+        self._current: int | None = None  # the epoch ``_progress`` records (main process)
+        self._num_workers = 0
+        self._iterated = False
         if self._world is not None and self._world > self.num_samples:
             raise ValueError(
                 f"world_size={self._world} is larger than the number of samples "
@@ -121,22 +137,23 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         """The state to pickle, with the rank and world size pinned when ``torch.distributed``
         is initialised here (a spawned worker has no process group to ask)."""
         state = dict(self.__dict__)
+        state["_progress"] = None
         if state["_rank"] is None and torch.distributed.is_available():
             if torch.distributed.is_initialized():
                 state["_rank"], state["_world"] = rank_and_world()
         return state
 
     @property
-    def num_samples(self) -> int:
-        return self.source.num_samples
-
-    @property
     def classes(self) -> tuple[str, ...]:
         return self.source.classes
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration (in every worker, persistent ones too) use ``epoch``."""
+        """Make the next iteration (in every worker, persistent ones too) use ``epoch``.
+
+        A state loaded for ``epoch`` still applies; one loaded for another epoch is ignored.
+        """
         self._epoch.set(epoch)
+        self._follow(epoch)
 
     @property
     def next_epoch(self) -> int:
@@ -145,15 +162,16 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
     def epoch_plan(self, epoch: int, num_workers: int) -> list[WorkerPlan]:
         """This rank's worker plans for ``epoch``: what it will yield, pad and drop."""
         rank, world = rank_and_world(self._rank, self._world)
-        return plan_epoch(
+        return plan_rank(
             self._sizes,
             seed=self.seed,
             epoch=epoch,
+            rank=rank,
             world_size=world,
             num_workers=num_workers,
             batch_size=self.batch_size,
             even=self.even,
-        )[rank]
+        )
 
     def batches_per_epoch(self, num_workers: int = 0) -> int:
         """Batches this rank yields per epoch (the same every epoch)."""
@@ -162,19 +180,29 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
     def __iter__(self) -> Iterator[Batch | BatchGroup]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
+        if info is None:
+            self._iterated = True
         epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
         rank, world = rank_and_world(self._rank, self._world)
-        plan = plan_worker(
+        topology = self.topology(num_workers, world)
+        taken, done, left_out = resume_point(self._resume, topology, epoch, rank)
+        plans = plan_rank(
             self._sizes,
             seed=self.seed,
             epoch=epoch,
             rank=rank,
             world_size=world,
-            worker=worker,
             num_workers=num_workers,
             batch_size=self.batch_size,
             even=self.even,
+            taken=taken,
         )
+        skip = 0
+        if done is not None:
+            counts = [p.num_batches for p in plans]
+            worker = (worker + next_worker(counts, done, self.transfer_batches)) % len(plans)
+            skip = done[worker]
+        plan = plans[worker]
         if plan.drop:
             log.info(
                 "even='drop': rank %d worker %d leaves out %d sample(s) in epoch %d",
@@ -183,53 +211,73 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
                 plan.drop,
                 epoch,
             )
-        rng = np.random.default_rng([self.seed, epoch, rank, worker])
-        return grouped(self._batches(plan, rng), self.transfer_batches)
+        key = worker_seed(self.seed, epoch, rank, worker, left_out)
+        rng = np.random.default_rng(key)
+        return grouped(self._batches(plan, rng, skip, key), self.transfer_batches, skip)
 
-    def _batches(self, plan: WorkerPlan, rng: np.random.Generator) -> Iterator[Batch]:
+    def _batches(
+        self, plan: WorkerPlan, rng: np.random.Generator, skip: int, key: list[int]
+    ) -> Iterator[Batch]:
+        """The plan's batches from batch ``skip`` on. ``rng`` draws the shuffle order; batch
+        ``j``'s crops come from ``default_rng(key + [j])``, so they do not depend on ``skip``."""
         decoder = ImageDecoder(self.image_size, train=self.train) if self.decode else NoDecode()
         side = self.image_size if self.decode else 0
         in_flight = IN_FLIGHT_ITEMS * self.transfer_batches
         pool = self._reuse.pool(self.batch_size * side * side * 3, max(CAPACITY, in_flight))
         builder = BatchBuilder(self.batch_size, side, decoder, pool=pool)
-        skipped = 0
+        ids = plan_ids(plan)
+        order = emission_order(len(ids), self.shuffle_buffer if self.train else 0, rng)
+        done = min(skip * self.batch_size, len(ids))
+        segments: Sequence[Segment] = plan.segments
+        if done:
+            skipped = np.zeros(len(ids), dtype=bool)
+            skipped[np.fromiter(islice(order, done), np.int64, done)] = True
+            segments = kept_segments(plan, skipped)
+        pads = list(plan.pad_ids)[skip * self.batch_size - done :]
+        augment = self.decode and self.train
+        index = skip
+        draw = np.random.default_rng([*key, index]) if augment else rng
+        id_list = ids.tolist()
+        skipped_bad = 0
         fillers = 0
         last_good: int | None = None
         add, full = builder.add, self.batch_size
-        for sample in self._shuffled(self._samples(plan), rng):
+        for sample in reorder(self._samples(segments), (id_list[i] for i in order)):
             try:
                 if sample.label < 0:
                     raise DecodeError("no class label (.cls member missing)")
-                add(sample.data, sample.label, sample.gid, rng)
+                add(sample.data, sample.label, sample.gid, draw)
                 last_good = sample.gid
             except DecodeError as exc:
-                skipped += 1
-                self._bad_sample(sample, exc, skipped)
+                skipped_bad += 1
+                self._bad_sample(sample, exc, skipped_bad)
                 fillers += 1
             while fillers and len(builder) and not builder.full:
                 builder.repeat(0)
                 fillers -= 1
             if len(builder) == full:
                 yield builder.finish()
-        pads = list(plan.pad_ids)
+                index += 1
+                if augment:
+                    draw = np.random.default_rng([*key, index])
         if fillers:
             if last_good is None:
                 raise BadSampleError(
-                    f"every sample of this worker's range was bad ({skipped} skipped): "
+                    f"every sample of this worker's range was bad ({skipped_bad} skipped): "
                     "nothing to fill the batch with"
                 )
             pads = [last_good] * fillers + pads
         for gid in pads:
             pad = self._read_one(gid)
-            builder.add(pad.data, pad.label, gid, rng, padded=True)
+            builder.add(pad.data, pad.label, gid, draw, padded=True)
             if builder.full:
                 yield builder.finish()
         if len(builder):
             yield builder.finish()
 
-    def _samples(self, plan: WorkerPlan) -> Iterator[RawSample]:
-        """The plan's samples; readers stay open for later epochs (``loader._reuse``)."""
-        for seg in plan.segments:
+    def _samples(self, segments: Sequence[Segment]) -> Iterator[RawSample]:
+        """The segments' samples; readers stay open for later epochs (``loader._reuse``)."""
+        for seg in segments:
             shard = self.source.shards[seg.shard]
             try:
                 yield from self._reuse.reader(shard).read(seg.start, seg.stop)
@@ -246,25 +294,6 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
             return sample._replace(data=bytes(sample.data))
         finally:
             reader.close()
-
-    def _shuffled(self, samples: Iterator[RawSample], rng: np.random.Generator) -> Iterator[Any]:
-        size = self.shuffle_buffer if self.train else 0
-        if size <= 1:
-            yield from samples
-            return
-        buf: list[RawSample] = []
-        draws: list[int] = []
-        for s in samples:
-            if len(buf) < size:
-                buf.append(s)
-                continue
-            if not draws:
-                draws = rng.integers(size, size=_DRAWS).tolist()[::-1]
-            i = draws.pop()
-            buf[i], s = s, buf[i]
-            yield s
-        rng.shuffle(buf)
-        yield from buf
 
     def _bad_sample(self, sample: RawSample, exc: Exception, skipped: int) -> None:
         shard = self.source.shards[self._shard_of(sample.gid)]

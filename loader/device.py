@@ -28,11 +28,16 @@ stay on the host: they feed the delivery counters, which run on the CPU, and mov
 cost a device-to-host synchronisation later.
 
 Without CUDA the same conversion runs on the CPU, without streams or pinning.
+
+Working one batch ahead, the prefetcher has taken batch ``k + 1`` from the loader when the
+consumer gets batch ``k``. A loader's iterator that records what the training loop received
+(``ClosingDataLoader``'s, for resuming) offers ``defer_records()``; the prefetcher then records
+each batch as it hands it over, so a prefetched batch is never counted as received.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import NamedTuple
 
 import torch
@@ -141,6 +146,8 @@ class DevicePrefetcher:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         batches = iter(self.loader)
+        defer = getattr(batches, "defer_records", None)
+        received: Callable[[Batch], None] | None = defer() if callable(defer) else None
         pending = self._launch(batches, side)
         while pending is not None:
             host, ready, event = pending
@@ -149,6 +156,8 @@ class DevicePrefetcher:
             for tensor in (ready.images, ready.labels, ready.padded):
                 tensor.record_stream(consumer)
             pending = self._launch(batches, side)
+            if received is not None:
+                received(host)
             del host
             yield ready
 

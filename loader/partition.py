@@ -25,7 +25,11 @@ and some ranks hold one more sample; the ``even`` policy settles that case:
 
 Everything here is a pure function of its arguments: every worker of every rank computes its own
 plan with no communication. Cutting works on positions through a cumulative sum and
-``np.searchsorted``, so the same code can later cut a filtered position sequence.
+``np.searchsorted``, and the same code cuts a filtered sequence: with ``taken`` (a bool array
+over global ids, the samples a stopped run already consumed, ``loader.resume``) the positions of
+taken samples are left out and the rest, still in the epoch's order, is cut by the rules above
+(docs/architecture.md, section "Resume"). Only there may a rank share be empty: a pad sample of
+an empty share repeats the last sample before it.
 """
 
 from __future__ import annotations
@@ -36,13 +40,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from loader._checks import check_int
-from loader._ranges import as_sizes, cut_positions, position_to_id
+from loader._ranges import (
+    as_sizes,
+    cut_many,
+    cut_positions,
+    free_runs,
+    position_to_id,
+    to_positions,
+)
 
 __all__ = [
     "EVEN_POLICIES",
     "Segment",
     "WorkerPlan",
     "plan_epoch",
+    "plan_rank",
     "plan_worker",
     "rank_shares",
     "shard_order",
@@ -93,6 +105,22 @@ class _Layout:
     first_index: np.ndarray
     shares: list[tuple[int, int]]
     world_size: int
+    total: int  # positions to cut: all of them, or the free ones when ``runs`` is set
+    runs: np.ndarray | None = None  # free position runs ``[k, 2]`` of a filtered sequence
+    vcum: np.ndarray | None = None  # cumulative lengths of ``runs`` with a leading 0
+
+    def cut(self, start: int, stop: int) -> list[tuple[int, int, int, int]]:
+        """Segments of sequence positions ``[start, stop)`` (filtered when ``runs`` is set)."""
+        if self.runs is None or self.vcum is None:
+            return cut_positions(self.cum, self.order, self.first_index, start, stop)
+        lo, hi = to_positions(self.runs, self.vcum, start, stop)
+        return cut_many(self.cum, self.order, self.first_index, lo, hi)
+
+    def id_at(self, pos: int) -> int:
+        """Global id at sequence position ``pos`` (filtered when ``runs`` is set)."""
+        if self.runs is not None and self.vcum is not None:
+            pos = int(to_positions(self.runs, self.vcum, pos, pos + 1)[0][0])
+        return position_to_id(self.cum, self.order, self.first_index, pos)
 
 
 def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
@@ -105,15 +133,16 @@ def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(seq)).permutation(n).astype(np.int64)
 
 
-def rank_shares(total: int, world_size: int) -> list[tuple[int, int]]:
+def rank_shares(total: int, world_size: int, *, allow_empty: bool = False) -> list[tuple[int, int]]:
     """``[start, stop)`` of each rank's share of ``total`` positions, in rank order.
 
     Shares are contiguous, cover ``[0, total)``, and the first ``total % world_size`` are one
-    sample longer than the rest. Raises ValueError when ``world_size > total``.
+    sample longer than the rest. Raises ValueError when ``world_size > total`` unless
+    ``allow_empty`` (the rest of a resumed epoch may hold fewer samples than ranks).
     """
     total = check_int("total", total, 0)
     world_size = check_int("world_size", world_size, 1)
-    if world_size > total:
+    if world_size > total and not allow_empty:
         raise ValueError(
             f"world_size={world_size} is larger than the number of samples total={total}: "
             "every rank needs at least one sample; use fewer ranks or more data"
@@ -161,16 +190,37 @@ def plan_worker(
     num_workers: int,
     batch_size: int,
     even: str = "pad",
+    taken: np.ndarray | None = None,
 ) -> WorkerPlan:
     """The plan of one worker (``worker`` in ``[0, max(num_workers, 1))``) of rank ``rank``.
 
     Equal to ``plan_epoch(...)[rank][worker]``. Raises ValueError naming any bad argument.
     """
-    layout = _layout(shard_sizes, seed, epoch, world_size)
+    layout = _layout(shard_sizes, seed, epoch, world_size, taken)
     rank = check_int("rank", rank, 0, layout.world_size)
     _check_batching(num_workers, batch_size, even)
     worker = check_int("worker", worker, 0, max(num_workers, 1))
     return _plan_rank(layout, rank, num_workers, batch_size, even, only=worker)[0]
+
+
+def plan_rank(
+    shard_sizes: Sequence[int] | np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    even: str = "pad",
+    taken: np.ndarray | None = None,
+) -> list[WorkerPlan]:
+    """The plans of every worker of rank ``rank``: ``plan_epoch(...)[rank]``, without cutting
+    the other ranks' shares."""
+    layout = _layout(shard_sizes, seed, epoch, world_size, taken)
+    rank = check_int("rank", rank, 0, layout.world_size)
+    _check_batching(num_workers, batch_size, even)
+    return _plan_rank(layout, rank, num_workers, batch_size, even)
 
 
 def plan_epoch(
@@ -182,9 +232,11 @@ def plan_epoch(
     num_workers: int,
     batch_size: int,
     even: str = "pad",
+    taken: np.ndarray | None = None,
 ) -> list[list[WorkerPlan]]:
-    """Every worker's plan for one epoch, indexed ``[rank][worker]``."""
-    layout = _layout(shard_sizes, seed, epoch, world_size)
+    """Every worker's plan for one epoch, indexed ``[rank][worker]``; with ``taken`` (bool per
+    global id) the plans cover only the samples not taken."""
+    layout = _layout(shard_sizes, seed, epoch, world_size, taken)
     _check_batching(num_workers, batch_size, even)
     return [
         _plan_rank(layout, rank, num_workers, batch_size, even) for rank in range(layout.world_size)
@@ -199,7 +251,11 @@ def _check_batching(num_workers: int, batch_size: int, even: str) -> None:
 
 
 def _layout(
-    shard_sizes: Sequence[int] | np.ndarray, seed: int, epoch: int, world_size: int
+    shard_sizes: Sequence[int] | np.ndarray,
+    seed: int,
+    epoch: int,
+    world_size: int,
+    taken: np.ndarray | None = None,
 ) -> _Layout:
     sizes = as_sizes(shard_sizes)
     order = shard_order(len(sizes), seed, epoch)
@@ -208,8 +264,22 @@ def _layout(
     first_index = np.zeros(len(sizes), dtype=np.int64)
     np.cumsum(sizes[:-1], out=first_index[1:])
     world_size = check_int("world_size", world_size, 1)
-    shares = rank_shares(int(cum[-1]), world_size)
-    return _Layout(order, cum, first_index, shares, world_size)
+    total = int(cum[-1])
+    if taken is None:
+        shares = rank_shares(total, world_size)
+        return _Layout(order, cum, first_index, shares, world_size, total)
+    taken = np.asarray(taken)
+    if taken.shape != (total,) or taken.dtype != np.bool_:
+        raise ValueError(
+            f"expected taken as a bool array of shape ({total},), got dtype {taken.dtype} "
+            f"shape {taken.shape}"
+        )
+    runs = free_runs(cum, order, first_index, taken)
+    vcum = np.zeros(len(runs) + 1, dtype=np.int64)
+    np.cumsum(runs[:, 1] - runs[:, 0], out=vcum[1:])
+    free = int(vcum[-1])
+    shares = rank_shares(free, world_size, allow_empty=True)
+    return _Layout(order, cum, first_index, shares, world_size, free, runs, vcum)
 
 
 def _plan_rank(
@@ -228,7 +298,7 @@ def _plan_rank(
         for a, b in worker_ranges(share, num_workers, batch_size)
     ]
     workers = len(cuts)
-    base, extra = divmod(int(layout.cum[-1]), layout.world_size)
+    base, extra = divmod(layout.total, layout.world_size)
     pad_ids: tuple[int, ...] = ()
     if extra and base % batch_size == 0:
         full = share // batch_size
@@ -243,10 +313,7 @@ def _plan_rank(
     plans = []
     for w in selected:
         start, stop, pad, drop = cuts[w]
-        segments = tuple(
-            Segment(*run)
-            for run in cut_positions(layout.cum, layout.order, layout.first_index, start, stop)
-        )
+        segments = tuple(Segment(*run) for run in layout.cut(start, stop))
         n = stop - start
         plans.append(
             WorkerPlan(
@@ -262,7 +329,7 @@ def _plan_rank(
 
 
 def _last_id(layout: _Layout, start: int, stop: int) -> int:
-    """Global id of the last sample in positions ``[start, stop)``; global id 0 when empty."""
-    if stop <= start:
-        return 0
-    return position_to_id(layout.cum, layout.order, layout.first_index, stop - 1)
+    """Global id of the last sample in positions ``[start, stop)``; of an empty share, the one
+    before it (global id 0 when there is none)."""
+    pos = stop - 1 if stop > start else start - 1
+    return layout.id_at(pos) if pos >= 0 else 0

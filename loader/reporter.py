@@ -90,6 +90,7 @@ class StatsReporter:
         self._epoch: int | None = None
         self._rank = rank_and_world()[0] if rank is None else int(rank)
         self._tracker: dict[str, int] = {}
+        self._resumed_at: int | None = None
         self.sent = 0
         self.failed_sends = 0
         self.last_error: str | None = None
@@ -107,9 +108,11 @@ class StatsReporter:
         epoch: int | None = None,
         rank: int | None = None,
         tracker_counts: Mapping[str, int] | Any = None,
+        resumed_at_step: int | None = None,
     ) -> None:
-        """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank and the
-        tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``) when given."""
+        """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, the
+        tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``) and the step a
+        resumed job went on from when given."""
         counts: dict[str, int] | None = None
         if tracker_counts is not None:
             raw = (
@@ -130,6 +133,8 @@ class StatsReporter:
                 self._rank = int(rank)
             if counts is not None:
                 self._tracker = counts
+            if resumed_at_step is not None:
+                self._resumed_at = int(resumed_at_step)
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON document the next send will carry."""
@@ -143,6 +148,7 @@ class StatsReporter:
                 "epoch": self._epoch,
                 "tracker": dict(self._tracker),
                 "failed_sends": self.failed_sends,
+                "resumed_at_step": self._resumed_at,
             }
 
     def flush(self) -> bool:

@@ -6,11 +6,14 @@ tracker reports samples delivered (not counting padding), unique ids seen, dupli
 ``delivered``, ``padded`` and ``unique`` are exact integers kept beside the counters, so
 saturation at 255 only caps the per-id counts, never the totals.
 
-A tracker is not thread-safe: feed it from one thread (the training loop).
+A tracker is not thread-safe: feed it from one thread (the training loop). ``state_dict`` and
+``load_state_dict`` carry it across a stop (docs/architecture.md, section "Resume"), so the
+report of an epoch resumed mid-way covers both sides of the stop.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +158,44 @@ class DuplicateTracker:
         self.history.append(result)
         self._open = False
         return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts of the current epoch and the history, as plain types (counters as
+        zlib-compressed bytes)."""
+        return {
+            "num_samples": self.num_samples,
+            "epoch": self._epoch,
+            "open": self._open,
+            "delivered": self._delivered,
+            "unique": self._unique,
+            "padded": self._padded,
+            "counters": zlib.compress(self._counters.tobytes(), 6),
+            "history": [h.to_dict() for h in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s result; ValueError when it is of another number of
+        samples or corrupt (the tracker is unchanged then)."""
+        try:
+            if state["num_samples"] != self.num_samples:
+                raise ValueError(
+                    f"expected a tracker state of num_samples={self.num_samples}, got "
+                    f"num_samples={state['num_samples']}: load the state of this dataset"
+                )
+            counters = np.frombuffer(zlib.decompress(state["counters"]), dtype=np.uint8)
+            history = [EpochCounts(**h) for h in state["history"]]
+            totals = [int(state[k]) for k in ("epoch", "delivered", "unique", "padded")]
+        except (KeyError, TypeError, zlib.error) as exc:
+            raise ValueError(
+                f"corrupt tracker state ({type(exc).__name__}: {exc}); resume from another "
+                "checkpoint"
+            ) from None
+        if counters.shape != self._counters.shape or totals[2] != np.count_nonzero(counters):
+            raise ValueError("corrupt tracker state: counters do not match the totals")
+        self._counters[:] = counters
+        self._epoch, self._delivered, self._unique, self._padded = totals
+        self._open = bool(state["open"])
+        self.history = history
 
     def _require_open(self, action: str) -> None:
         if not self._open:

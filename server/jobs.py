@@ -36,6 +36,7 @@ class JobReport:
     epoch: int | None = None
     tracker: Mapping[str, int] = field(default_factory=dict)
     failed_sends: int = 0
+    resumed_at_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RankState:
     reports: int
     samples_per_s: float
     mb_per_s: float
+    resumed_at_step: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -123,6 +125,7 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         reports=reports,
         samples_per_s=round(samples_per_s, 3),
         mb_per_s=round(mb_per_s, 4),
+        resumed_at_step=report.resumed_at_step,
     )
     return state, delta
 
@@ -140,6 +143,7 @@ def summarize(
         for key, value in rank.tracker.items():
             tracker[key] = tracker.get(key, 0) + int(value)
     epochs = [r.epoch for r in ranks if r.epoch is not None]
+    resumed = [r.resumed_at_step for r in ranks if r.resumed_at_step is not None]
     return {
         "job": job,
         "ranks": [dict(asdict(r), active=r in active) for r in ranks],
@@ -154,6 +158,7 @@ def summarize(
         "duplicates": tracker.get("duplicates") if tracker else None,
         "missing": tracker.get("missing") if tracker else None,
         "failed_sends": sum(r.failed_sends for r in ranks),
+        "resumed_at_step": max(resumed) if resumed else None,
         "first_at": min((r.first_at for r in ranks), default=None),
         "last_at": max((r.last_at for r in ranks), default=None),
     }

@@ -136,6 +136,7 @@ class StatsReport(BaseModel):
     epoch: int | None = Field(default=None, ge=0, le=2**31)
     tracker: dict[TrackerKey, Count] = Field(default_factory=dict, max_length=32)
     failed_sends: Count = 0
+    resumed_at_step: int | None = Field(default=None, ge=0, le=2**62)
 
 
 class StatsAccepted(BaseModel):

@@ -38,6 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log-json", metavar="PREFIX", help="write PREFIX.rankN.json per rank")
     p.add_argument("--json", action="store_true", help="print this rank's epochs as JSON")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints are written")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="save model, optimiser and loader state every STEPS steps (0: never)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the newest checkpoint in --checkpoint-dir (any number of ranks)",
+    )
     p.set_defaults(func=_train)
 
 
@@ -69,6 +82,9 @@ def _train(args: argparse.Namespace) -> int:
             job=args.job,
             token=args.token,
             log_json=args.log_json,
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
         )
     )
     for r in reports:
@@ -80,6 +96,8 @@ def _train(args: argparse.Namespace) -> int:
                 f"epoch {r.epoch} rank {r.rank}/{r.world_size}: {r.steps} steps, "
                 f"{r.samples_per_s:.0f} samples/s, blocked {100 * r.blocked_fraction:.0f}%, "
                 f"loss {r.loss:.3f}, acc {r.accuracy:.3f}, duplicates {r.duplicates}, "
-                f"missing {r.missing}, padded {r.padded}\n"
+                f"missing {r.missing}, padded {r.padded}"
+                + (f", resumed from step {r.resumed_from_step}" if r.resumed_from_step else "")
+                + "\n"
             )
     return 0

@@ -6,6 +6,12 @@ mask; normalisation by the prefetcher's broadcast ``[1, 3, 1, 1]`` mean and std)
 torchrun each rank reads its own part (``ShardDataset`` takes rank and world size from
 ``torch.distributed``); the ``pad`` policy gives every rank the same number of steps, so DDP's
 gradient all-reduce never waits on a rank that has run out of data.
+
+Checkpoints (``checkpoint_dir``, every ``checkpoint_every`` steps) hold the model, the
+optimiser, the loader's gathered state and the epoch's delivery counts over all ranks, written
+by rank 0 (``loader.train.checkpoint``). ``resume`` starts from the newest one, with any number
+of ranks: the loader delivers the rest of the epoch exactly once and the epoch's report counts
+both sides of the stop (docs/architecture.md, section "Resume").
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from loader.dataloader import make_loader
 from loader.device import DevicePrefetcher, resolve_device
 from loader.ranks import rank_and_world
 from loader.tracker import DuplicateTracker
+from loader.train.checkpoint import CheckpointSteps, latest_checkpoint, load_checkpoint
 from loader.train.model import SmallCNN, random_flip
 
 if TYPE_CHECKING:
@@ -52,6 +59,9 @@ class TrainOptions:
     job: str = "train"
     token: str | None = None
     log_json: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
 
 
 @dataclass
@@ -69,16 +79,25 @@ class EpochReport:
     missing: int
     padded: int
     step_losses: list[float] = field(default_factory=list)
+    resumed_from_step: int | None = None
 
 
 def train(options: TrainOptions) -> list[EpochReport]:
     """Train for ``options.epochs`` epochs; returns this rank's per-epoch reports.
 
     Initialises (and tears down) the process group when ``WORLD_SIZE`` > 1 and none exists:
-    gloo on the CPU, nccl on CUDA.
+    gloo on the CPU, nccl on CUDA. With ``resume`` and a checkpoint in ``checkpoint_dir`` the
+    run goes on from it (epochs before its epoch are not run again).
     """
     if options.epochs < 1:
         raise ValueError(f"expected --epochs >= 1, got --epochs={options.epochs}")
+    if options.checkpoint_every < 0:
+        raise ValueError(
+            f"expected --checkpoint-every >= 0, got --checkpoint-every={options.checkpoint_every}"
+        )
+    if (options.resume or options.checkpoint_every) and not options.checkpoint_dir:
+        raise ValueError("expected --checkpoint-dir with --resume or --checkpoint-every")
+    checkpoint = _resume_from(options)
     device = resolve_device(options.device)
     own_group = _init_distributed(device)
     rank, world = rank_and_world()
@@ -96,20 +115,31 @@ def train(options: TrainOptions) -> list[EpochReport]:
     classes = max(len(dataset.classes), 1 + _max_label(dataset))
     model: nn.Module = SmallCNN(classes).to(device)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    tracker = DuplicateTracker(dataset.num_samples)
+    steps = CheckpointSteps(options, rank, world, loader, tracker)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    raw_model = model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=0.9, weight_decay=5e-4)
-    tracker = DuplicateTracker(dataset.num_samples)
+    first_epoch = 0
+    if checkpoint is not None:
+        opt.load_state_dict(checkpoint["optimizer"])
+        first_epoch = steps.restore(checkpoint)
+    steps.model, steps.opt = raw_model, opt
     reporter = _reporter(options, rank)
     reports: list[EpochReport] = []
     all_ids: list[np.ndarray] = []
     try:
-        for epoch in range(options.epochs):
-            if epoch:
+        for epoch in range(first_epoch, options.epochs):
+            if checkpoint is None or epoch != first_epoch:
                 tracker.start_epoch(epoch)
             dataset.set_epoch(epoch)
-            report, ids = _run_epoch(model, opt, loader, device, tracker, reporter, epoch)
+            report, ids = _run_epoch(model, opt, loader, device, tracker, reporter, epoch, steps)
             report.rank, report.world_size = rank, world
+            if checkpoint is not None and epoch == first_epoch:
+                report.resumed_from_step = int(checkpoint["step"])
             _reduce_counts(report, tracker, world)
             reports.append(report)
             all_ids.append(ids)
@@ -121,6 +151,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
                 report.duplicates, report.missing, report.padded,
             )  # fmt: skip
     finally:
+        steps.close()
         if reporter is not None:
             reporter.close()
         if own_group:
@@ -128,6 +159,18 @@ def train(options: TrainOptions) -> list[EpochReport]:
     if options.log_json:
         _write_log(options.log_json, rank, reports, all_ids)
     return reports
+
+
+def _resume_from(options: TrainOptions) -> dict[str, Any] | None:
+    if not options.resume or not options.checkpoint_dir:
+        return None
+    path = latest_checkpoint(options.checkpoint_dir)
+    if path is None:
+        log.info("no checkpoint in %s: starting from the beginning", options.checkpoint_dir)
+        return None
+    checkpoint = load_checkpoint(path)
+    log.info("resuming from %s (step %d)", path, checkpoint["step"])
+    return checkpoint
 
 
 def _run_epoch(
@@ -138,6 +181,7 @@ def _run_epoch(
     tracker: DuplicateTracker,
     reporter: Any,
     epoch: int,
+    steps: CheckpointSteps,
 ) -> tuple[EpochReport, np.ndarray]:
     model.train()
     losses: list[float] = []
@@ -166,6 +210,7 @@ def _run_epoch(
         losses.append(float(loss.detach()))
         tracker.update(batch.ids, batch.padded.cpu())
         ids.append(batch.ids[~batch.padded.cpu()].numpy())
+        steps.after_step(epoch, ids[-1])
         if reporter is not None:
             reporter.record(
                 samples=len(batch.ids),
@@ -173,6 +218,7 @@ def _run_epoch(
                 blocked_s=waited,
                 epoch=epoch,
                 tracker_counts=tracker.counts(),
+                resumed_at_step=steps.resumed_at,
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()

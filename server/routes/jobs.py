@@ -43,6 +43,7 @@ def post_stats(
             epoch=report.epoch,
             tracker=report.tracker,
             failed_sends=report.failed_sends,
+            resumed_at_step=report.resumed_at_step,
         ),
         keep=service.settings.job_max_reports,
     )

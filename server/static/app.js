@@ -242,7 +242,9 @@ function renderJob(job) {
       `${job.active_ranks}/${job.ranks.length} ranks active · epoch ${job.epoch ?? "–"} · `,
       el("span", { "data-field": "duplicates" }, dup), " duplicates · ",
       el("span", { "data-field": "missing" }, miss), " missing · ",
-      `blocked ${fmt1(job.blocked_s)} s`));
+      `blocked ${fmt1(job.blocked_s)} s`,
+      job.resumed_at_step == null ? "" :
+        el("span", { "data-field": "resumed_at_step" }, ` · resumed at step ${fmtInt(job.resumed_at_step)}`)));
   const from = (job.first_at || 0) - (job.bucket_s || 0);
   card.append(lineChart((job.series || []).filter((p) => p.t >= from)));
   return card;

@@ -172,6 +172,14 @@ def test_tracker_counts_are_taken_from_epoch_counts(recorder: Recorder) -> None:
         reporter.record(tracker_counts={"duplicates": 0, "missing": 3, "other": 9}, epoch=5)
     body = recorder.bodies()[-1]
     assert body["tracker"] == {"duplicates": 0, "missing": 3} and body["epoch"] == 5
+    assert body["resumed_at_step"] is None
+
+
+def test_a_resumed_job_reports_the_step_it_went_on_from(recorder: Recorder) -> None:
+    with StatsReporter(recorder.url, "j", interval_s=60.0) as reporter:
+        reporter.record(samples=2, resumed_at_step=120)
+        reporter.record(samples=2)
+    assert recorder.bodies()[-1]["resumed_at_step"] == 120
 
 
 def test_record_from_many_threads_loses_nothing(recorder: Recorder) -> None:

@@ -198,3 +198,26 @@ def test_counts_match_a_plain_counter(case: tuple[int, list[list[tuple[int, bool
     for i, c in seen.items():
         expected[i] = min(c, 255)
     assert np.array_equal(tracker.counters, expected)
+
+
+def test_state_round_trip_continues_the_epoch() -> None:
+    tracker = DuplicateTracker(6)
+    tracker.update(np.array([0, 1, 1]), np.array([False, False, True]))
+    state = tracker.state_dict()
+    resumed = DuplicateTracker(6)
+    resumed.load_state_dict(state)
+    resumed.update(np.array([2, 3, 4, 5, 0]))
+    counts = resumed.end_epoch()
+    assert (counts.delivered, counts.unique, counts.duplicates, counts.missing) == (7, 6, 1, 0)
+    assert counts.padded == 1
+
+
+def test_state_of_another_size_or_corrupt_is_refused() -> None:
+    state = DuplicateTracker(6).state_dict()
+    tracker = DuplicateTracker(5)
+    with pytest.raises(ValueError, match="num_samples=5, got num_samples=6"):
+        tracker.load_state_dict(state)
+    with pytest.raises(ValueError, match="corrupt tracker state"):
+        DuplicateTracker(6).load_state_dict({**state, "counters": b"xx"})
+    with pytest.raises(ValueError, match="counters do not match"):
+        DuplicateTracker(6).load_state_dict({**state, "unique": 3})

@@ -278,6 +278,7 @@ def test_job_stats_round_trip(client: TestClient) -> None:
                 "elapsed_s": float(i),
                 "epoch": 0,
                 "tracker": {"duplicates": rank, "missing": 10 - i},
+                "resumed_at_step": 40 if rank else None,
             }
             answer = client.post("/api/jobs/train.1/stats", json=body)
             assert answer.status_code == 202, answer.text
@@ -285,6 +286,7 @@ def test_job_stats_round_trip(client: TestClient) -> None:
     assert [j["job"] for j in jobs] == ["train.1"]
     assert jobs[0]["samples"] == 600 and jobs[0]["samples_per_s"] == 200.0
     assert (jobs[0]["duplicates"], jobs[0]["missing"]) == (1, 14)
+    assert jobs[0]["resumed_at_step"] == 40
     detail = client.get("/api/jobs/train.1?window_s=60&bucket_s=1").json()
     assert [r["rank"] for r in detail["ranks"]] == [0, 1]
     assert detail["bucket_s"] == 1 and len(detail["series"]) >= 59
