@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from loader._checks import check_int
+from loader._consumed import Progress
 from loader._epoch import SharedEpoch
-from loader._progress import Progress
 from loader.ranks import rank_and_world
 from loader.resume import LoaderState, ResumeError, Topology, fingerprint, merge_states
 

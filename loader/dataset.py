@@ -34,8 +34,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from loader._checks import check_int, check_non_negative
+from loader._consumed import Progress
 from loader._epoch import SharedEpoch
-from loader._progress import Progress
 from loader._recycle import CAPACITY
 from loader._resumable import Resumable
 from loader._reuse import Reuse

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loader._progress import Progress  # noqa: E402
+from loader._consumed import Progress  # noqa: E402
 from loader._shuffle import batch_ids, plan_ids, worker_seed  # noqa: E402
 from loader.partition import plan_epoch, plan_rank  # noqa: E402
 from loader.resume import LoaderState, Topology, merge_states  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader._progress import Progress
+from loader._consumed import Progress
 from loader._shuffle import batch_ids, worker_seed
 from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch
 from loader.resume import LoaderState, Topology, merge_states, resume_point
