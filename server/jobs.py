@@ -36,6 +36,7 @@ class JobReport:
     epoch: int | None = None
     tracker: Mapping[str, int] = field(default_factory=dict)
     failed_sends: int = 0
+    loading: Mapping[str, float | int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RankState:
     reports: int
     samples_per_s: float
     mb_per_s: float
+    loading: dict[str, float | int | None] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -123,6 +125,7 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         reports=reports,
         samples_per_s=round(samples_per_s, 3),
         mb_per_s=round(mb_per_s, 4),
+        loading=dict(report.loading),
     )
     return state, delta
 

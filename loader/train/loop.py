@@ -26,6 +26,7 @@ from torch import nn
 
 from loader.dataloader import make_loader
 from loader.device import DevicePrefetcher, resolve_device
+from loader.reporter import queue_depth
 from loader.tracker import DuplicateTracker
 from loader.train.model import SmallCNN, random_flip
 
@@ -169,6 +170,7 @@ def _run_epoch(
                 blocked_s=waited,
                 epoch=epoch,
                 tracker_counts=tracker.counts(),
+                queue_depth=queue_depth(loader),
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
