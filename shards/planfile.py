@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -103,12 +103,33 @@ def read_plan_doc(path: Path) -> dict[str, Any]:
     return doc
 
 
+class _Rows(Sequence[Candidate]):
+    """The plan's ``[rel, label, size]`` rows as ``Candidate``s, made when indexed (a part
+    touches only its own)."""
+
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> Candidate: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Candidate]: ...
+    def __getitem__(self, i: int | slice) -> Candidate | list[Candidate]:
+        if isinstance(i, slice):
+            return [Candidate(str(r), int(lab), int(s)) for r, lab, s in self._rows[i]]
+        rel, label, size = self._rows[i]
+        return Candidate(str(rel), int(label), int(size))
+
+
 @dataclass(frozen=True)
 class SavedPlan:
     """A plan read back: candidates and shards as ``plan_shards`` made them."""
 
     doc: dict[str, Any]
-    candidates: list[Candidate]
+    candidates: Sequence[Candidate]
     plan: ShardPlan
 
     @property
@@ -124,7 +145,7 @@ class SavedPlan:
                 f"expected a build plan of format {FORMAT} in {path}, got "
                 f"format={doc.get('format')!r}; plan again into an empty folder"
             )
-        candidates = [Candidate(str(r), int(lab), int(s)) for r, lab, s in doc["candidates"]]
+        candidates = _Rows(doc["candidates"])
         order = np.asarray(doc["order"], dtype=np.int64)
         cuts = np.cumsum(doc["shard_sizes"])[:-1]
         return cls(doc, candidates, ShardPlan(order, list(np.split(order, cuts))))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from shards._progress import Progress
 from shards.build import BuildError, BuildOptions, build_shards, merge_build
-from shards.planfile import SavedPlan
+from shards.planfile import PLAN_FILE, SavedPlan
 from shards.writer import BUILD_DIR, report_path
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def build_on_ray(
     plan_options = dataclasses.replace(options, plan_only=True, part=None, resume=False)
     planned = build_shards(src, out, plan_options)
     dest = Path(planned["out"])
-    plan = SavedPlan.load(dest / BUILD_DIR / "plan.json")
+    plan = SavedPlan.load(dest / BUILD_DIR / PLAN_FILE)
     own = not ray.is_initialized()
     if own:
         ray.init(address=address or None, include_dashboard=False)

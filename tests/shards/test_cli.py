@@ -101,6 +101,8 @@ def src(tmp_path: Path, kit: Any) -> Path:
         ("against_missing", "--against"),
         ("only_out", "expected SRC OUT"),
         ("merge_without_build", "no build plan"),
+        ("ray_with_part", "expected --ray with SRC OUT"),
+        ("part_without_plan_or_src", "expected SRC OUT"),
     ],
 )
 def test_bad_arguments_give_one_line_error(
@@ -140,6 +142,8 @@ def test_bad_arguments_give_one_line_error(
         "against_missing": [s, out, "--against", str(tmp_path / "nope")],
         "only_out": [out],
         "merge_without_build": ["--merge", str(tmp_path / "full")],
+        "ray_with_part": [s, out, "--part", "1/2", "--ray"],
+        "part_without_plan_or_src": [out, "--part", "1/2"],
     }[case]
     assert_one_line_error(cli("shard", *args), match)
     assert not list(tmp_path.rglob("shard-*.tar"))

@@ -155,7 +155,7 @@ def test_a_saved_plan_reads_back_as_the_same_shards(
     path = tmp_path_factory.mktemp("plan") / "plan.json"
     write_plan(path, plan_doc(scan, plan, {"seed": seed}, Path("/src")))
     saved = SavedPlan.load(path)
-    assert saved.candidates == candidates
+    assert list(saved.candidates) == candidates and saved.candidates[1:3] == candidates[1:3]
     assert saved.plan.order.tolist() == plan.order.tolist()
     assert [s.tolist() for s in saved.plan.shards] == [s.tolist() for s in plan.shards]
     assert [list(saved.plan.positions(i)) for i in range(len(plan.shards))] == [
