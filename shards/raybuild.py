@@ -18,6 +18,7 @@ See docs/architecture.md, section "Builds".
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -148,9 +149,17 @@ def _wait(
                     result["shards_kept"],
                 )
             for i, seen in enumerate(counted):
-                if not seen and report_path(dest, i).is_file():
+                path = report_path(dest, i)
+                if not seen and path.is_file():
                     counted[i] = True
-                    progress.update(sizes[i])
+                    progress.update(sizes[i], _filesize(path))
+
+
+def _filesize(report: Path) -> int:
+    try:
+        return int(json.loads(report.read_text(encoding="utf-8"))["filesize"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _user_error(exc: Exception, part: int, parts: int) -> Exception:
