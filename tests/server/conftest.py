@@ -83,7 +83,7 @@ SLOW_RANK = 2
 
 @pytest.fixture(scope="session")
 def slow_rank_job(served_run: ServedRun, tiny_data: TinyData) -> tuple[str, int]:
-    """Job ``four-ranks`` on the served run's server: four reporting ranks, rank 2 slow (300 ms
+    """Job ``four-ranks`` on the served run's server: four reporting ranks, rank 2 slow (500 ms
     storage latency per shard open in its loader). Returns (job, slow rank)."""
     server = served_run.server
     run_ranks(
@@ -93,6 +93,6 @@ def slow_rank_job(served_run: ServedRun, tiny_data: TinyData) -> tuple[str, int]
         tiny_data.shards,
         world=4,
         slow_rank=SLOW_RANK,
-        latency_ms=300.0,
+        latency_ms=500.0,
     )
     return "four-ranks", SLOW_RANK

@@ -114,7 +114,7 @@ def test_dashboard_shows_the_run_as_the_api_reports_it(
 
 
 def test_dashboard_marks_the_slowest_of_four_ranks(
-    browser: Any, served_run: ServedRun, slow_rank_job: tuple[str, int]
+    browser: Any, served_run: ServedRun, slow_rank_job: tuple[str, int], tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -142,3 +142,9 @@ def test_dashboard_marks_the_slowest_of_four_ranks(
     assert shown == str(slow)
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
+
+    shot = tmp_path / "ranks.png"
+    assert browser.find_element(By.CSS_SELECTOR, card).screenshot(str(shot))
+    keep = os.environ.get("DASHBOARD_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep.removesuffix(".png") + "-ranks.png")

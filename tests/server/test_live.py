@@ -236,8 +236,8 @@ def test_the_api_names_the_rank_slowed_on_purpose(
     rows = {r["rank"]: r for r in loading["ranks"]}
     assert sorted(rows) == [0, 1, 2, 3] and doc["samples"] == 4 * 4 * 10
     others = [rows[r]["exposed_fraction"] for r in rows if r != slow]
-    assert rows[slow]["exposed_fraction"] > 2 * max(others), rows
-    assert rows[slow]["blocked_p99_s"] >= 0.3  # at least one wait held a 300 ms open
+    assert rows[slow]["exposed_fraction"] > 1.5 * max(others), rows
+    assert rows[slow]["blocked_p99_s"] >= 0.5  # at least one wait held a 500 ms open
     assert all(rows[r]["steps"] == 20 and rows[r]["queue_depth"] is not None for r in rows)
     spread = loading["spread"]
     assert spread["max"] == rows[slow]["exposed_fraction"] and spread["min"] == min(others)
