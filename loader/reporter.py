@@ -164,6 +164,8 @@ class StatsReporter:
                 self._waits.popleft()
             waits = sorted(w for _, w in self._waits)
             span = min(self.window_s, now - self._started)
+            if len(self._waits) == self._waits.maxlen:  # full: it covers less than window_s
+                span = min(span, now - self._waits[0][0])
             return {
                 "rank": self._rank,
                 "samples": self._samples,

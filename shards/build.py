@@ -46,7 +46,7 @@ from shards.validate import VERIFY_LEVELS
 from shards.verify import inspect_build
 from shards.writer import BUILD_DIR, ShardJob, WriteOptions, report_path, write_shard
 
-__all__ = ["BuildError", "BuildOptions", "build_shards", "merge_build", "stored_config"]
+__all__ = ["BuildError", "BuildOptions", "build_shards", "merge_build"]
 
 log = logging.getLogger("shardfeed.shard")
 
@@ -173,15 +173,6 @@ def build_shards(
         summary["part"] = f"{part}/{parts}"
         summary["plan_hash"] = plan_hash
     return summary
-
-
-def stored_config(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The byte options of the plan in ``out`` (``BuildOptions.byte_config`` form), or None."""
-    path = Path(out) / BUILD_DIR / PLAN_FILE
-    if not path.is_file():
-        return None
-    config: dict[str, Any] = read_plan_doc(path)["config"]
-    return config
 
 
 def merge_build(

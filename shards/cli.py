@@ -8,8 +8,9 @@ import logging
 import sys
 from typing import Any
 
-from shards.build import BuildOptions, build_shards, merge_build, stored_config
+from shards.build import BuildOptions, build_shards, merge_build
 from shards.plan import SizingOptions, parse_part
+from shards.planfile import stored_config
 from shards.validate import VERIFY_LEVELS
 from shards.verify import inspect_build, verify_build
 

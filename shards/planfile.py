@@ -26,6 +26,7 @@ import numpy as np
 from shards._atomic import write_bytes_atomic
 from shards.plan import ShardPlan
 from shards.scan import Candidate, ScanResult
+from shards.writer import BUILD_DIR
 
 __all__ = [
     "PLAN_FILE",
@@ -37,6 +38,7 @@ __all__ = [
     "check_sources",
     "plan_doc",
     "read_plan_doc",
+    "stored_config",
     "write_plan",
 ]
 
@@ -78,6 +80,15 @@ def _hash(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "plan_hash"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def stored_config(out: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The byte options (``BuildOptions.byte_config`` form) of the plan in ``out``, or None."""
+    path = Path(out) / BUILD_DIR / PLAN_FILE
+    if not path.is_file():
+        return None
+    config: dict[str, Any] = read_plan_doc(path)["config"]
+    return config
 
 
 def write_plan(path: Path, doc: dict[str, Any]) -> None:
