@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shards.build import build_shards
+from shards.build import BuildError, build_shards
 from shards.plan import SizingOptions
 from shards.writer import report_path
 
@@ -104,3 +104,20 @@ def test_a_changed_source_is_not_retried_and_names_the_file(
     with pytest.raises(ValueError, match=r"n00000001/img_00004\.jpg is gone"):
         build_on_ray(src, out, opts(kit), parts=1, retries=2, on_attempt=remove_a_file)
     assert len(list(marks.iterdir())) == 1
+
+
+def test_a_part_that_keeps_dying_stops_the_build_after_its_retries(
+    kit: Any, tmp_path: Path, local_ray: None
+) -> None:
+    src, out, marks = tmp_path / "src", tmp_path / "ray", tmp_path / "marks"
+    kit.make_plain(src, 6, 2)
+    marks.mkdir()
+
+    def always_die(part: tuple[int, int]) -> None:
+        (marks / f"attempt-{len(list(marks.iterdir())) + 1}").touch()
+        os._exit(1)
+
+    with pytest.raises(BuildError, match=r"part 1/1 failed on Ray after its retries"):
+        build_on_ray(src, out, opts(kit), parts=1, retries=1, on_attempt=always_die)
+    assert len(list(marks.iterdir())) == 2  # the first attempt and one retry
+    assert not (out / "manifest.json").exists()
