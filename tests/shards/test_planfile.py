@@ -161,3 +161,22 @@ def test_a_saved_plan_reads_back_as_the_same_shards(
     assert [list(saved.plan.positions(i)) for i in range(len(plan.shards))] == [
         list(plan.positions(i)) for i in range(len(plan.shards))
     ]
+
+
+@settings(max_examples=8, deadline=None)
+@given(num_shards=st.integers(1, 7), parts=st.integers(1, 5), order=st.randoms())
+def test_any_parts_in_any_order_write_every_shard_once_with_one_build_s_bytes(
+    kit: Any, tmp_path_factory: pytest.TempPathFactory, num_shards: int, parts: int, order: Any
+) -> None:
+    base = tmp_path_factory.mktemp("k")
+    src, whole, out = base / "src", base / "whole", base / "parts"
+    kit.make_plain(src, 9, 2)
+    sizing = SizingOptions(num_shards=num_shards)
+    build_shards(src, whole, opts(kit, sizing=sizing))
+    build_shards(src, out, opts(kit, sizing=sizing, plan_only=True))
+    indexes = list(range(1, parts + 1))
+    order.shuffle(indexes)
+    written = [build_shards(None, out, opts(kit, sizing=sizing, part=(i, parts))) for i in indexes]
+    assert sum(w["shards_written"] for w in written) == min(num_shards, 9)
+    merge_build(out)
+    assert kit.file_hashes(out) == kit.file_hashes(whole)
