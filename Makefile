@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[ray]' torch==2.13.0 \
+		|| echo "warning: Ray could not install; the --ray tests will be skipped" >&2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -6,6 +6,12 @@ cumulative counters to ``{url}/api/jobs/{job}/stats`` every ``interval_s`` with 
 timeout. A send that fails (service down, slow, refusing) is counted in ``failed_sends`` and
 never raised; because counters are cumulative, the next successful send carries everything
 done meanwhile. :meth:`close` stops the thread and sends a last snapshot.
+
+Besides the totals, each snapshot carries the rank's recent loading figures: over the last
+``window_s`` seconds, the time blocked on data per step (p50/p95/p99), its sum (the exposed
+data-loading time: waiting the prefetch did not hide) and the latest queue depth (batches
+ready when the step asked). The window holds at most ``MAX_WINDOW_STEPS`` steps, so memory is
+bounded however fast the loop runs. The service compares ranks by these (``server/ranks.py``).
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import logging
+import math
 import re
 import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -25,12 +33,13 @@ from typing import Any
 from loader.jsonsafe import dumps
 from loader.ranks import rank_and_world
 
-__all__ = ["StatsReporter"]
+__all__ = ["StatsReporter", "queue_depth"]
 
 log = logging.getLogger(__name__)
 
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded")
+MAX_WINDOW_STEPS = 10_000
 
 
 def _opener(host: str) -> urllib.request.OpenerDirector:
@@ -61,6 +70,7 @@ class StatsReporter:
         *,
         timeout_s: float = 1.0,
         rank: int | None = None,
+        window_s: float = 30.0,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -73,10 +83,13 @@ class StatsReporter:
             raise ValueError(f"expected interval_s > 0, got interval_s={interval_s}")
         if not timeout_s > 0:
             raise ValueError(f"expected timeout_s > 0, got timeout_s={timeout_s}")
+        if not window_s > 0:
+            raise ValueError(f"expected window_s > 0, got window_s={window_s}")
         self.endpoint = f"{url.rstrip('/')}/api/jobs/{urllib.parse.quote(job)}/stats"
         self.job = job
         self.interval_s = float(interval_s)
         self.timeout_s = float(timeout_s)
+        self.window_s = float(window_s)
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -91,6 +104,8 @@ class StatsReporter:
         self._rank = rank_and_world()[0] if rank is None else int(rank)
         self._tracker: dict[str, int] = {}
         self._resumed_at: int | None = None
+        self._waits: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_STEPS)
+        self._queue_depth: int | None = None
         self.sent = 0
         self.failed_sends = 0
         self.last_error: str | None = None
@@ -109,10 +124,12 @@ class StatsReporter:
         rank: int | None = None,
         tracker_counts: Mapping[str, int] | Any = None,
         resumed_at_step: int | None = None,
+        queue_depth: int | None = None,
     ) -> None:
-        """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, the
-        tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``) and the step a
-        resumed job went on from when given."""
+        """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, queue
+        depth, the tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``) and
+        the step a resumed job went on from when given. Call it once per step with that step's
+        wait in ``blocked_s``: the window's percentiles are over these calls."""
         counts: dict[str, int] | None = None
         if tracker_counts is not None:
             raw = (
@@ -127,6 +144,9 @@ class StatsReporter:
             self._samples += int(samples)
             self._bytes += int(bytes)
             self._blocked_s += float(blocked_s)
+            self._waits.append((time.monotonic(), float(blocked_s)))
+            if queue_depth is not None:
+                self._queue_depth = int(queue_depth)
             if epoch is not None:
                 self._epoch = int(epoch)
             if rank is not None:
@@ -139,6 +159,13 @@ class StatsReporter:
     def snapshot(self) -> dict[str, Any]:
         """The JSON document the next send will carry."""
         with self._lock:
+            now = time.monotonic()
+            while self._waits and self._waits[0][0] < now - self.window_s:
+                self._waits.popleft()
+            waits = sorted(w for _, w in self._waits)
+            span = min(self.window_s, now - self._started)
+            if len(self._waits) == self._waits.maxlen:  # full: it covers less than window_s
+                span = min(span, now - self._waits[0][0])
             return {
                 "rank": self._rank,
                 "samples": self._samples,
@@ -149,6 +176,13 @@ class StatsReporter:
                 "tracker": dict(self._tracker),
                 "failed_sends": self.failed_sends,
                 "resumed_at_step": self._resumed_at,
+                "window_s": round(span, 6),
+                "window_steps": len(waits),
+                "window_blocked_s": round(sum(waits), 6),
+                "blocked_p50_s": _percentile(waits, 0.50),
+                "blocked_p95_s": _percentile(waits, 0.95),
+                "blocked_p99_s": _percentile(waits, 0.99),
+                "queue_depth": self._queue_depth,
             }
 
     def flush(self) -> bool:
@@ -201,3 +235,35 @@ class StatsReporter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    """The nearest-rank ``q`` quantile of an ascending list; None when it is empty."""
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 6)
+
+
+def queue_depth(loader_or_iterator: object) -> int | None:
+    """Batches ready for the next steps: unpacked batches the loader's iterator holds, plus
+    items the DataLoader received from its workers and has not handed on (a group of batches
+    sent together counts once). ``loader_or_iterator`` is a ``ClosingDataLoader`` with
+    persistent workers or the iterator of one. None when it
+    cannot tell (no worker processes, or a platform without ``Queue.qsize``).
+
+    Reads the DataLoader iterator's private ``_data_queue`` and ``_task_info``: a figure for
+    telemetry only, never used to decide anything.
+    """
+    ready = len(getattr(loader_or_iterator, "_pending", ()))
+    inner = getattr(loader_or_iterator, "_iterator", None)
+    if inner is None:
+        inner = loader_or_iterator
+    data_queue = getattr(inner, "_data_queue", None)
+    if data_queue is None:
+        return None
+    try:
+        ready += int(data_queue.qsize())
+    except (NotImplementedError, OSError, AttributeError):
+        return None
+    stored = getattr(inner, "_task_info", {})
+    return ready + sum(1 for info in stored.values() if len(info) == 2)

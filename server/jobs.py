@@ -37,6 +37,7 @@ class JobReport:
     tracker: Mapping[str, int] = field(default_factory=dict)
     failed_sends: int = 0
     resumed_at_step: int | None = None
+    loading: Mapping[str, float | int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class RankState:
     samples_per_s: float
     mb_per_s: float
     resumed_at_step: int | None = None
+    loading: dict[str, float | int | None] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -126,6 +128,7 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         samples_per_s=round(samples_per_s, 3),
         mb_per_s=round(mb_per_s, 4),
         resumed_at_step=report.resumed_at_step,
+        loading=dict(report.loading),
     )
     return state, delta
 

@@ -3,6 +3,8 @@
 Job and benchmark figures are read from the store at scrape time, so they are the same
 numbers the JSON API shows and survive a restart. Benchmark series describe the newest
 finished run only (labels ``run`` and ``mode``), which keeps their cardinality bounded.
+Ranks are never a label: per job, ``server.ranks`` adds the slowest rank as a gauge's value
+and the spread across ranks as three series.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from server.jobs import summarize
+from server.ranks import rank_families
 from server.store import Store
 
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
@@ -43,6 +46,11 @@ class _StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._jobs()
+        yield from rank_families(
+            ((job, self._store.job_ranks(job)) for job in self._store.job_names()),
+            now=self._clock(),
+            stale_s=self._stale_s,
+        )
         yield from self._benchmarks()
 
     def _jobs(self) -> Iterator[Metric]:

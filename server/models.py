@@ -49,6 +49,16 @@ Status = Literal["queued", "running", "done", "failed", "cancelled", "interrupte
 PathText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 TrackerKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Seconds = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
+LOADING_FIELDS = (
+    "window_s",
+    "window_steps",
+    "window_blocked_s",
+    "blocked_p50_s",
+    "blocked_p95_s",
+    "blocked_p99_s",
+    "queue_depth",
+)
 
 
 class BenchmarkRequest(BaseModel):
@@ -137,6 +147,19 @@ class StatsReport(BaseModel):
     tracker: dict[TrackerKey, Count] = Field(default_factory=dict, max_length=32)
     failed_sends: Count = 0
     resumed_at_step: int | None = Field(default=None, ge=0, le=2**62)
+    window_s: Seconds | None = Field(default=None, description="span of the loading window")
+    window_steps: Count | None = None
+    window_blocked_s: Seconds | None = Field(
+        default=None, description="time blocked on data within the window (exposed loading)"
+    )
+    blocked_p50_s: Seconds | None = None
+    blocked_p95_s: Seconds | None = None
+    blocked_p99_s: Seconds | None = None
+    queue_depth: Count | None = Field(default=None, description="batches ready when asked")
+
+    def loading(self) -> dict[str, float | int | None]:
+        """The recent-window loading figures that were sent (see ``server.ranks``)."""
+        return {k: v for k in LOADING_FIELDS if (v := getattr(self, k)) is not None}
 
 
 class StatsAccepted(BaseModel):

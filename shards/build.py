@@ -3,7 +3,10 @@
 Invariants:
 - The plan (which file goes to which shard, and its key) depends only on the scan and the
   options that change bytes (seed, sizing, verify, re-encode), never on ``workers`` or
-  ``part``; it is stored with its fingerprint in ``OUT/.build/plan.json``.
+  ``part``; it is stored whole, with its hash, in ``OUT/.build/plan.json`` (``shards.planfile``),
+  and a part build that finds it there uses it instead of listing the source again.
+- Every shard report names the plan it was written from; ``--merge`` refuses shards of
+  another plan and names their parts.
 - Each shard is written by one process; parallel writers share nothing but the output folder.
 - A shard is complete once its report exists (see ``shards.writer``); ``--resume`` keeps complete
   shards and rewrites the rest, which gives the same bytes as an uninterrupted build.
@@ -23,12 +26,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards._atomic import write_json_atomic
 from shards._progress import Progress
 from shards.dedup import duplicate_report, hash_folder
 from shards.format import MANIFEST_NAME, index_name, shard_name
 from shards.manifest import Manifest, ShardEntry
 from shards.plan import SizingOptions, plan_shards
+from shards.planfile import (
+    PLAN_FILE,
+    SavedPlan,
+    check_config,
+    check_reports,
+    check_sources,
+    plan_doc,
+    read_plan_doc,
+    write_plan,
+)
 from shards.scan import scan_folder
 from shards.validate import VERIFY_LEVELS
 from shards.verify import inspect_build
@@ -37,7 +49,6 @@ from shards.writer import BUILD_DIR, ShardJob, WriteOptions, report_path, write_
 __all__ = ["BuildError", "BuildOptions", "build_shards", "merge_build"]
 
 log = logging.getLogger("shardfeed.shard")
-PLAN_FILE = "plan.json"
 
 
 class BuildError(ValueError):
@@ -56,6 +67,7 @@ class BuildOptions:
     resume: bool = False
     against: str | None = None
     show_progress: bool = True
+    plan_only: bool = False
 
     def byte_config(self) -> dict[str, Any]:
         """The options that decide the shards' bytes (not workers, part or resume)."""
@@ -69,49 +81,75 @@ class BuildOptions:
 
 
 def build_shards(
-    src: str | os.PathLike[str], out: str | os.PathLike[str], options: BuildOptions
+    src: str | os.PathLike[str] | None, out: str | os.PathLike[str], options: BuildOptions
 ) -> dict[str, Any]:
     """Build the shards of ``src`` (or of one ``--part``) into ``out``; returns the summary.
 
-    Without ``part`` the build ends by writing the manifest (``merge_build``).
+    Without ``part`` the build ends by writing the manifest (``merge_build``). With
+    ``plan_only`` it lists, plans and saves the plan, and writes no shard. A ``part`` build of a
+    folder that already holds a plan uses that plan without listing the source (``src`` may then
+    be None: the plan names it) and stops with ``SourceChanged`` when a file of the part is gone
+    or changed size since planning.
     """
-    root, dest = _check_paths(Path(src), Path(out), options)
     started = time.monotonic()
-    scan = scan_folder(root)
-    plan = plan_shards(scan.candidates, options.seed, options.sizing)
-    fingerprint = plan.fingerprint(scan.candidates)
-    plan_doc = {
-        "fingerprint": fingerprint,
-        "config": options.byte_config(),
-        "source": str(root),
-        "classes": scan.classes,
-        "empty_classes": scan.empty_classes,
-        "num_shards": len(plan.shards),
-        "num_candidates": len(scan.candidates),
-        "scan_skipped": [s.to_dict() for s in scan.skipped],
-    }
-    _claim_output(dest, plan_doc, options)
+    saved = None
+    if options.part is not None and not options.plan_only:
+        saved = _stored_plan(Path(out))
+    if src is None:
+        if saved is None:
+            raise BuildError(
+                f"expected SRC OUT: {out} holds no build plan to take the source from; "
+                "run 'shardfeed shard SRC OUT --plan-only' first"
+            )
+        src = str(saved.doc["source"])
+    root, dest = _check_paths(Path(src), Path(out), options)
+    if saved is not None:
+        check_config(saved.doc, options.byte_config())
+        candidates, plan, doc = saved.candidates, saved.plan, saved.doc
+        plan_hash = saved.hash
+    else:
+        scan = scan_folder(root)
+        plan = plan_shards(scan.candidates, options.seed, options.sizing)
+        candidates = scan.candidates
+        doc = plan_doc(scan, plan, options.byte_config(), root)
+        plan_hash = _claim_output(dest, doc, options)
+    if options.plan_only:
+        return {
+            "out": str(dest),
+            "plan": str(dest / BUILD_DIR / PLAN_FILE),
+            "plan_hash": plan_hash,
+            "shards": len(plan.shards),
+            "candidates": len(candidates),
+            "skipped": len(doc["scan_skipped"]),
+            "elapsed_s": round(time.monotonic() - started, 3),
+        }
     part, parts = options.part or (1, 1)
-    total = len(scan.candidates)
+    stamp = {"plan": plan_hash, "part": f"{part}/{parts}" if options.part else ""}
+    total = len(candidates)
     jobs = []
     kept = 0
     for i, members in enumerate(plan.shards):
         if i % parts != part - 1:
             continue
-        if options.resume and _is_complete(dest, i):
+        if options.resume and _is_complete(dest, i, plan_hash):
             kept += 1
             continue
-        _remove_temporaries(dest, i)
         positions = plan.positions(i)
-        items = [(p, scan.candidates[int(c)]) for p, c in zip(positions, members, strict=True)]
-        jobs.append(ShardJob(i, items, total, scan.classes))
+        items = [(p, candidates[int(c)]) for p, c in zip(positions, members, strict=True)]
+        jobs.append(ShardJob(i, items, total, doc["classes"], stamp))
+    if saved is not None:
+        for job in jobs:
+            check_sources(root, job.items)
+    for job in jobs:
+        _remove_temporaries(dest, job.index)
     log.info(
-        "%d image files in %d classes -> %d shards; writing %d%s",
+        "%d image files in %d classes -> %d shards; writing %d%s%s",
         total,
-        len(scan.classes),
+        len(doc["classes"]),
         len(plan.shards),
         len(jobs),
         f" (kept {kept} complete from an earlier run)" if kept else "",
+        f" of part {part}/{parts}, plan {plan_hash[:12]}" if options.part else "",
     )
     todo = sum(len(j.items) for j in jobs)
     wopts = WriteOptions(options.verify, options.resize_max_side, options.quality)
@@ -133,6 +171,7 @@ def build_shards(
         summary.update(merge_build(dest, against=options.against, workers=options.workers))
     else:
         summary["part"] = f"{part}/{parts}"
+        summary["plan_hash"] = plan_hash
     return summary
 
 
@@ -149,7 +188,7 @@ def merge_build(
         raise FileNotFoundError(
             f"{dest} holds no build plan ({plan_file}): run 'shardfeed shard' first"
         )
-    plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    plan = read_plan_doc(plan_file)
     reports = []
     missing = []
     for i in range(plan["num_shards"]):
@@ -164,6 +203,7 @@ def merge_build(
             f"cannot merge {dest}: {len(missing)} shard(s) not built yet ({shown}); "
             "run the remaining --part builds first"
         )
+    check_reports(dest, plan["plan_hash"], reports)
     first = 0
     entries = []
     for r in reports:
@@ -245,10 +285,11 @@ def _check_paths(src: Path, out: Path, options: BuildOptions) -> tuple[Path, Pat
     return root, dest
 
 
-def _claim_output(dest: Path, plan_doc: dict[str, Any], options: BuildOptions) -> None:
+def _claim_output(dest: Path, plan_doc: dict[str, Any], options: BuildOptions) -> str:
+    """Save the plan in ``dest`` unless it holds the same one; returns the plan hash in force."""
     plan_file = dest / BUILD_DIR / PLAN_FILE
     if plan_file.is_file():
-        old = json.loads(plan_file.read_text(encoding="utf-8"))
+        old = read_plan_doc(plan_file)
         if (
             old.get("fingerprint") != plan_doc["fingerprint"]
             or old.get("config") != plan_doc["config"]
@@ -257,19 +298,32 @@ def _claim_output(dest: Path, plan_doc: dict[str, Any], options: BuildOptions) -
                 f"{dest} holds a build of other input or options; "
                 "use an empty output folder (or the original source and options)"
             )
-        if not options.resume and options.part is None:
+        if not options.resume and options.part is None and not options.plan_only:
             raise BuildError(f"{dest} already holds this build: pass --resume to finish it")
-        return
+        return str(old["plan_hash"])
     others = [p.name for p in dest.iterdir() if p.name != BUILD_DIR]
     if others:
         raise BuildError(
             f"output {dest} is not empty (holds {others[0]!r}): choose an empty folder"
         )
-    write_json_atomic(plan_file, plan_doc)
+    write_plan(plan_file, plan_doc)
+    return str(plan_doc["plan_hash"])
 
 
-def _is_complete(dest: Path, index: int) -> bool:
-    return report_path(dest, index).is_file() and (dest / shard_name(index)).is_file()
+def _stored_plan(out: Path) -> SavedPlan | None:
+    path = out / BUILD_DIR / PLAN_FILE
+    return SavedPlan.load(path) if path.is_file() else None
+
+
+def _is_complete(dest: Path, index: int, plan_hash: str) -> bool:
+    """Shard ``index`` is whole and was written from the plan ``plan_hash``."""
+    path = report_path(dest, index)
+    if not (path.is_file() and (dest / shard_name(index)).is_file()):
+        return False
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("plan") == plan_hash)
+    except (OSError, ValueError):
+        return False
 
 
 def _remove_temporaries(dest: Path, index: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from shards.build import BuildOptions, build_shards, merge_build
 from shards.plan import SizingOptions, parse_part
+from shards.planfile import stored_config
 from shards.validate import VERIFY_LEVELS
 from shards.verify import inspect_build, verify_build
 
@@ -36,13 +37,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--num-shards", type=int, help="number of shards (sizes differ by <= 1)")
     size.add_argument("--max-samples", type=int, help="at most this many samples per shard")
     size.add_argument("--max-bytes", type=_size, help="at most this many bytes per shard (256M)")
-    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("--seed", type=int, help="shuffle seed (default 0)")
     p.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
-    p.add_argument("--verify", choices=VERIFY_LEVELS, default="decode", help="image check")
+    p.add_argument("--verify", choices=VERIFY_LEVELS, help="image check (default decode)")
     p.add_argument("--resize-max-side", type=int, metavar="PX", help="re-encode to this side")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
-    p.add_argument("--part", help="build only part I of K (e.g. 2/4); finish with --merge")
+    p.add_argument("--quality", type=int, help="JPEG quality when re-encoding (default 90)")
+    p.add_argument(
+        "--plan-only", action="store_true", help="list and plan once into OUT; build no shard"
+    )
+    p.add_argument(
+        "--part",
+        help="build only part I of K (e.g. 2/4), from the plan in OUT if there is one "
+        "(then SRC and the sizing options may be left out); finish with --merge",
+    )
     p.add_argument("--merge", action="store_true", help="write the manifest of a --part build")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="plan once, build the parts as Ray tasks (on the cluster at ADDRESS, or a local "
+        "Ray), merge; needs the 'ray' extra. Put it after SRC OUT",
+    )
+    p.add_argument("--ray-parts", type=int, metavar="K", help="Ray tasks (default: CPUs/workers)")
     p.add_argument("--resume", action="store_true", help="keep complete shards of a killed build")
     p.add_argument("--against", metavar="OTHER_ROOT", help="report images also found there")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
@@ -92,24 +109,59 @@ def _shard(args: argparse.Namespace) -> int:
     if args.merge:
         _emit(merge_build(args.out, against=args.against, workers=args.workers), args.json)
         return 0
-    if args.src is None:
-        raise ValueError("expected SRC OUT (or --merge OUT), got only OUT")
-    if args.num_shards is None and args.max_samples is None and args.max_bytes is None:
-        args.max_bytes = 256 << 20
+    part = parse_part(args.part) if args.part else None
+    planned = stored_config(args.out) if part is not None else None
+    if args.src is None and planned is None:
+        raise ValueError("expected SRC OUT (or --merge OUT, or --part I/K OUT with a plan)")
+    byte_options = _byte_options(args, planned)
+    if args.ray is not None and (part is not None or args.plan_only or args.src is None):
+        raise ValueError("expected --ray with SRC OUT and without --part or --plan-only")
     options = BuildOptions(
-        sizing=SizingOptions(args.num_shards, args.max_samples, args.max_bytes),
-        seed=args.seed,
+        **byte_options,
         workers=args.workers,
-        verify=args.verify,
-        resize_max_side=args.resize_max_side,
-        quality=args.quality,
-        part=parse_part(args.part) if args.part else None,
+        part=part,
         resume=args.resume,
         against=args.against,
         show_progress=not args.json,
+        plan_only=args.plan_only,
     )
+    if args.ray is not None:
+        from shards.raybuild import build_on_ray
+
+        summary = build_on_ray(
+            args.src, args.out, options, address=args.ray or None, parts=args.ray_parts
+        )
+        _emit(summary, args.json)
+        return 0
     _emit(build_shards(args.src, args.out, options), args.json)
     return 0
+
+
+def _byte_options(args: argparse.Namespace, planned: dict[str, Any] | None) -> dict[str, Any]:
+    """Sizing, seed, verify and re-encode from the flags; a flag left out takes the plan's value
+    (when a part builds from a plan) or the default."""
+    sizing = (args.num_shards, args.max_samples, args.max_bytes)
+    if planned is not None:
+        if all(v is None for v in sizing):
+            sizing = tuple(planned["sizing"][k] for k in ("num_shards", "max_samples", "max_bytes"))
+    elif all(v is None for v in sizing):
+        sizing = (None, None, 256 << 20)
+
+    def pick(name: str, default: Any) -> Any:
+        given = getattr(args, name)
+        if given is not None:
+            return given
+        if planned is not None and planned.get(name) is not None:
+            return planned[name]
+        return default
+
+    return {
+        "sizing": SizingOptions(*sizing),
+        "seed": pick("seed", 0),
+        "verify": pick("verify", "decode"),
+        "resize_max_side": pick("resize_max_side", None),
+        "quality": pick("quality", 90),
+    }
 
 
 def _verify(args: argparse.Namespace) -> int:

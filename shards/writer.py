@@ -12,8 +12,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,12 +47,16 @@ class WriteOptions:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """Shard ``index`` holds ``items``: (plan position, candidate) pairs in sample order."""
+    """Shard ``index`` holds ``items``: (plan position, candidate) pairs in sample order.
+
+    ``stamp`` is copied into the report: where the shard came from (plan hash, part).
+    """
 
     index: int
     items: Sequence[tuple[int, Candidate]]
     total: int
     classes: Sequence[str]
+    stamp: Mapping[str, str] = field(default_factory=dict)
 
 
 def report_path(out: Path, index: int) -> Path:
@@ -129,6 +133,7 @@ def write_shard(
         "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
         "samples": samples,
         "skipped": skipped,
+        **job.stamp,
     }
     write_json_atomic(report_path(out, job.index), report)
     return report

@@ -33,6 +33,7 @@ from torch import nn
 from loader.dataloader import make_loader
 from loader.device import DevicePrefetcher, resolve_device
 from loader.ranks import rank_and_world
+from loader.reporter import queue_depth
 from loader.tracker import DuplicateTracker
 from loader.train.checkpoint import CheckpointSteps, latest_checkpoint, load_checkpoint
 from loader.train.model import SmallCNN, random_flip
@@ -219,6 +220,7 @@ def _run_epoch(
                 epoch=epoch,
                 tracker_counts=tracker.counts(),
                 resumed_at_step=steps.resumed_at,
+                queue_depth=queue_depth(loader),
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from server.deps import Service, get_service, require_token
 from server.jobs import MAX_BUCKETS, JobReport, series, summarize
 from server.models import JOB_PATTERN, StatsAccepted, StatsReport
+from server.ranks import rank_spread
 
 __all__ = ["router"]
 
@@ -44,6 +45,7 @@ def post_stats(
             tracker=report.tracker,
             failed_sends=report.failed_sends,
             resumed_at_step=report.resumed_at_step,
+            loading=report.loading(),
         ),
         keep=service.settings.job_max_reports,
     )
@@ -69,8 +71,10 @@ def list_jobs(service: Annotated[Service, Depends(get_service)]) -> dict[str, An
     stale = service.settings.job_stale_s
     jobs = []
     for name in service.store.job_names():
-        doc = summarize(name, service.store.job_ranks(name), now=now, stale_s=stale)
+        ranks = service.store.job_ranks(name)
+        doc = summarize(name, ranks, now=now, stale_s=stale)
         doc.pop("ranks")
+        doc["slowest_rank"] = rank_spread(ranks, now=now, stale_s=stale)["slowest_rank"]
         jobs.append(doc)
     return {"jobs": jobs}
 
@@ -84,6 +88,9 @@ def get_job(
 ) -> dict[str, Any]:
     """A job's figures per rank and in total, and its rates over the last ``window_s``.
 
+    ``loading`` compares the ranks' exposed data-loading time (``server.ranks.rank_spread``):
+    the slowest rank and the spread across ranks.
+
     ``series`` holds one point per ``bucket_s`` (wider when the window would need more than
     2000), summed across ranks; the bucket still filling is left out.
     """
@@ -92,6 +99,7 @@ def get_job(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job named {job!r} has reported")
     now = service.clock()
     doc = summarize(job, ranks, now=now, stale_s=service.settings.job_stale_s)
+    doc["loading"] = rank_spread(ranks, now=now, stale_s=service.settings.job_stale_s)
     width = max(bucket_s, window_s / MAX_BUCKETS)
     start = now - window_s
     end = math.floor(now / width) * width

@@ -247,7 +247,59 @@ function renderJob(job) {
         el("span", { "data-field": "resumed_at_step" }, ` · resumed at step ${fmtInt(job.resumed_at_step)}`)));
   const from = (job.first_at || 0) - (job.bucket_s || 0);
   card.append(lineChart((job.series || []).filter((p) => p.t >= from)));
+  card.append(rankBars(job.loading));
   return card;
+}
+
+const MAX_RANK_BARS = 64;
+
+function pct(v) { return Number.isFinite(v) ? `${(100 * v).toFixed(1)}%` : "–"; }
+function ms(v) { return Number.isFinite(v) ? `${(1000 * v).toFixed(1)} ms` : "–"; }
+
+// Ranks side by side: each bar is a rank's share of time blocked on data (exposed loading);
+// the slowest rank's bar is marked. Past MAX_RANK_BARS ranks, the slowest ones are drawn.
+function rankBars(loading) {
+  const box = el("div", { class: "ranks", "data-ranks": "" });
+  let rows = ((loading && loading.ranks) || []).filter((r) => Number.isFinite(r.exposed_fraction));
+  if (!loading || loading.slowest_rank === null || rows.length === 0) {
+    box.append(el("p", { class: "meta" }, "per-rank loading: waiting for reports…"));
+    return box;
+  }
+  const s = loading.spread;
+  const slow = rows.find((r) => r.slowest);
+  box.append(el("p", { class: "meta" },
+    "slowest rank ", el("strong", { "data-field": "slowest_rank" }, String(loading.slowest_rank)),
+    `: blocked on data ${pct(s.max)} of the time (p99 wait ${ms(slow && slow.blocked_p99_s)}, `
+    + `queue depth ${slow && slow.queue_depth !== null ? slow.queue_depth : "–"}); `
+    + `ranks ${pct(s.min)} to ${pct(s.max)}, median ${pct(s.median)}`));
+  const total = rows.length;
+  if (total > MAX_RANK_BARS) {
+    rows = [...rows].sort((a, b) => b.exposed_fraction - a.exposed_fraction)
+      .slice(0, MAX_RANK_BARS).sort((a, b) => a.rank - b.rank);
+  }
+  const width = 760, height = 120, pad = 34, gap = 4;
+  const bw = Math.max(Math.min((width - 2 * pad) / rows.length - gap, 48), 3);
+  const maxV = Math.max(...rows.map((r) => r.exposed_fraction), 0.01);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "data-chart": "ranks" });
+  rows.forEach((r, i) => {
+    const h = ((height - pad) * r.exposed_fraction) / maxV;
+    const x = pad + i * (bw + gap);
+    const bar = svg("rect", {
+      x: x.toFixed(1), y: (height - pad / 2 - h).toFixed(1), width: bw.toFixed(1), height: Math.max(h, 1).toFixed(1),
+      class: r.slowest ? "rank-bar slow" : "rank-bar", "data-rank": r.rank,
+      "data-value": r.exposed_fraction, "data-slowest": r.slowest ? "true" : "false",
+    });
+    bar.append(svg("title", {}, `rank ${r.rank}: blocked ${pct(r.exposed_fraction)}; wait p50 ${ms(r.blocked_p50_s)}, `
+      + `p95 ${ms(r.blocked_p95_s)}, p99 ${ms(r.blocked_p99_s)}; queue depth ${r.queue_depth ?? "–"}`));
+    chart.append(bar);
+    if (rows.length <= 32) {
+      chart.append(svg("text", { x: (x + bw / 2).toFixed(1), y: height - 2, "text-anchor": "middle", class: "label" }, String(r.rank)));
+    }
+  });
+  chart.append(svg("text", { x: 2, y: 12, class: "label" }, `${pct(maxV)} blocked`));
+  box.append(chart);
+  if (total > rows.length) box.append(el("p", { class: "meta" }, `showing the ${rows.length} slowest of ${total} ranks`));
+  return box;
 }
 
 function lineChart(points) {

@@ -9,13 +9,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from loader.reporter import StatsReporter
+from loader.reporter import StatsReporter, queue_depth
 from loader.tracker import DuplicateTracker
+from tests.loader.helpers import write_test_shards
 
 
 @dataclass
@@ -217,8 +221,69 @@ def test_rank_defaults_to_the_rank_environment_variable(
         ({"url": "http://127.0.0.1:1", "job": ""}, "job"),
         ({"url": "http://127.0.0.1:1", "job": "j", "interval_s": 0}, "interval_s"),
         ({"url": "http://127.0.0.1:1", "job": "j", "timeout_s": -1}, "timeout_s"),
+        ({"url": "http://127.0.0.1:1", "job": "j", "window_s": 0}, "window_s"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StatsReporter(**kwargs)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=300))
+def test_window_percentiles_are_nearest_rank_over_the_steps(waits: list[float]) -> None:
+    with StatsReporter(closed_port_url(), "j", interval_s=3600.0, window_s=3600.0) as reporter:
+        for wait in waits:
+            reporter.record(samples=1, blocked_s=wait)
+        snap = reporter.snapshot()
+    ordered = sorted(waits)
+    for q, key in ((0.5, "blocked_p50_s"), (0.95, "blocked_p95_s"), (0.99, "blocked_p99_s")):
+        at_or_below = sum(w <= snap[key] + 1e-6 for w in ordered)
+        assert at_or_below >= q * len(ordered) - 1e-9  # at least q of the steps waited <= it
+        assert snap[key] in {round(w, 6) for w in ordered}
+    assert snap["blocked_p50_s"] <= snap["blocked_p95_s"] <= snap["blocked_p99_s"]
+    assert snap["window_steps"] == len(waits)
+    assert snap["window_blocked_s"] == pytest.approx(sum(waits), abs=1e-5)
+
+
+def test_the_window_forgets_old_steps_and_sends_the_queue_depth(recorder: Recorder) -> None:
+    with StatsReporter(recorder.url, "j", interval_s=60.0, window_s=0.3) as reporter:
+        assert reporter.snapshot()["blocked_p99_s"] is None
+        reporter.record(samples=1, blocked_s=5.0, queue_depth=3)
+        time.sleep(0.4)
+        reporter.record(samples=1, blocked_s=0.01)
+        snap = reporter.snapshot()
+        assert (snap["window_steps"], snap["blocked_p99_s"]) == (1, 0.01)
+        assert snap["blocked_s"] == 5.01 and snap["queue_depth"] == 3
+        assert 0.3 - 1e-6 <= snap["window_s"] <= 0.3 + 1e-6
+    assert recorder.bodies()[-1]["queue_depth"] == 3
+
+
+def tiny_jpeg(gid: int) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.full((8, 8, 3), gid % 256, np.uint8))
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def test_queue_depth_counts_batches_a_real_loader_holds_ready(tmp_path: Path) -> None:
+    from loader.dataloader import make_loader, stop_workers
+
+    manifest = write_test_shards(tmp_path / "shards", [16, 16], image_bytes=tiny_jpeg)
+    loader = make_loader(manifest, batch_size=2, num_workers=1, image_size=8, seed=0)
+    try:
+        assert queue_depth(loader) is None  # no iteration yet: nothing to measure
+        it = iter(loader)
+        next(it)
+        deadline = time.monotonic() + 20
+        depth = queue_depth(it)
+        while (depth or 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            depth = queue_depth(it)
+        assert depth is not None and depth >= 1
+        assert queue_depth(loader) is not None  # the loader keeps its persistent iterator
+        for _ in it:
+            pass
+    finally:
+        stop_workers(loader)

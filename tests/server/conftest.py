@@ -25,6 +25,7 @@ from tests.server.helpers import (
     make_settings,
     wait_for_status,
 )
+from tests.server.rankjob import run_ranks
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +76,23 @@ def served_run(
         yield ServedRun(server, run_id, run)
     finally:
         server.stop()
+
+
+SLOW_RANK = 2
+
+
+@pytest.fixture(scope="session")
+def slow_rank_job(served_run: ServedRun, tiny_data: TinyData) -> tuple[str, int]:
+    """Job ``four-ranks`` on the served run's server: four reporting ranks, rank 2 slow (500 ms
+    storage latency per shard open in its loader). Returns (job, slow rank)."""
+    server = served_run.server
+    run_ranks(
+        server.url,
+        server.token or "",
+        "four-ranks",
+        tiny_data.shards,
+        world=4,
+        slow_rank=SLOW_RANK,
+        latency_ms=500.0,
+    )
+    return "four-ranks", SLOW_RANK

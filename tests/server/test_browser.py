@@ -111,3 +111,40 @@ def test_dashboard_shows_the_run_as_the_api_reports_it(
     keep = os.environ.get("DASHBOARD_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+def test_dashboard_marks_the_slowest_of_four_ranks(
+    browser: Any, served_run: ServedRun, slow_rank_job: tuple[str, int], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    job, slow = slow_rank_job
+    url = served_run.server.url
+    api = httpx.get(f"{url}/api/jobs/{job}").json()["loading"]
+    assert api["slowest_rank"] == slow
+
+    browser.get(f"{url}/")
+    card = f"[data-job={job}]"
+    WebDriverWait(browser, 30).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, f"{card} rect.rank-bar")) == 4
+    )
+    bars = browser.find_elements(By.CSS_SELECTOR, f"{card} rect.rank-bar")
+    assert [int(b.get_attribute("data-rank")) for b in bars] == [0, 1, 2, 3]  # side by side
+    xs = [float(b.get_attribute("x")) for b in bars]
+    assert xs == sorted(xs) and len(set(xs)) == 4
+    marked = [b for b in bars if b.get_attribute("data-slowest") == "true"]
+    assert [int(b.get_attribute("data-rank")) for b in marked] == [slow]
+    assert "slow" in marked[0].get_attribute("class").split()
+    heights = {int(b.get_attribute("data-rank")): float(b.get_attribute("height")) for b in bars}
+    assert heights[slow] == max(heights.values())
+    shown = browser.find_element(By.CSS_SELECTOR, f"{card} [data-field=slowest_rank]").text
+    assert shown == str(slow)
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe
+
+    shot = tmp_path / "ranks.png"
+    assert browser.find_element(By.CSS_SELECTOR, card).screenshot(str(shot))
+    keep = os.environ.get("DASHBOARD_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep.removesuffix(".png") + "-ranks.png")

@@ -223,3 +223,23 @@ def test_live_server_refuses_state_changes_without_the_token(
         f"{url}/api/benchmarks", json={"shards": "../../etc"}, headers=served_run.server.headers()
     )
     assert escape.status_code == 403 and "'..'" in escape.json()["detail"]
+
+
+def test_the_api_names_the_rank_slowed_on_purpose(
+    served_run: ServedRun, slow_rank_job: tuple[str, int]
+) -> None:
+    job, slow = slow_rank_job
+    url = served_run.server.url
+    doc = httpx.get(f"{url}/api/jobs/{job}").json()
+    loading = doc["loading"]
+    assert loading["slowest_rank"] == slow, loading
+    rows = {r["rank"]: r for r in loading["ranks"]}
+    assert sorted(rows) == [0, 1, 2, 3] and doc["samples"] == 4 * 4 * 10
+    others = [rows[r]["exposed_fraction"] for r in rows if r != slow]
+    assert rows[slow]["exposed_fraction"] > 1.5 * max(others), rows
+    assert rows[slow]["blocked_p99_s"] >= 0.5  # at least one wait held a 500 ms open
+    assert all(rows[r]["steps"] == 20 and rows[r]["queue_depth"] is not None for r in rows)
+    spread = loading["spread"]
+    assert spread["max"] == rows[slow]["exposed_fraction"] and spread["min"] == min(others)
+    metrics = httpx.get(f"{url}/metrics").text
+    assert f'shardfeed_job_slowest_rank{{job="{job}"}} {float(slow)}' in metrics

@@ -101,6 +101,8 @@ def src(tmp_path: Path, kit: Any) -> Path:
         ("against_missing", "--against"),
         ("only_out", "expected SRC OUT"),
         ("merge_without_build", "no build plan"),
+        ("ray_with_part", "expected --ray with SRC OUT"),
+        ("part_without_plan_or_src", "expected SRC OUT"),
     ],
 )
 def test_bad_arguments_give_one_line_error(
@@ -140,6 +142,8 @@ def test_bad_arguments_give_one_line_error(
         "against_missing": [s, out, "--against", str(tmp_path / "nope")],
         "only_out": [out],
         "merge_without_build": ["--merge", str(tmp_path / "full")],
+        "ray_with_part": [s, out, "--part", "1/2", "--ray"],
+        "part_without_plan_or_src": [out, "--part", "1/2"],
     }[case]
     assert_one_line_error(cli("shard", *args), match)
     assert not list(tmp_path.rglob("shard-*.tar"))
@@ -318,3 +322,35 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path, kit: Any, cli: A
     assert kit.file_hashes(out) == final, f"random seed {seed}, kills at {kills}"
     assert not [p for p in out.rglob("*.tmp")]
     assert cli("verify", str(out)).returncode == 0
+
+
+def test_plan_only_then_parts_from_the_plan_then_merge(
+    src: Path, tmp_path: Path, kit: Any, cli: Any
+) -> None:
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli("shard", str(src), str(whole), "--num-shards", "3", "--seed", "4").returncode == 0
+    proc = cli("shard", str(src), str(parts), "--num-shards", "3", "--seed", "4", "--plan-only",
+               "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    plan_hash = json.loads(proc.stdout)["plan_hash"]
+    assert not list(parts.glob("shard-*"))
+    assert_one_line_error(
+        cli("shard", str(parts), "--part", "1/2", "--seed", "5"),
+        "seed=5 where the plan has seed=4",
+    )
+    for part in ("1/2", "2/2"):  # no SRC, no sizing: both come from the plan
+        proc = cli("shard", str(parts), "--part", part, "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["plan_hash"] == plan_hash
+    assert cli("shard", "--merge", str(parts)).returncode == 0
+    assert kit.file_hashes(parts) == kit.file_hashes(whole)
+
+
+def test_a_changed_source_stops_the_part_with_one_line(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = shardfeed("shard", str(src), str(out), "--num-shards", "1", "--plan-only")
+    assert proc.returncode == 0, proc.stderr
+    (src / "n00000002" / "img_00005.jpg").unlink()
+    proc = shardfeed("shard", str(out), "--part", "1/1")
+    assert_one_line_error(proc, "n00000002/img_00005.jpg is gone")
+    assert not list(out.glob("shard-*"))
