@@ -6,7 +6,7 @@ import os
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import torch
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from loader._ranges import check_int
 from loader._recycle import forget_exited_lenders
 from loader.batch import Batch, BatchGroup
+from loader.bytebatch import ByteBatch
 from loader.dataset import ShardDataset
 from loader.sources import DatasetSource
 
@@ -34,6 +35,7 @@ MAX_TRANSFER_BATCHES = 16
 TRANSFER_BYTES = 32 << 20
 MIN_ITEMS_PER_EPOCH = 2
 PREFETCH_FACTOR = 4
+_Item = Batch | ByteBatch | BatchGroup
 
 
 class WorkerInit:
@@ -65,9 +67,7 @@ class _ClosingIterator:
     collector (and the program) for 5 s until it is killed.
     """
 
-    def __init__(
-        self, iterator: Iterator[Batch | BatchGroup], loader: DataLoader[Batch | BatchGroup]
-    ) -> None:
+    def __init__(self, iterator: Iterator[_Item], loader: DataLoader[_Item]) -> None:
         self._iterator = iterator
         self._loader = loader
         self._pending: deque[Batch] = deque()
@@ -95,9 +95,10 @@ class _ClosingIterator:
             raise
         self.items_received += 1
         if isinstance(item, BatchGroup):
-            self._pending.extend(item.batches[1:])
-            return item.batches[0]
-        return item
+            batches = cast(tuple[Batch, ...], item.batches)
+            self._pending.extend(batches[1:])
+            return batches[0]
+        return cast(Batch, item)
 
     def close(self) -> None:
         """Stop this iteration's workers now (a persistent loader starts new ones next time)."""
@@ -122,11 +123,13 @@ def stop_workers(loader: object, iterator: object | None = None) -> None:
     forget_exited_lenders()
 
 
-class ClosingDataLoader(DataLoader[Batch | BatchGroup]):
+class ClosingDataLoader(DataLoader[_Item]):
     """A plain ``DataLoader`` whose iterator yields single ``Batch``es (unpacking the
     ``BatchGroup``s workers send) and stops its workers as soon as an error reaches the main
     process (see ``_ClosingIterator``). ``make_loader`` and ``folder_loader`` return one; use it
-    for any loader whose worker errors are caught and survived (tests, benchmarks)."""
+    for any loader whose worker errors are caught and survived (tests, benchmarks). With a
+    decoder that decodes on the device the items are ``ByteBatch``es (typed as ``Batch``, what
+    every other loader yields); ``DevicePrefetcher`` takes either."""
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         return _ClosingIterator(super().__iter__(), self)
@@ -228,7 +231,7 @@ def make_loader(
             plans = dataset.epoch_plan(0, num_workers)
             fewest = min((p.num_batches for p in plans if p.num_batches), default=0)
             dataset.transfer_batches = transfer_batches_for(
-                batch_size, image_size, dataset.decode, worker_batches=fewest
+                batch_size, dataset.image_size, dataset.decode, worker_batches=fewest
             )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

@@ -6,6 +6,12 @@ sequentially (seeking into its first shard through the sidecar index), passes sa
 bounded shuffle buffer, decodes each straight into a preallocated batch array and yields whole
 ``Batch`` objects, so the main process does no per-sample work.
 
+The decoder is a parameter (``decode``): ``True``/``"opencv"`` decodes in the workers
+(``ImageDecoder``), ``False``/``"none"`` only checks the bytes (``NoDecode``), ``"device"`` ships
+compressed bytes and crop parameters in ``ByteBatch``es for the device to decode
+(``DeviceDecoder``; ``DevicePrefetcher`` decodes them), and any ``Decoder`` object is used as
+given (one with ``decodes_on_device`` true gets byte batches).
+
 Bad samples (undecodable bytes, no label): with ``bad_samples="skip"`` the sample is not
 delivered, its batch slot is filled with a copy of another sample of the same batch marked
 ``padded`` (so every rank still yields the planned number of batches), and a warning names the
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,15 +36,18 @@ from loader._ranges import check_int
 from loader._recycle import CAPACITY
 from loader._reuse import Reuse
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
-from loader.decode import DecodeError, ImageDecoder, NoDecode
+from loader.bytebatch import ByteBatch, ByteBatchBuilder, Planner
+from loader.decode import DecodeError, Decoder, ImageDecoder, NoDecode
+from loader.devicedecode import DeviceDecoder
 from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
 from loader.reader import RawSample, ShardReader
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
-__all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
+__all__ = ["BadSampleError", "ShardDataset", "distributed_context", "make_decoder"]
 
 log = logging.getLogger("shardfeed.loader")
 BAD_SAMPLE_POLICIES = ("skip", "raise")
+DECODE_CHOICES = ("opencv", "none", "device")
 IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, held by the trainer
 _DRAWS = 1024  # shuffle-buffer slots drawn per call: one call per sample costs ~2 us
 
@@ -77,11 +86,46 @@ def _check_rank(rank: int | None, world_size: int | None) -> None:
     check_int("rank", rank, 0, world_size)
 
 
-class ShardDataset(IterableDataset[Batch | BatchGroup]):
-    """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded).
+def make_decoder(decode: bool | str | Decoder, image_size: int, train: bool) -> Decoder:
+    """The decoder ``ShardDataset`` uses for ``decode`` (see the module doc); ``ValueError``
+    for anything else. ``image_size`` 0 means no decoding, except with ``"device"``."""
+    if isinstance(decode, str):
+        if decode not in DECODE_CHOICES:
+            raise ValueError(
+                f"expected decode in {DECODE_CHOICES}, a bool or a Decoder, got decode={decode!r}"
+            )
+        if decode == "device":
+            if image_size < 1:
+                raise ValueError(
+                    f"expected image_size >= 1 with decode='device', got image_size={image_size}"
+                )
+            return DeviceDecoder(image_size, train=train)
+        decode = decode == "opencv"
+    if isinstance(decode, bool):
+        return ImageDecoder(image_size, train=train) if decode and image_size > 0 else NoDecode()
+    if not callable(decode) or not isinstance(getattr(decode, "image_size", None), int):
+        raise ValueError(
+            f"expected decode in {DECODE_CHOICES}, a bool or a Decoder (callable, with an int "
+            f"image_size), got decode={decode!r}"
+        )
+    if getattr(decode, "decodes_on_device", False) and not (
+        callable(getattr(decode, "plan", None)) and callable(getattr(decode, "decode_batch", None))
+    ):
+        raise ValueError(
+            f"expected a decoder that decodes on the device to have plan() and decode_batch(), "
+            f"got decode={decode!r}"
+        )
+    return decode
+
+
+class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
+    """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded),
+    or ``ByteBatch``es with a decoder that decodes on the device.
 
     ``source``: a manifest path or URL, a shard list or a brace pattern (``loader.sources``).
     ``image_size=0`` or ``decode=False`` skips decoding (benchmarks of the pipeline itself).
+    ``decode``: see the module doc; a ``Decoder`` object brings its own ``image_size`` (the
+    argument is then not used) and crop mode, while ``train`` still turns shuffling on.
     Rank and world size are read when iteration starts (``distributed_context``), so the same
     object works before and after ``torch.distributed`` is initialised. A copy pickled while
     ``torch.distributed`` is initialised (a DataLoader starting spawned workers) carries the
@@ -98,7 +142,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         batch_size: int = 256,
         image_size: int = 224,
         train: bool = True,
-        decode: bool = True,
+        decode: bool | str | Decoder = True,
         seed: int = 0,
         shuffle_buffer: int = 1000,
         even: str = "pad",
@@ -125,10 +169,11 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
             raise ValueError(f"expected latency_ms >= 0, got latency_ms={latency_ms!r}")
         _check_rank(rank, world_size)
         self.source = source if isinstance(source, DatasetSource) else resolve_source(source)
+        self.decoder = make_decoder(decode, image_size, train)
         self.batch_size = batch_size
-        self.image_size = image_size
+        self.image_size = self.decoder.image_size
         self.train = train
-        self.decode = decode and image_size > 0
+        self.decode = self.image_size > 0
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.even = even
@@ -188,7 +233,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         """Batches this rank yields per epoch (the same every epoch)."""
         return sum(p.num_batches for p in self.epoch_plan(0, num_workers))
 
-    def __iter__(self) -> Iterator[Batch | BatchGroup]:
+    def __iter__(self) -> Iterator[Batch | ByteBatch | BatchGroup]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
         epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
@@ -215,12 +260,20 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         rng = np.random.default_rng([self.seed, epoch, rank, worker])
         return grouped(self._batches(plan, rng), self.transfer_batches)
 
-    def _batches(self, plan: WorkerPlan, rng: np.random.Generator) -> Iterator[Batch]:
-        decoder = ImageDecoder(self.image_size, train=self.train) if self.decode else NoDecode()
-        side = self.image_size if self.decode else 0
-        in_flight = IN_FLIGHT_ITEMS * self.transfer_batches
-        pool = self._reuse.pool(self.batch_size * side * side * 3, max(CAPACITY, in_flight))
-        builder = BatchBuilder(self.batch_size, side, decoder, pool=pool)
+    def _builder(self) -> BatchBuilder | ByteBatchBuilder:
+        """A batch builder for this worker, its buffers from this process's pools."""
+        capacity = max(CAPACITY, IN_FLIGHT_ITEMS * self.transfer_batches)
+        if getattr(self.decoder, "decodes_on_device", False):
+            planner = cast(Planner, self.decoder)
+            return ByteBatchBuilder(
+                self.batch_size, planner, pools=lambda n: self._reuse.pool(n, capacity)
+            )
+        side = self.image_size
+        pool = self._reuse.pool(self.batch_size * side * side * 3, capacity)
+        return BatchBuilder(self.batch_size, side, self.decoder, pool=pool)
+
+    def _batches(self, plan: WorkerPlan, rng: np.random.Generator) -> Iterator[Batch | ByteBatch]:
+        builder = self._builder()
         skipped = 0
         fillers = 0
         last_good: int | None = None
@@ -324,6 +377,11 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
             return sample.key or f"<sample {sample.position}>"
         finally:
             reader.close()
+
+    def locate(self, gid: int) -> str:
+        """Where sample ``gid`` is, for messages: its shard, position there and id."""
+        shard = self.source.shards[self._shard_of(gid)]
+        return f"shard {shard.url} sample {gid - shard.first_index} (id {gid})"
 
     def _shard_of(self, gid: int) -> int:
         firsts = [s.first_index for s in self.source.shards]

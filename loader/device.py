@@ -28,18 +28,33 @@ stay on the host: they feed the delivery counters, which run on the CPU, and mov
 cost a device-to-host synchronisation later.
 
 Without CUDA the same conversion runs on the CPU, without streams or pinning.
+
+Byte batches (``loader.bytebatch``, ``decode="device"``): the prefetcher hands each
+``ByteBatch`` to its decoder's ``decode_batch`` (by default the loader's dataset's decoder;
+``loader.devicedecode``), on the side stream on CUDA, and converts the uint8 batch that comes
+back like any other. Samples decoded nowhere meet the dataset's bad-sample policy here
+(``bad_samples``, ``skip_budget``; the budget counts per pass): ``"raise"`` raises
+``BadSampleError``; ``"skip"`` warns and replaces the row with a copy of the batch's first good
+sample marked ``padded``, as a worker does for a sample it cannot decode, so delivery counts are
+those of the CPU path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence, Sized
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import NamedTuple
 
 import torch
 
 from loader.batch import Batch
+from loader.bytebatch import ByteBatch
+from loader.dataset import BAD_SAMPLE_POLICIES, BadSampleError
+from loader.devicedecode import BatchDecoder, DecodedBatch
 
 __all__ = ["DeviceBatch", "DevicePrefetcher", "resolve_device"]
+
+log = logging.getLogger("shardfeed.loader")
 
 
 class DeviceBatch(NamedTuple):
@@ -81,25 +96,38 @@ def _channel_constants(name: str, values: Sequence[float], device: torch.device)
 
 
 class DevicePrefetcher:
-    """Iterates ``loader`` and yields each ``Batch`` as a ``DeviceBatch`` on ``device``.
+    """Iterates ``loader`` and yields each ``Batch`` (or ``ByteBatch``) as a ``DeviceBatch`` on
+    ``device``.
 
     Order is preserved and nothing is dropped. Each ``iter()`` starts a new pass over
     ``loader`` (so a DataLoader epoch per ``iter()``). Not thread-safe: consume from one thread.
+    ``decoder`` decodes byte batches (``None``: ``loader.dataset.decoder`` when it decodes on
+    the device); the bad-sample policy is ``loader.dataset``'s when it has one, else ``"skip"``
+    with a budget of 100.
     """
 
     def __init__(
         self,
-        loader: Iterable[Batch],
+        loader: Iterable[Batch] | Iterable[ByteBatch] | Iterable[Batch | ByteBatch],
         device: str | torch.device = "auto",
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         channels_last: bool = True,
+        decoder: BatchDecoder | None = None,
     ) -> None:
         self.loader = loader
         self.device = resolve_device(device)
         self.channels_last = channels_last
         self._mean = _channel_constants("mean", mean, self.device)
         self._std = _channel_constants("std", std, self.device)
+        dataset = getattr(loader, "dataset", None)
+        own = getattr(dataset, "decoder", None)
+        if decoder is None and getattr(own, "decodes_on_device", False):
+            decoder = own
+        self.decoder = decoder
+        self._policy = _policy_of(dataset)
+        self._locate: Callable[[int], str] | None = getattr(dataset, "locate", None)
+        self._skipped = 0
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -110,9 +138,57 @@ class DevicePrefetcher:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[DeviceBatch]:
+        self._skipped = 0
         if self.device.type == "cuda":
             return self._iter_cuda()
-        return (self._convert(Batch(*batch)) for batch in self.loader)
+        return (self._convert(self._decoded(item)) for item in self.loader)
+
+    def _decoded(self, item: Batch | ByteBatch) -> Batch:
+        """A ``Batch`` as it is; a ``ByteBatch`` decoded on the device, bad samples handled."""
+        if not isinstance(item, ByteBatch):
+            return Batch(*item)
+        if self.decoder is None:
+            raise ValueError(
+                "expected a decoder for byte batches (decode='device'), got none: pass "
+                "DevicePrefetcher(..., decoder=...) or a loader whose dataset has one"
+            )
+        decoded = self.decoder.decode_batch(item, self.device)
+        batch = Batch(decoded.images, item.labels, item.ids, item.padded, item.nbytes)
+        return self._bad_samples(batch, decoded) if decoded.failures else batch
+
+    def _bad_samples(self, batch: Batch, decoded: DecodedBatch) -> Batch:
+        """Apply the bad-sample policy to the rows decoded nowhere (see the module doc)."""
+        policy, budget = self._policy
+        for row, reason in sorted(decoded.failures.items()):
+            gid = int(batch.ids[row])
+            where = self._locate(gid) if self._locate is not None else f"sample id {gid}"
+            message = (
+                f"bad sample in {where}: decoded neither by the device decoder ({self.device}) "
+                "nor by its CPU fallback"
+            )
+            if policy == "raise":
+                raise BadSampleError(f"{message}: {reason}")
+            self._skipped += 1
+            log.warning("skipping %s: %s", message, reason)
+            if self._skipped > budget:
+                raise BadSampleError(
+                    f"more than skip_budget={budget} bad samples decoded on the device in this "
+                    f"pass; last: {message}: {reason}"
+                )
+        good = [r for r in range(len(batch.ids)) if r not in decoded.failures]
+        if not good:
+            raise BadSampleError(
+                f"every sample of a batch was bad (ids {batch.ids.tolist()}): nothing to fill "
+                "the batch with"
+            )
+        rows = torch.tensor(sorted(decoded.failures), dtype=torch.int64)
+        src = good[0]
+        labels, ids, padded, nbytes = (t.clone() for t in batch[1:])
+        images = batch.images
+        images[rows.to(images.device)] = images[src].clone()
+        labels[rows], ids[rows] = int(labels[src]), int(ids[src])
+        padded[rows], nbytes[rows] = True, 0
+        return Batch(images, labels, ids, padded, nbytes)
 
     def _convert(self, batch: Batch) -> DeviceBatch:
         """Copy ``batch`` to the device (non-blocking) and normalise; runs on the current stream."""
@@ -153,18 +229,24 @@ class DevicePrefetcher:
             yield ready
 
     def _launch(
-        self, batches: Iterator[Batch], side: torch.cuda.Stream
-    ) -> tuple[Batch, DeviceBatch, torch.cuda.Event] | None:
+        self, batches: Iterator[Batch | ByteBatch], side: torch.cuda.Stream
+    ) -> tuple[Batch | ByteBatch, DeviceBatch, torch.cuda.Event] | None:
         """Start the next batch's copy and conversion on ``side``; ``None`` when exhausted."""
         item = next(batches, None)
         if item is None:
             return None
-        batch = Batch(*item)
-        host = batch._replace(
-            images=_pinned(batch.images), labels=_pinned(batch.labels), padded=_pinned(batch.padded)
-        )
+        host: Batch | ByteBatch
+        if isinstance(item, ByteBatch):
+            host = item._replace(labels=_pinned(item.labels), padded=_pinned(item.padded))
+        else:
+            batch = Batch(*item)
+            host = batch._replace(
+                images=_pinned(batch.images),
+                labels=_pinned(batch.labels),
+                padded=_pinned(batch.padded),
+            )
         with torch.cuda.stream(side):
-            ready = self._convert(host)
+            ready = self._convert(self._decoded(host))
             event = torch.cuda.Event()
             event.record(side)
         return host, ready, event
@@ -172,3 +254,11 @@ class DevicePrefetcher:
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.is_pinned() else tensor.pin_memory()
+
+
+def _policy_of(dataset: object) -> tuple[str, int]:
+    policy = getattr(dataset, "bad_samples", "skip")
+    budget = getattr(dataset, "skip_budget", 100)
+    if policy not in BAD_SAMPLE_POLICIES or not isinstance(budget, int):
+        return "skip", 100
+    return policy, budget
