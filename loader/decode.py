@@ -10,6 +10,10 @@ the sample's bytes, a view of its batch slot and the worker's random generator. 
 - ``NoDecode`` (``--decode none``) only checks the magic bytes and touches every page of the
   buffer, so a benchmark measures the pipeline without decoding.
 
+A decoder may also decode on the device (``decodes_on_device``; ``loader.devicedecode``): the
+worker then only draws the crop (``ImageDecoder.draw``) and ships the bytes, and the device, or
+its CPU fallback (``ImageDecoder.decode_crop``), decodes with that crop.
+
 Pixels are taken as stored: EXIF orientation is ignored, as PIL and ``torchvision.io`` do by
 default, so the header size is the decoded size and a future GPU decoder gives the same crop.
 Given the generator's state, the output is deterministic.
