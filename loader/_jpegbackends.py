@@ -88,11 +88,21 @@ class CudaJpeg:
             raise ValueError(f"expected a CUDA device for nvJPEG, got device={device}")
         self.device = device
         self.name, self._decode, self._mode = _import_decode_jpeg()
+        self.batched = True
 
     def decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One batched call; where the library takes no list (a ``TypeError``), one call per
+        stream from then on (``batched`` turns false)."""
         if not encoded:
             return []
-        decoded = self._decode(encoded, device=self.device, **self._mode)
+        decoded: Any = None
+        if self.batched:
+            try:
+                decoded = self._decode(encoded, device=self.device, **self._mode)
+            except TypeError:
+                self.batched = False
+        if not self.batched:
+            decoded = [self._decode(e, device=self.device, **self._mode) for e in encoded]
         images = list(decoded) if isinstance(decoded, list | tuple) else [decoded]
         if len(images) != len(encoded):
             raise RuntimeError(

@@ -191,10 +191,12 @@ class DeviceDecoder:
         rejected = self._decode_on_device(batch, on_device, out, device)
         failures: dict[int, str] = {}
         host = np.empty((s, s, 3), dtype=np.uint8)
+        boxes, flips = batch.boxes.tolist(), batch.flips.tolist()
         for row in flagged + rejected:
-            box = CropBox(*(int(v) for v in batch.boxes[row]))
             try:
-                self._cpu.decode_crop(sample_bytes(batch, row), host, box, bool(batch.flips[row]))
+                self._cpu.decode_crop(
+                    sample_bytes(batch, row), host, CropBox(*boxes[row]), flips[row]
+                )
             except (DecodeError, ValueError) as exc:
                 failures[row] = str(exc)
                 continue
@@ -221,12 +223,13 @@ class DeviceDecoder:
             self.counts.retried_batches += 1
             images = [_decode_one(backend, stream) for stream in encoded]
         rejected = []
+        boxes, flips = batch.boxes.tolist(), batch.flips.tolist()
         for row, image in zip(rows, images, strict=True):
-            box = CropBox(*(int(v) for v in batch.boxes[row]))
+            box = CropBox(*boxes[row])
             if image is None or not _fits(box, image):
                 rejected.append(row)
                 continue
-            out[row] = crop_resize(image.to(device), box, bool(batch.flips[row]), self.image_size)
+            out[row] = crop_resize(image.to(device), box, flips[row], self.image_size)
         return rejected
 
 
