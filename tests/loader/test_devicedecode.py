@@ -21,9 +21,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loader._jpegbackends import CpuJpegStandIn, jpeg_backend
 from loader._recycle import ImagePool
+from loader.batch import BatchGroup
 from loader.bytebatch import ByteBatch, ByteBatchBuilder, CropPlan, sample_bytes
 from loader.dataloader import make_loader
 from loader.dataset import BadSampleError, ShardDataset
@@ -189,6 +192,85 @@ def test_large_samples_grow_the_staging_buffer() -> None:
     batch = builder.finish()
     assert bytes(sample_bytes(batch, 0)) == jpeg(1) and bytes(sample_bytes(batch, 1)) == big
     assert batch.cpu.tolist() == [False, True]
+
+
+class FixedPlanner:
+    """A worker half for payloads that are not images: every sample gets the same plan."""
+
+    image_size = 8
+
+    def plan(self, data: bytes | memoryview, rng: np.random.Generator) -> CropPlan:
+        return CropPlan(CropBox(1, 2, 3, 4), bool(len(data) % 2), len(data) > 100)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.binary(min_size=1, max_size=300), st.booleans()), min_size=1, max_size=9),
+    st.integers(1, 4),
+)
+def test_byte_batches_keep_every_payload_and_repeat(
+    samples: list[tuple[bytes, bool]], batch_size: int
+) -> None:
+    """Any payload lengths, batch sizes and repeats: spans give back each payload, a repeat
+    shares its source's span with 0 bytes, and a transfer round trip changes nothing."""
+    builder = ByteBatchBuilder(batch_size, FixedPlanner(), shared_memory=True)
+    rng = np.random.default_rng(0)
+    expected: list[tuple[bytes, int, bool]] = []
+    batches = []
+    for gid, (payload, repeat) in enumerate(samples):
+        builder.add(payload, gid % 3, gid, rng)
+        expected.append((payload, gid, False))
+        if builder.full:
+            batches.append(builder.finish())
+        if repeat and len(builder):
+            builder.repeat(0)
+            first = len(expected) - len(builder) + 1
+            expected.append((expected[first][0], expected[first][1], True))
+        if builder.full:
+            batches.append(builder.finish())
+    if len(builder):
+        batches.append(builder.finish())
+    got = []
+    for batch in batches:
+        received = pickle.loads(ForkingPickler.dumps(batch))
+        assert all(torch.equal(a, b) for a, b in zip(received, batch, strict=True))
+        for row in range(len(batch.ids)):
+            got.append((bytes(sample_bytes(received, row)), int(received.ids[row]),
+                        bool(received.padded[row])))  # fmt: skip
+            size = len(got[-1][0])
+            assert int(received.nbytes[row]) == (0 if got[-1][2] else size)
+            assert received.boxes[row].tolist() == [1, 2, 3, 4]
+            assert bool(received.cpu[row]) == (size > 100)
+        assert all(0 < len(batch.ids) <= batch_size for batch in batches)
+    assert got == expected
+
+
+def test_the_dataloader_pins_every_tensor_of_a_group_of_byte_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pinning needs CUDA; ``Tensor.pin_memory`` is replaced by a marked copy here."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned: list[int] = []
+
+    def fake_pin(self: torch.Tensor) -> torch.Tensor:
+        copy = self.clone()
+        pinned.append(id(copy))
+        return copy
+
+    builder = ByteBatchBuilder(2, FixedPlanner(), shared_memory=False)
+    rng = np.random.default_rng(0)
+    for gid in range(3):
+        builder.add(bytes([gid + 1]) * (gid + 1), 0, gid, rng)
+        if builder.full:
+            first = builder.finish()
+    group = BatchGroup((first, builder.finish()))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    out = pin_memory(group)
+    assert isinstance(out, BatchGroup) and all(isinstance(b, ByteBatch) for b in out.batches)
+    assert sorted(id(t) for b in out.batches for t in b) == sorted(pinned)
+    for got, sent in zip(out.batches, group.batches, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(got, sent, strict=True))
 
 
 # --- the same crops as the worker decode ---------------------------------------------------
