@@ -171,9 +171,10 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         self.source = source if isinstance(source, DatasetSource) else resolve_source(source)
         self.decoder = make_decoder(decode, image_size, train)
         self.batch_size = batch_size
-        self.image_size = self.decoder.image_size
+        given = isinstance(decode, bool | str)
+        self.image_size = image_size if given else self.decoder.image_size
         self.train = train
-        self.decode = self.image_size > 0
+        self.decode = self.decoder.image_size > 0
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.even = even
@@ -268,7 +269,7 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
             return ByteBatchBuilder(
                 self.batch_size, planner, pools=lambda n: self._reuse.pool(n, capacity)
             )
-        side = self.image_size
+        side = self.decoder.image_size
         pool = self._reuse.pool(self.batch_size * side * side * 3, capacity)
         return BatchBuilder(self.batch_size, side, self.decoder, pool=pool)
 

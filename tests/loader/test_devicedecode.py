@@ -443,8 +443,8 @@ def test_a_decoder_object_brings_its_own_size(tmp_path: Path) -> None:
     ds = ShardDataset(str(manifest), decode=device_decoder, batch_size=2)
     assert ds.decoder is device_decoder and ds.image_size == 10
     assert all(isinstance(b, ByteBatch) for b in ds)
-    plain = ShardDataset(str(manifest), decode=False)
-    assert plain.image_size == 0 and not plain.decode
+    plain = ShardDataset(str(manifest), decode=False, image_size=20)
+    assert plain.image_size == 20 and not plain.decode and plain.decoder.image_size == 0
 
 
 def test_prefetcher_needs_a_decoder_for_byte_batches(tmp_path: Path) -> None:
