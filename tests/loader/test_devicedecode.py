@@ -463,6 +463,17 @@ def test_bad_backend_settings_are_rejected() -> None:
         jpeg_backend(torch.device("cpu"), "gpu")
 
 
+def test_without_a_gpu_library_the_cuda_backend_says_what_to_install() -> None:
+    import importlib.util
+
+    from loader._jpegbackends import GpuDecodeUnavailable, _import_decode_jpeg
+
+    if any(importlib.util.find_spec(name) for name in ("torchcodec", "torchvision")):
+        pytest.skip("checks the message where neither TorchCodec nor torchvision is installed")
+    with pytest.raises(GpuDecodeUnavailable, match=r"pip install 'shardfeed\[gpu\]'"):
+        _import_decode_jpeg()
+
+
 def test_plan_draws_as_many_numbers_as_the_cpu_decoder() -> None:
     decoder = DeviceDecoder(16, train=True)
     for gid in range(12):
