@@ -172,8 +172,8 @@ class DevicePrefetcher:
             log.warning("skipping %s: %s", message, reason)
             if self._skipped > budget:
                 raise BadSampleError(
-                    f"more than skip_budget={budget} bad samples decoded on the device in this "
-                    f"pass; last: {message}: {reason}"
+                    f"more than skip_budget={budget} samples decoded nowhere in this pass over "
+                    f"the loader; last: {message}: {reason}"
                 )
         good = [r for r in range(len(batch.ids)) if r not in decoded.failures]
         if not good:
