@@ -1,10 +1,12 @@
 """Loader: stream tar shards into training batches, exactly once per epoch, any workers/ranks."""
 
 from loader.batch import Batch, BatchBuilder
+from loader.bytebatch import ByteBatch
 from loader.dataloader import ClosingDataLoader, make_loader
 from loader.dataset import BadSampleError, ShardDataset
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.device import DeviceBatch, DevicePrefetcher
+from loader.devicedecode import DeviceDecoder
 from loader.partition import plan_epoch, plan_worker
 from loader.reader import ShardReadError
 from loader.reporter import StatsReporter
@@ -15,9 +17,11 @@ __all__ = [
     "BadSampleError",
     "Batch",
     "BatchBuilder",
+    "ByteBatch",
     "ClosingDataLoader",
     "DecodeError",
     "DeviceBatch",
+    "DeviceDecoder",
     "DevicePrefetcher",
     "DuplicateTracker",
     "EpochCounts",

@@ -24,6 +24,7 @@ from loader.resume import LoaderState, ResumeError, Topology, fingerprint, merge
 
 if TYPE_CHECKING:
     from loader.batch import Batch
+    from loader.bytebatch import ByteBatch
     from loader.sources import DatasetSource
 
 __all__ = ["Resumable"]
@@ -71,7 +72,7 @@ class Resumable:
         if self._current is not None:
             self._follow(self._current + 1)
 
-    def record(self, batch: Batch, num_workers: int | None = None) -> None:
+    def record(self, batch: Batch | ByteBatch, num_workers: int | None = None) -> None:
         """Count ``batch`` as received by the training loop. ``make_loader``'s loader calls it
         for every batch it hands over; with a plain ``DataLoader`` call it for every batch your
         loop takes (with the loader's ``num_workers``) and ``set_epoch`` before every epoch."""

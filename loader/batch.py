@@ -40,6 +40,7 @@ from loader._recycle import (
     receive_lent,
     uint8_view,
 )
+from loader.bytebatch import ByteBatch
 from loader.decode import Decoder
 
 __all__ = ["Batch", "BatchBuilder", "BatchGroup", "grouped"]
@@ -102,7 +103,8 @@ ForkingPickler.register(Batch, _reduce_for_transfer)
 
 
 class BatchGroup:
-    """Several consecutive batches of one worker that travel to the main process as one item.
+    """Several consecutive batches (``Batch`` or ``ByteBatch``) of one worker that travel to the
+    main process as one item.
 
     Each DataLoader item costs the main process a fixed amount however small it is (a queue
     read, an unpickling, an index sent back to the worker): about 0.25 ms here, as much as
@@ -114,7 +116,7 @@ class BatchGroup:
 
     __slots__ = ("batches",)
 
-    def __init__(self, batches: tuple[Batch, ...]) -> None:
+    def __init__(self, batches: tuple[Batch | ByteBatch, ...]) -> None:
         if not batches:
             raise ValueError("expected at least one batch in a BatchGroup, got none")
         self.batches = batches
@@ -131,10 +133,12 @@ class BatchGroup:
     def pin_memory(self) -> BatchGroup:
         """The group with every tensor copied to pinned memory: the DataLoader's pinning thread
         calls this (``pin_memory=True``), as it pins a lone ``Batch`` field by field."""
-        return BatchGroup(tuple(Batch(*(t.pin_memory() for t in b)) for b in self.batches))
+        return BatchGroup(tuple(type(b)(*(t.pin_memory() for t in b)) for b in self.batches))
 
 
-def grouped(batches: Iterator[Batch], size: int, done: int = 0) -> Iterator[Batch | BatchGroup]:
+def grouped(
+    batches: Iterator[Batch | ByteBatch], size: int, done: int = 0
+) -> Iterator[Batch | ByteBatch | BatchGroup]:
     """``batches`` as they are for ``size == 1``; else the first batch alone, so the first batch
     of an epoch is not held back, then ``BatchGroup``s of ``size`` (the last one shorter). A
     group is yielded once its last batch is built, never before. ``done`` batches were yielded
@@ -150,7 +154,7 @@ def grouped(batches: Iterator[Batch], size: int, done: int = 0) -> Iterator[Batc
             return
         yield first
     room = size - (done - 1) % size if done else size
-    group: list[Batch] = []
+    group: list[Batch | ByteBatch] = []
     for batch in batches:
         group.append(batch)
         if len(group) == room:

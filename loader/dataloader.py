@@ -6,7 +6,7 @@ import os
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import torch
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from loader._checks import check_int
 from loader._recycle import forget_exited_lenders
 from loader.batch import Batch, BatchGroup
+from loader.bytebatch import ByteBatch
 from loader.dataset import ShardDataset
 from loader.sources import DatasetSource
 
@@ -34,6 +35,7 @@ MAX_TRANSFER_BATCHES = 16
 TRANSFER_BYTES = 32 << 20
 MIN_ITEMS_PER_EPOCH = 2
 PREFETCH_FACTOR = 4
+_Item = Batch | ByteBatch | BatchGroup
 
 
 class WorkerInit:
@@ -73,8 +75,8 @@ class _ClosingIterator:
 
     def __init__(
         self,
-        iterator: Iterator[Batch | BatchGroup],
-        loader: DataLoader[Batch | BatchGroup],
+        iterator: Iterator[_Item],
+        loader: DataLoader[_Item],
         dataset: ShardDataset | None = None,
     ) -> None:
         self._iterator = iterator
@@ -111,11 +113,12 @@ class _ClosingIterator:
             raise
         self.items_received += 1
         if isinstance(item, BatchGroup):
-            self._pending.extend(item.batches[1:])
-            return self._hand(item.batches[0])
-        return self._hand(item)
+            batches = cast(tuple[Batch, ...], item.batches)
+            self._pending.extend(batches[1:])
+            return self._hand(batches[0])
+        return self._hand(cast(Batch, item))
 
-    def defer_records(self) -> Callable[[Batch], None]:
+    def defer_records(self) -> Callable[[Batch | ByteBatch], None]:
         """Stop recording batches as they leave this iterator; the caller records each with the
         returned function when its own consumer receives it (in the order handed out)."""
         self._deferred = True
@@ -129,7 +132,7 @@ class _ClosingIterator:
                 self._dataset.record(batch, self._loader.num_workers)
         return batch
 
-    def _mark(self, batch: Batch) -> None:
+    def _mark(self, batch: Batch | ByteBatch) -> None:
         if self._dataset is not None:
             self._dataset.record(batch, self._loader.num_workers)
             self._unmarked -= 1
@@ -163,7 +166,7 @@ def stop_workers(loader: object, iterator: object | None = None) -> None:
     forget_exited_lenders()
 
 
-class ClosingDataLoader(DataLoader[Batch | BatchGroup]):
+class ClosingDataLoader(DataLoader[_Item]):
     """A plain ``DataLoader`` whose iterator yields single ``Batch``es (unpacking the
     ``BatchGroup``s workers send) and stops its workers as soon as an error reaches the main
     process (see ``_ClosingIterator``). ``make_loader`` and ``folder_loader`` return one; use it
@@ -172,7 +175,10 @@ class ClosingDataLoader(DataLoader[Batch | BatchGroup]):
     Over a ``ShardDataset`` it is stateful in the way of ``torchdata``'s
     ``StatefulDataLoader``: ``state_dict()`` says which batches the loop has received (not the
     ones prefetched), ``load_state_dict()`` before the first ``iter()`` resumes there, with any
-    number of ranks, workers and batch size (``loader.resume``)."""
+    number of ranks, workers and batch size (``loader.resume``).
+
+    With a decoder that decodes on the device the items are ``ByteBatch``es (typed as
+    ``Batch``, what every other loader yields); ``DevicePrefetcher`` takes either."""
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         dataset = self.dataset if isinstance(self.dataset, ShardDataset) else None
@@ -293,7 +299,7 @@ def make_loader(
             plans = dataset.epoch_plan(0, num_workers)
             fewest = min((p.num_batches for p in plans if p.num_batches), default=0)
             dataset.transfer_batches = transfer_batches_for(
-                batch_size, image_size, dataset.decode, worker_batches=fewest
+                batch_size, dataset.image_size, dataset.decode, worker_batches=fewest
             )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

@@ -19,6 +19,12 @@ delivered, its batch slot is filled with a copy of another sample of the same ba
 shard, member and offset; more than ``skip_budget`` skips in one worker's epoch raise. With
 ``"raise"`` the first one raises ``BadSampleError``. Worker exceptions reach the main process
 through the DataLoader with that message.
+
+The decoder is a parameter (``decode``): ``True``/``"opencv"`` decodes in the workers
+(``ImageDecoder``), ``False``/``"none"`` only checks the bytes (``NoDecode``), ``"device"`` ships
+compressed bytes and crop parameters in ``ByteBatch``es for the device to decode
+(``DeviceDecoder``; ``DevicePrefetcher`` decodes them), and any ``Decoder`` object is used as
+given (one with ``decodes_on_device`` true gets byte batches).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,17 +47,20 @@ from loader._resumable import Resumable
 from loader._reuse import Reuse
 from loader._shuffle import emission_order, kept_segments, plan_ids, reorder, worker_seed
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
-from loader.decode import DecodeError, ImageDecoder, NoDecode
+from loader.bytebatch import ByteBatch, ByteBatchBuilder, Planner
+from loader.decode import DecodeError, Decoder, ImageDecoder, NoDecode
+from loader.devicedecode import DeviceDecoder
 from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_rank
 from loader.ranks import rank_and_world
 from loader.reader import RawSample, ShardReader
 from loader.resume import LoaderState, next_worker, resume_point
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
-__all__ = ["BadSampleError", "ShardDataset"]
+__all__ = ["BadSampleError", "ShardDataset", "make_decoder"]
 
 log = logging.getLogger("shardfeed.loader")
 BAD_SAMPLE_POLICIES = ("skip", "raise")
+DECODE_CHOICES = ("opencv", "none", "device")
 IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, held by the trainer
 
 
@@ -59,11 +68,46 @@ class BadSampleError(ValueError):
     """A sample that cannot be delivered; the message names the shard, member and offset."""
 
 
-class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
-    """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded).
+def make_decoder(decode: bool | str | Decoder, image_size: int, train: bool) -> Decoder:
+    """The decoder ``ShardDataset`` uses for ``decode`` (see the module doc); ``ValueError``
+    for anything else. ``image_size`` 0 means no decoding, except with ``"device"``."""
+    if isinstance(decode, str):
+        if decode not in DECODE_CHOICES:
+            raise ValueError(
+                f"expected decode in {DECODE_CHOICES}, a bool or a Decoder, got decode={decode!r}"
+            )
+        if decode == "device":
+            if image_size < 1:
+                raise ValueError(
+                    f"expected image_size >= 1 with decode='device', got image_size={image_size}"
+                )
+            return DeviceDecoder(image_size, train=train)
+        decode = decode == "opencv"
+    if isinstance(decode, bool):
+        return ImageDecoder(image_size, train=train) if decode and image_size > 0 else NoDecode()
+    if not callable(decode) or not isinstance(getattr(decode, "image_size", None), int):
+        raise ValueError(
+            f"expected decode in {DECODE_CHOICES}, a bool or a Decoder (callable, with an int "
+            f"image_size), got decode={decode!r}"
+        )
+    if getattr(decode, "decodes_on_device", False) and not (
+        callable(getattr(decode, "plan", None)) and callable(getattr(decode, "decode_batch", None))
+    ):
+        raise ValueError(
+            f"expected a decoder that decodes on the device to have plan() and decode_batch(), "
+            f"got decode={decode!r}"
+        )
+    return decode
+
+
+class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
+    """Streams ``Batch`` objects (uint8 ``[B, H, W, 3]`` images, labels, global ids, padded),
+    or ``ByteBatch``es with a decoder that decodes on the device.
 
     ``source``: a manifest path or URL, a shard list or a brace pattern (``loader.sources``).
     ``image_size=0`` or ``decode=False`` skips decoding (benchmarks of the pipeline itself).
+    ``decode``: see the module doc; a ``Decoder`` object brings its own ``image_size`` (the
+    argument is then not used) and crop mode, while ``train`` still turns shuffling on.
     Rank and world size are read when iteration starts (``loader.ranks.rank_and_world``), so the
     same object works before and after ``torch.distributed`` is initialised. A copy pickled while
     ``torch.distributed`` is initialised (a DataLoader starting spawned workers) carries the
@@ -80,7 +124,7 @@ class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
         batch_size: int = 256,
         image_size: int = 224,
         train: bool = True,
-        decode: bool = True,
+        decode: bool | str | Decoder = True,
         seed: int = 0,
         shuffle_buffer: int = 1000,
         even: str = "pad",
@@ -108,9 +152,11 @@ class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
             rank_and_world(rank, world_size)
         self.source = source if isinstance(source, DatasetSource) else resolve_source(source)
         self.batch_size = batch_size
-        self.image_size = image_size
+        self.decoder = make_decoder(decode, image_size, train)
+        given = isinstance(decode, bool | str)
+        self.image_size = image_size if given else self.decoder.image_size
         self.train = train
-        self.decode = decode and image_size > 0
+        self.decode = self.decoder.image_size > 0
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.even = even
@@ -177,7 +223,7 @@ class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
         """Batches this rank yields per epoch (the same every epoch)."""
         return sum(p.num_batches for p in self.epoch_plan(0, num_workers))
 
-    def __iter__(self) -> Iterator[Batch | BatchGroup]:
+    def __iter__(self) -> Iterator[Batch | ByteBatch | BatchGroup]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
         if info is None:
@@ -215,16 +261,24 @@ class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
         rng = np.random.default_rng(key)
         return grouped(self._batches(plan, rng, skip, key), self.transfer_batches, skip)
 
+    def _builder(self) -> BatchBuilder | ByteBatchBuilder:
+        """A batch builder for this worker, its buffers from this process's pools."""
+        capacity = max(CAPACITY, IN_FLIGHT_ITEMS * self.transfer_batches)
+        if getattr(self.decoder, "decodes_on_device", False):
+            planner = cast(Planner, self.decoder)
+            return ByteBatchBuilder(
+                self.batch_size, planner, pools=lambda n: self._reuse.pool(n, capacity)
+            )
+        side = self.decoder.image_size
+        pool = self._reuse.pool(self.batch_size * side * side * 3, capacity)
+        return BatchBuilder(self.batch_size, side, self.decoder, pool=pool)
+
     def _batches(
         self, plan: WorkerPlan, rng: np.random.Generator, skip: int, key: list[int]
-    ) -> Iterator[Batch]:
+    ) -> Iterator[Batch | ByteBatch]:
         """The plan's batches from batch ``skip`` on. ``rng`` draws the shuffle order; batch
         ``j``'s crops come from ``default_rng(key + [j])``, so they do not depend on ``skip``."""
-        decoder = ImageDecoder(self.image_size, train=self.train) if self.decode else NoDecode()
-        side = self.image_size if self.decode else 0
-        in_flight = IN_FLIGHT_ITEMS * self.transfer_batches
-        pool = self._reuse.pool(self.batch_size * side * side * 3, max(CAPACITY, in_flight))
-        builder = BatchBuilder(self.batch_size, side, decoder, pool=pool)
+        builder = self._builder()
         ids = plan_ids(plan)
         order = emission_order(len(ids), self.shuffle_buffer if self.train else 0, rng)
         done = min(skip * self.batch_size, len(ids))
@@ -331,3 +385,8 @@ class ShardDataset(Resumable, IterableDataset[Batch | BatchGroup]):
 
     def __len__(self) -> int:
         return self.batches_per_epoch(0)
+
+    def locate(self, gid: int) -> str:
+        """Where sample ``gid`` is, for messages: its shard, position there and id."""
+        shard = self.source.shards[self._shard_of(gid)]
+        return f"shard {shard.url} sample {gid - shard.first_index} (id {gid})"

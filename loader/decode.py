@@ -11,6 +11,10 @@ Two decoders:
 - ``NoDecode`` (``--decode none``) only checks the magic bytes and touches every page of the
   buffer, so a benchmark measures the pipeline without decoding.
 
+A decoder may also decode on the device (``decodes_on_device``; ``loader.devicedecode``): the
+worker then only draws the crop (``ImageDecoder.draw``) and ships the bytes, and the device, or
+its CPU fallback (``ImageDecoder.decode_crop``), decodes with that crop.
+
 Pixels are taken as stored: EXIF orientation is ignored, as PIL and ``torchvision.io`` do by
 default, so the header size is the decoded size and a future GPU decoder gives the same crop.
 Given the generator's state, the output is deterministic.
@@ -36,6 +40,7 @@ __all__ = [
     "center_crop",
     "eval_transform",
     "random_resized_crop",
+    "rescale_box",
     "train_transform",
 ]
 
@@ -180,11 +185,7 @@ class ImageDecoder:
         Raises ``DecodeError`` when OpenCV cannot decode the bytes.
         """
         s = self._size
-        if out.shape != (s, s, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-            raise ValueError(
-                f"expected a C-contiguous uint8 out of shape {(s, s, 3)}, got shape={out.shape} "
-                f"dtype={out.dtype} c_contiguous={out.flags.c_contiguous}"
-            )
+        self._check_out(out)
         buf = np.frombuffer(data, np.uint8)
         size = _jpeg_size(data) if self.reduced_decode else None
         if size is not None:
@@ -193,16 +194,62 @@ class ImageDecoder:
                 (f for k, f in _REDUCED_FLAGS if min(box.height, box.width) >= k * s), _FULL_FLAGS
             )
             image = _imdecode(buf, flags)
-            box = _rescale(box, size, image.shape[1], image.shape[0])
+            box = rescale_box(box, size, image.shape[1], image.shape[0])
         else:
             image = _imdecode(buf, _FULL_FLAGS)
             box = self._box(image.shape[1], image.shape[0], rng)
+        self._crop_into(image, box, out, self.train and rng.random() < 0.5)
+        return len(buf)
+
+    def draw(self, width: int, height: int, rng: np.random.Generator) -> tuple[CropBox, bool]:
+        """The crop box and flip that ``__call__`` draws for a ``width x height`` image: the
+        same draws from ``rng`` in the same order, without decoding (a device decoder's worker
+        half draws here and ships the result)."""
+        return self._box(width, height, rng), self.train and rng.random() < 0.5
+
+    def decode_crop(
+        self, data: bytes | memoryview, out: np.ndarray, box: CropBox, flip: bool
+    ) -> int:
+        """Decode ``data`` into ``out`` with a given crop (``box`` in full-size source pixels, as
+        ``draw`` gives it) and flip; draws nothing. Reduced decode applies as in ``__call__``.
+        Raises ``DecodeError`` as ``__call__`` does, and ``ValueError`` for a box outside the
+        image."""
+        s = self._size
+        self._check_out(out)
+        buf = np.frombuffer(data, np.uint8)
+        size = _jpeg_size(data) if self.reduced_decode else None
+        flags = _FULL_FLAGS
+        if size is not None:
+            flags = next(
+                (f for k, f in _REDUCED_FLAGS if min(box.height, box.width) >= k * s), _FULL_FLAGS
+            )
+        image = _imdecode(buf, flags)
+        full = size or (image.shape[1], image.shape[0])
+        if not (0 <= box.top and 0 <= box.left and 0 < box.height and 0 < box.width) or (
+            box.top + box.height > full[1] or box.left + box.width > full[0]
+        ):
+            raise ValueError(f"expected a crop box inside the {full[0]}x{full[1]} image, got {box}")
+        if size is not None:
+            box = rescale_box(box, size, image.shape[1], image.shape[0])
+        self._crop_into(image, box, out, flip)
+        return len(buf)
+
+    def _check_out(self, out: np.ndarray) -> None:
+        s = self._size
+        if out.shape != (s, s, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(
+                f"expected a C-contiguous uint8 out of shape {(s, s, 3)}, got shape={out.shape} "
+                f"dtype={out.dtype} c_contiguous={out.flags.c_contiguous}"
+            )
+
+    def _crop_into(self, image: np.ndarray, box: CropBox, out: np.ndarray, flip: bool) -> None:
+        """Resize ``box`` of the BGR ``image`` into ``out`` as RGB, mirrored when ``flip``."""
+        s = self._size
         crop = image[box.top : box.top + box.height, box.left : box.left + box.width]
         cv2.resize(crop, (s, s), dst=out, interpolation=self.interpolation)
         cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)
-        if self.train and rng.random() < 0.5:
+        if flip:
             cv2.flip(out, 1, dst=out)
-        return len(buf)
 
 
 def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray:
@@ -220,8 +267,9 @@ def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray:
     return image
 
 
-def _rescale(box: CropBox, size: tuple[int, int], width: int, height: int) -> CropBox:
-    """Map a box in a ``size`` image onto the same region of a ``width x height`` image."""
+def rescale_box(box: CropBox, size: tuple[int, int], width: int, height: int) -> CropBox:
+    """Map a box in a ``size`` (width, height) image onto the same region of a ``width x height``
+    image (a reduced-scale decode of it), at least one pixel each way."""
     sx, sy = width / size[0], height / size[1]
     top = min(int(round(box.top * sy)), height - 1)
     left = min(int(round(box.left * sx)), width - 1)

@@ -33,18 +33,33 @@ Working one batch ahead, the prefetcher has taken batch ``k + 1`` from the loade
 consumer gets batch ``k``. A loader's iterator that records what the training loop received
 (``ClosingDataLoader``'s, for resuming) offers ``defer_records()``; the prefetcher then records
 each batch as it hands it over, so a prefetched batch is never counted as received.
+
+Byte batches (``loader.bytebatch``, ``decode="device"``): the prefetcher hands each
+``ByteBatch`` to its decoder's ``decode_batch`` (by default the loader's dataset's decoder;
+``loader.devicedecode``), on the side stream on CUDA, and converts the uint8 batch that comes
+back like any other. Samples decoded nowhere meet the dataset's bad-sample policy here
+(``bad_samples``, ``skip_budget``; the budget counts per pass): ``"raise"`` raises
+``BadSampleError``; ``"skip"`` warns and replaces the row with a copy of the batch's first good
+sample marked ``padded``, as a worker does for a sample it cannot decode, so delivery counts are
+those of the CPU path.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import NamedTuple
 
 import torch
 
 from loader.batch import Batch
+from loader.bytebatch import ByteBatch
+from loader.dataset import BAD_SAMPLE_POLICIES, BadSampleError
+from loader.devicedecode import BatchDecoder, DecodedBatch
 
 __all__ = ["DeviceBatch", "DevicePrefetcher", "resolve_device"]
+
+log = logging.getLogger("shardfeed.loader")
 
 
 class DeviceBatch(NamedTuple):
@@ -86,25 +101,38 @@ def _channel_constants(name: str, values: Sequence[float], device: torch.device)
 
 
 class DevicePrefetcher:
-    """Iterates ``loader`` and yields each ``Batch`` as a ``DeviceBatch`` on ``device``.
+    """Iterates ``loader`` and yields each ``Batch`` (or ``ByteBatch``) as a ``DeviceBatch`` on
+    ``device``.
 
     Order is preserved and nothing is dropped. Each ``iter()`` starts a new pass over
     ``loader`` (so a DataLoader epoch per ``iter()``). Not thread-safe: consume from one thread.
+    ``decoder`` decodes byte batches (``None``: ``loader.dataset.decoder`` when it decodes on
+    the device); the bad-sample policy is ``loader.dataset``'s when it has one, else ``"skip"``
+    with a budget of 100.
     """
 
     def __init__(
         self,
-        loader: Iterable[Batch],
+        loader: Iterable[Batch] | Iterable[ByteBatch] | Iterable[Batch | ByteBatch],
         device: str | torch.device = "auto",
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         channels_last: bool = True,
+        decoder: BatchDecoder | None = None,
     ) -> None:
         self.loader = loader
         self.device = resolve_device(device)
         self.channels_last = channels_last
         self._mean = _channel_constants("mean", mean, self.device)
         self._std = _channel_constants("std", std, self.device)
+        dataset = getattr(loader, "dataset", None)
+        own = getattr(dataset, "decoder", None)
+        if decoder is None and getattr(own, "decodes_on_device", False):
+            decoder = own
+        self.decoder = decoder
+        self._policy = _policy_of(dataset)
+        self._locate: Callable[[int], str] | None = getattr(dataset, "locate", None)
+        self._skipped = 0
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -115,9 +143,57 @@ class DevicePrefetcher:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[DeviceBatch]:
+        self._skipped = 0
         if self.device.type == "cuda":
             return self._iter_cuda()
-        return (self._convert(Batch(*batch)) for batch in self.loader)
+        return (self._convert(self._decoded(item)) for item in self.loader)
+
+    def _decoded(self, item: Batch | ByteBatch) -> Batch:
+        """A ``Batch`` as it is; a ``ByteBatch`` decoded on the device, bad samples handled."""
+        if not isinstance(item, ByteBatch):
+            return Batch(*item)
+        if self.decoder is None:
+            raise ValueError(
+                "expected a decoder for byte batches (decode='device'), got none: pass "
+                "DevicePrefetcher(..., decoder=...) or a loader whose dataset has one"
+            )
+        decoded = self.decoder.decode_batch(item, self.device)
+        batch = Batch(decoded.images, item.labels, item.ids, item.padded, item.nbytes)
+        return self._bad_samples(batch, decoded) if decoded.failures else batch
+
+    def _bad_samples(self, batch: Batch, decoded: DecodedBatch) -> Batch:
+        """Apply the bad-sample policy to the rows decoded nowhere (see the module doc)."""
+        policy, budget = self._policy
+        for row, reason in sorted(decoded.failures.items()):
+            gid = int(batch.ids[row])
+            where = self._locate(gid) if self._locate is not None else f"sample id {gid}"
+            message = (
+                f"bad sample in {where}: decoded neither by the device decoder ({self.device}) "
+                "nor by its CPU fallback"
+            )
+            if policy == "raise":
+                raise BadSampleError(f"{message}: {reason}")
+            self._skipped += 1
+            log.warning("skipping %s: %s", message, reason)
+            if self._skipped > budget:
+                raise BadSampleError(
+                    f"more than skip_budget={budget} samples decoded nowhere in this pass over "
+                    f"the loader; last: {message}: {reason}"
+                )
+        good = [r for r in range(len(batch.ids)) if r not in decoded.failures]
+        if not good:
+            raise BadSampleError(
+                f"every sample of a batch was bad (ids {batch.ids.tolist()}): nothing to fill "
+                "the batch with"
+            )
+        rows = torch.tensor(sorted(decoded.failures), dtype=torch.int64)
+        src = good[0]
+        labels, ids, padded, nbytes = (t.clone() for t in batch[1:])
+        images = batch.images
+        images[rows.to(images.device)] = images[src].clone()
+        labels[rows], ids[rows] = int(labels[src]), int(ids[src])
+        padded[rows], nbytes[rows] = True, 0
+        return Batch(images, labels, ids, padded, nbytes)
 
     def _convert(self, batch: Batch) -> DeviceBatch:
         """Copy ``batch`` to the device (non-blocking) and normalise; runs on the current stream."""
@@ -147,7 +223,7 @@ class DevicePrefetcher:
         side.wait_stream(torch.cuda.current_stream(self.device))
         batches = iter(self.loader)
         defer = getattr(batches, "defer_records", None)
-        received: Callable[[Batch], None] | None = defer() if callable(defer) else None
+        received: Callable[[Batch | ByteBatch], None] | None = defer() if callable(defer) else None
         pending = self._launch(batches, side)
         while pending is not None:
             host, ready, event = pending
@@ -162,18 +238,24 @@ class DevicePrefetcher:
             yield ready
 
     def _launch(
-        self, batches: Iterator[Batch], side: torch.cuda.Stream
-    ) -> tuple[Batch, DeviceBatch, torch.cuda.Event] | None:
+        self, batches: Iterator[Batch | ByteBatch], side: torch.cuda.Stream
+    ) -> tuple[Batch | ByteBatch, DeviceBatch, torch.cuda.Event] | None:
         """Start the next batch's copy and conversion on ``side``; ``None`` when exhausted."""
         item = next(batches, None)
         if item is None:
             return None
-        batch = Batch(*item)
-        host = batch._replace(
-            images=_pinned(batch.images), labels=_pinned(batch.labels), padded=_pinned(batch.padded)
-        )
+        host: Batch | ByteBatch
+        if isinstance(item, ByteBatch):
+            host = item._replace(labels=_pinned(item.labels), padded=_pinned(item.padded))
+        else:
+            batch = Batch(*item)
+            host = batch._replace(
+                images=_pinned(batch.images),
+                labels=_pinned(batch.labels),
+                padded=_pinned(batch.padded),
+            )
         with torch.cuda.stream(side):
-            ready = self._convert(host)
+            ready = self._convert(self._decoded(host))
             event = torch.cuda.Event()
             event.record(side)
         return host, ready, event
@@ -181,3 +263,11 @@ class DevicePrefetcher:
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.is_pinned() else tensor.pin_memory()
+
+
+def _policy_of(dataset: object) -> tuple[str, int]:
+    policy = getattr(dataset, "bad_samples", "skip")
+    budget = getattr(dataset, "skip_budget", 100)
+    if policy not in BAD_SAMPLE_POLICIES or not isinstance(budget, int):
+        return "skip", 100
+    return policy, budget

@@ -16,16 +16,24 @@ __all__ = ["ImageInfo", "image_info", "is_complete"]
 _Buffer = bytes | memoryview
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_SEQUENTIAL_HUFFMAN = {0xC0, 0xC1}
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says: ``format`` is one of ``shards.format.IMAGE_EXTENSIONS``."""
+    """What the header says: ``format`` is one of ``shards.format.IMAGE_EXTENSIONS``.
+
+    ``progressive``: a JPEG whose frame is not sequential DCT (progressive, lossless or
+    hierarchical; arithmetic-coded too), which batched GPU decoders reject. ``bits``: sample
+    precision (JPEG 8 or 12, PNG bit depth; 8 for WebP).
+    """
 
     format: str
     width: int
     height: int
     channels: int
+    progressive: bool = False
+    bits: int = 8
 
 
 def image_info(data: bytes | memoryview) -> ImageInfo | None:
@@ -82,11 +90,13 @@ def _jpeg_info(buf: _Buffer) -> ImageInfo | None:
         if marker in _JPEG_SOF:
             if i + 10 > n:
                 return None
+            bits = buf[i + 4]
             height, width = struct.unpack_from(">HH", buf, i + 5)
             channels = buf[i + 9]
             if width == 0 or height == 0:
                 return None
-            return ImageInfo("jpg", width, height, channels)
+            progressive = marker not in _JPEG_SEQUENTIAL_HUFFMAN
+            return ImageInfo("jpg", width, height, channels, progressive, bits)
         if marker in (0xDA, 0xD9):
             return None
         i += 2 + length
@@ -97,11 +107,11 @@ def _png_info(buf: _Buffer) -> ImageInfo | None:
     if len(buf) < 26 or buf[12:16] != b"IHDR":
         return None
     width, height = struct.unpack_from(">II", buf, 16)
-    color_type = buf[25]
+    bits, color_type = buf[24], buf[25]
     channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color_type)
     if channels is None or width == 0 or height == 0:
         return None
-    return ImageInfo("png", width, height, channels)
+    return ImageInfo("png", width, height, channels, bits=bits)
 
 
 def _webp_info(buf: _Buffer) -> ImageInfo | None:

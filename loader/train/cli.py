@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers per rank")
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument(
+        "--decode",
+        choices=("opencv", "device"),
+        default="opencv",
+        help="opencv: decode in the workers; device: workers ship bytes, the device decodes",
+    )
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", metavar="URL", help="service to report live stats to")
@@ -76,6 +82,7 @@ def _train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             image_size=args.image_size,
+            decode=args.decode,
             lr=args.lr,
             seed=args.seed,
             report_url=args.report,

@@ -1,6 +1,7 @@
 """``shardfeed train``: a small CNN trained on the shard stream, single process or under torchrun.
 
-The loop is what a user's loop looks like: ``make_loader`` → ``DevicePrefetcher`` → model.
+The loop is what a user's loop looks like: ``make_loader`` → ``DevicePrefetcher`` → model
+(with ``decode="device"`` the workers ship compressed bytes and the prefetcher decodes them).
 Augmentation on the device is vectorised over the batch (a random flip chosen by a batched
 mask; normalisation by the prefetcher's broadcast ``[1, 3, 1, 1]`` mean and std). Under
 torchrun each rank reads its own part (``ShardDataset`` takes rank and world size from
@@ -54,6 +55,7 @@ class TrainOptions:
     batch_size: int = 64
     workers: int = 2
     image_size: int = 64
+    decode: str = "opencv"
     lr: float = 0.05
     seed: int = 0
     report_url: str | None = None
@@ -111,6 +113,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
         train=False,
         seed=options.seed,
         even="pad",
+        decode=options.decode,
     )
     dataset: Any = loader.dataset
     classes = max(len(dataset.classes), 1 + _max_label(dataset))

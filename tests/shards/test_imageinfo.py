@@ -22,7 +22,7 @@ def _encode(kit: Any, ext: str, channels: int, params: list[int] | None = None) 
     [
         (".jpg", 3, None, ImageInfo("jpg", W, H, 3)),
         (".jpg", 1, None, ImageInfo("jpg", W, H, 1)),
-        (".jpg", 3, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], ImageInfo("jpg", W, H, 3)),
+        (".jpg", 3, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], ImageInfo("jpg", W, H, 3, True)),
         (".png", 3, None, ImageInfo("png", W, H, 3)),
         (".png", 1, None, ImageInfo("png", W, H, 1)),
         (".png", 4, None, ImageInfo("png", W, H, 4)),
@@ -45,6 +45,15 @@ def test_image_info_of_cmyk_jpeg_says_four_channels(kit: Any) -> None:
     assert image_info(data) == ImageInfo("jpg", 40, 30, 4)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert decoded is not None and decoded.shape == (30, 40, 3)
+
+
+def test_image_info_reads_sample_precision_and_baseline_frames(kit: Any) -> None:
+    pixels16 = (kit.make_pixels(3, 3, W, H).astype(np.uint16) * 257).astype(np.uint16)
+    assert image_info(bytes(kit.encode(".png", pixels16, None))) == ImageInfo(
+        "png", W, H, 3, bits=16
+    )
+    baseline = image_info(_encode(kit, ".jpg", 3))
+    assert baseline is not None and not baseline.progressive and baseline.bits == 8
 
 
 def test_image_info_sniffs_bytes_not_names(kit: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from loader.train import SmallCNN, random_flip
+from loader.train.loop import TrainOptions, train
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
@@ -64,6 +65,24 @@ def test_two_ranks_deliver_disjoint_ids_with_equal_steps_and_learn(
         assert epoch["padded"] == 1
         losses = epoch["step_losses"]
         assert np.mean(losses[-30:]) < 0.6 * np.mean(losses[:10])
+
+
+def test_device_decode_trains_on_every_id_once(tmp_path: Path) -> None:
+    """decode="device" through the loop: workers ship bytes, the CPU stand-in decodes."""
+    make_sample(tmp_path / "src", images=90, classes=3, seed=3, size="tiny")
+    build_shards(
+        tmp_path / "src",
+        tmp_path / "shards",
+        BuildOptions(sizing=SizingOptions(num_shards=2), show_progress=False),
+    )
+    options = TrainOptions(
+        shards=str(tmp_path / "shards"), epochs=2, device="cpu", batch_size=16, workers=1,
+        image_size=16, decode="device", log_json=str(tmp_path / "log"),
+    )  # fmt: skip
+    reports = train(options)
+    assert [(r.samples, r.steps, r.duplicates, r.missing) for r in reports] == [(90, 6, 0, 0)] * 2
+    ids = json.loads((tmp_path / "log.rank0.json").read_text())["ids"]
+    assert [sorted(epoch) for epoch in ids] == [list(range(90))] * 2
 
 
 def test_train_rejects_bad_arguments(train_shards: Path) -> None:

@@ -1,0 +1,151 @@
+"""Decode in the workers against decode on the device, on the same shards
+(docs/architecture.md, section "Device decode").
+
+``python -m loader.bench.decodecompare --shards DIR --device cuda`` runs, for each of
+``--decode opencv,device``, a ``make_loader`` over the shards (all cores as workers unless told)
+wrapped in ``DevicePrefetcher``, and times what a training loop would receive: normalised
+float batches on the device, the device synchronised at the end of each epoch. The first epoch
+warms up (workers start, files are cached, the GPU decoder initialises) and is not timed. It
+prints one JSON document: samples/s per decode, the ratio device/opencv, and the device
+decoder's routing counts (how many samples it decoded, sent to the CPU, or lost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from loader.dataloader import make_loader, stop_workers
+from loader.device import DevicePrefetcher, resolve_device
+
+__all__ = ["compare", "main", "measure"]
+
+log = logging.getLogger("shardfeed.bench")
+
+
+def measure(
+    shards: str,
+    *,
+    decode: str,
+    device: str,
+    workers: int,
+    batch_size: int,
+    image_size: int,
+    epochs: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Samples/s through ``DevicePrefetcher`` for one ``decode``, over ``epochs`` timed epochs
+    after one untimed warm-up epoch."""
+    if epochs < 1:
+        raise ValueError(f"expected epochs >= 1, got epochs={epochs}")
+    target = resolve_device(device)
+    loader = make_loader(
+        shards,
+        batch_size=batch_size,
+        num_workers=workers,
+        image_size=image_size,
+        seed=seed,
+        decode=decode,
+    )
+    prefetcher = DevicePrefetcher(loader, target)
+    samples, seconds = 0, 0.0
+    try:
+        for epoch in range(epochs + 1):
+            start = time.perf_counter()
+            count = 0
+            for batch in prefetcher:
+                count += len(batch.ids)
+            if target.type == "cuda":
+                torch.cuda.synchronize(target)
+            elapsed = time.perf_counter() - start
+            log.info("%s epoch %d: %d samples in %.2f s", decode, epoch, count, elapsed)
+            if epoch:
+                samples, seconds = samples + count, seconds + elapsed
+    finally:
+        stop_workers(loader)
+    result: dict[str, Any] = {
+        "decode": decode,
+        "samples": samples,
+        "seconds": round(seconds, 4),
+        "samples_per_s": round(samples / seconds, 1) if seconds else 0.0,
+    }
+    counts = getattr(prefetcher.decoder, "counts", None)
+    if counts is not None:
+        result["routing"] = counts.to_dict()
+    return result
+
+
+def compare(
+    shards: str,
+    *,
+    device: str,
+    workers: int,
+    batch_size: int,
+    image_size: int,
+    epochs: int,
+    decodes: Sequence[str] = ("opencv", "device"),
+) -> dict[str, Any]:
+    """``measure`` for each of ``decodes`` with the same settings, and device/opencv."""
+    runs = [
+        measure(
+            shards,
+            decode=decode,
+            device=device,
+            workers=workers,
+            batch_size=batch_size,
+            image_size=image_size,
+            epochs=epochs,
+        )
+        for decode in decodes
+    ]
+    rates = {run["decode"]: run["samples_per_s"] for run in runs}
+    doc: dict[str, Any] = {
+        "device": str(resolve_device(device)),
+        "workers": workers,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "epochs": epochs,
+        "runs": runs,
+    }
+    if rates.get("opencv") and "device" in rates:
+        doc["device_over_opencv"] = round(rates["device"] / rates["opencv"], 3)
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m loader.bench.decodecompare",
+        description="samples/s with decode in the workers against decode on the device",
+    )
+    p.add_argument("--shards", required=True, help="shard folder, manifest path or URL")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up")
+    p.add_argument("--decodes", default="opencv,device", help="comma-separated")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    doc = compare(
+        args.shards,
+        device=args.device,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        decodes=[d for d in args.decodes.split(",") if d],
+    )
+    sys.stdout.write(json.dumps(doc) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

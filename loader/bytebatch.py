@@ -1,0 +1,271 @@
+"""Byte batches (design section 8): workers read and batch, the device decodes.
+
+When the decoder decodes on the device (``decodes_on_device``), a worker builds a
+``ByteBatchBuilder`` instead of a ``BatchBuilder``. Per sample it copies the compressed bytes
+into a staging array and asks the decoder's worker half (``plan``) for the crop box, the flip
+and whether the header sends the sample to the CPU. ``plan`` draws from the worker's generator
+exactly what the CPU path's decoder draws for the same bytes (``ImageDecoder.draw``), so for a
+given seed both paths crop the same boxes (docs/architecture.md, section "Device decode").
+
+``finish()`` copies the staged bytes into one buffer and hands over a ``ByteBatch``: that
+buffer plus one small int64 array of per-sample columns. Between processes it travels like a
+decoded ``Batch`` (``loader.batch``): the byte buffer as one shared-memory segment (a pooled
+one, lent by handle, inside a DataLoader worker), the columns by value; no per-sample Python
+objects cross. Ownership: the staging array belongs to the builder and is never handed over;
+a handed-over buffer belongs to the receiver, and a pooled one goes back to its worker's pool
+only when the receiver has dropped every reference to it (``loader._recycle``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Final, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch._utils import ExceptionWrapper
+from torch.utils.data import get_worker_info
+
+from loader._recycle import (
+    ImagePool,
+    LentBufferError,
+    is_received,
+    lease_of,
+    lend,
+    receive_lent,
+    uint8_view,
+)
+from loader.decode import CropBox
+
+__all__ = ["ByteBatch", "ByteBatchBuilder", "CropPlan", "Planner", "sample_bytes"]
+
+MIN_BUFFER: Final = 1 << 20
+_COLUMNS: Final = 12  # label, id, padded, nbytes, start, stop, top, left, height, width, flip, cpu
+
+
+class CropPlan(NamedTuple):
+    """What a worker decides for one sample: the crop ``box`` in full-size source pixels, the
+    horizontal ``flip``, and ``cpu``: decode this one on the CPU (the header says the device
+    decoder cannot, e.g. CMYK, PNG, WebP or progressive)."""
+
+    box: CropBox
+    flip: bool
+    cpu: bool
+
+
+class Planner(Protocol):
+    """The worker half of a device decoder: crop parameters from the bytes and the generator.
+
+    ``plan`` draws from ``rng`` what the CPU decoder would for the same bytes and state; it
+    raises ``loader.decode.DecodeError`` for bytes no decoder can read (the worker's bad-sample
+    policy then applies, as on the CPU path).
+    """
+
+    @property
+    def image_size(self) -> int: ...
+
+    def plan(self, data: bytes | memoryview, rng: np.random.Generator) -> CropPlan: ...
+
+
+class ByteBatch(NamedTuple):
+    """One batch of compressed samples. Row ``i`` of every column describes sample ``i``.
+
+    ``data`` uint8 ``[N]``: the samples' bytes back to back; ``spans`` int64 ``[B, 2]``: sample
+    ``i`` is ``data[spans[i, 0]:spans[i, 1]]`` (a padding repeat shares its source's span);
+    ``boxes`` int64 ``[B, 4]``: crop ``(top, left, height, width)`` in full-size source pixels;
+    ``flips`` bool; ``cpu`` bool, true where the header routes the sample to the CPU decoder;
+    ``labels``, ``ids``, ``padded``, ``nbytes`` as in ``loader.batch.Batch``.
+    """
+
+    data: torch.Tensor
+    spans: torch.Tensor
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    cpu: torch.Tensor
+    labels: torch.Tensor
+    ids: torch.Tensor
+    padded: torch.Tensor
+    nbytes: torch.Tensor
+
+
+def sample_bytes(batch: ByteBatch, row: int) -> memoryview:
+    """The compressed bytes of sample ``row`` (a view into ``batch.data``; no copy)."""
+    start, stop = (int(v) for v in batch.spans[row])
+    return batch.data[start:stop].numpy().data
+
+
+def _from_packed(data: torch.Tensor, packed: np.ndarray) -> ByteBatch:
+    cols = torch.from_numpy(packed)
+    return ByteBatch(
+        data,
+        cols[4:6].T,
+        cols[6:10].T,
+        cols[10].bool(),
+        cols[11].bool(),
+        cols[0],
+        cols[1],
+        cols[2].bool(),
+        cols[3],
+    )
+
+
+def _packed(batch: ByteBatch) -> np.ndarray | None:
+    """The per-sample columns as one ``[12, B]`` int64 array; ``None`` when they are not CPU
+    tensors of one length (such a batch travels field by field)."""
+    n = len(batch.ids)
+    shapes = {
+        "spans": (n, 2),
+        "boxes": (n, 4),
+        "flips": (n,),
+        "cpu": (n,),
+        "labels": (n,),
+        "ids": (n,),
+        "padded": (n,),
+        "nbytes": (n,),
+    }
+    for name, shape in shapes.items():
+        column = getattr(batch, name)
+        if not isinstance(column, torch.Tensor) or column.device.type != "cpu":
+            return None
+        if tuple(column.shape) != shape:
+            return None
+    packed = np.empty((_COLUMNS, n), dtype=np.int64)
+    for row, column in enumerate((batch.labels, batch.ids, batch.padded, batch.nbytes)):
+        packed[row] = column.numpy()
+    packed[4:6] = batch.spans.numpy().T
+    packed[6:10] = batch.boxes.numpy().T
+    packed[10] = batch.flips.numpy()
+    packed[11] = batch.cpu.numpy()
+    return packed
+
+
+def _reduce_for_transfer(batch: ByteBatch) -> tuple[Any, ...]:
+    """How a ``ByteBatch`` travels between processes (``ForkingPickler``); see the module doc.
+    A received batch passed on to a further process sends a copy of its bytes, so its buffer
+    still goes back to its worker when dropped here."""
+    data = batch.data
+    if isinstance(data, torch.Tensor) and is_received(data):
+        data = data.clone()
+    packed = _packed(batch)
+    if packed is None or not isinstance(data, torch.Tensor):
+        return (ByteBatch, (data, *batch[1:]))
+    lease = lease_of(data)
+    if lease is not None:
+        return (_unpack_lent, (lend(lease), data.numel(), packed))
+    return (_from_packed, (data, packed))
+
+
+ForkingPickler.register(ByteBatch, _reduce_for_transfer)
+
+
+def _unpack_lent(handle: Any, n: int, packed: np.ndarray) -> ByteBatch | ExceptionWrapper:
+    """The batch; if its buffer cannot be mapped, the error wrapped as the DataLoader wraps a
+    worker's, so it reaches the training loop (as ``loader.batch`` does for images)."""
+    try:
+        return _from_packed(receive_lent(handle, (n,)), packed)
+    except LentBufferError:
+        return ExceptionWrapper(where="in the main process, receiving a byte batch")
+
+
+class ByteBatchBuilder:
+    """Collects compressed samples slot by slot; the same interface as ``BatchBuilder`` (``add``,
+    ``repeat``, ``finish``, ``full``, ``len``). Not thread-safe: one builder per worker thread.
+
+    ``pools(nbytes)`` gives the ``ImagePool`` of ``nbytes`` buffers to take a batch's byte
+    buffer from (``None``: a fresh one); buffers are sized in powers of two from
+    ``MIN_BUFFER``, so a worker keeps a few pools. ``shared_memory``: put the buffer in shared
+    memory; ``None`` means "when built inside a DataLoader worker".
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        planner: Planner,
+        *,
+        shared_memory: bool | None = None,
+        pools: Callable[[int], ImagePool | None] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got batch_size={batch_size}")
+        self.batch_size = batch_size
+        self.planner = planner
+        if shared_memory is None:
+            shared_memory = get_worker_info() is not None
+        self.shared_memory = shared_memory
+        self._pools = pools
+        self._staging = np.empty(MIN_BUFFER, dtype=np.uint8)
+        self._used = 0
+        self._rows: list[tuple[int, ...]] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def full(self) -> bool:
+        """True when every slot is filled and ``finish()`` must be called before ``add()``."""
+        return len(self._rows) == self.batch_size
+
+    def _check_free(self) -> None:
+        if self.full:
+            raise ValueError(
+                f"expected a batch with a free slot, got a full one of {self.batch_size}: "
+                "call finish() first"
+            )
+
+    def add(
+        self,
+        data: bytes | memoryview,
+        label: int,
+        gid: int,
+        rng: np.random.Generator,
+        padded: bool = False,
+    ) -> int:
+        """Plan ``data``'s crop (drawing from ``rng``), stage its bytes in the next slot and
+        record its label, id and padding flag; returns its byte count. If ``plan`` raises
+        (``DecodeError``), the slot stays free and the batch is as it was."""
+        self._check_free()
+        box, flip, cpu = self.planner.plan(data, rng)
+        raw = np.frombuffer(data, dtype=np.uint8)
+        n = raw.size
+        start, stop = self._used, self._used + n
+        if stop > self._staging.size:
+            grown = np.empty(max(stop, 2 * self._staging.size), dtype=np.uint8)
+            grown[:start] = self._staging[:start]
+            self._staging = grown
+        self._staging[start:stop] = raw
+        self._used = stop
+        self._rows.append((label, gid, padded, n, start, stop, *box, flip, cpu))
+        return n
+
+    def repeat(self, slot: int) -> None:
+        """Fill the next slot with filled slot ``slot`` again, marked as padding and recording
+        0 source bytes; the bytes are not copied (both rows share one span)."""
+        if not 0 <= slot < len(self._rows):
+            raise ValueError(f"expected a filled slot in [0, {len(self._rows)}), got slot={slot}")
+        self._check_free()
+        label, gid, _, _, *rest = self._rows[slot]
+        self._rows.append((label, gid, True, 0, *rest))
+
+    def finish(self) -> ByteBatch:
+        """Hand over the filled slots as a ``ByteBatch`` and start the next batch.
+
+        Raises ``ValueError`` when no slot is filled: the loader never yields an empty batch.
+        """
+        if not self._rows:
+            raise ValueError("expected at least one filled slot, got an empty batch")
+        n = self._used
+        data = self._buffer(n)
+        data.numpy()[:] = self._staging[:n]
+        packed = np.array(self._rows, dtype=np.int64).T.copy()
+        self._rows, self._used = [], 0
+        return _from_packed(data, packed)
+
+    def _buffer(self, n: int) -> torch.Tensor:
+        size = max(MIN_BUFFER, 1 << max(n - 1, 0).bit_length())
+        pool = self._pools(size) if self._pools is not None and self.shared_memory else None
+        if pool is not None:
+            return uint8_view(pool.acquire(), (n,))
+        if self.shared_memory:
+            return uint8_view(torch.UntypedStorage._new_shared(max(n, 1)), (n,))
+        return torch.empty(n, dtype=torch.uint8)
