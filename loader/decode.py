@@ -23,6 +23,7 @@ Given the generator's state, the output is deterministic.
 from __future__ import annotations
 
 import math
+import os
 from typing import Final, NamedTuple, Protocol
 
 import cv2
@@ -43,6 +44,35 @@ __all__ = [
     "rescale_box",
     "train_transform",
 ]
+
+
+def _stop_opencv_threads_across_fork() -> None:
+    """Make every ``fork`` of this process leave OpenCV's thread pool usable in the child.
+
+    A child forked while the parent's pool has threads inherits a pool whose threads do not
+    exist, and ``cv2.setNumThreads`` there (``WorkerInit``, the bench's limit processes) waits
+    for them forever. So just before each fork the parent's pool is stopped (one thread), and
+    just after it, in the parent, it is set back to its size. Runs once, when this module is
+    first imported; the saved size lives in this closure, one entry per fork in progress.
+    """
+    saved: list[int] = []
+
+    def before() -> None:
+        saved.append(cv2.getNumThreads())
+        cv2.setNumThreads(1)
+
+    def after_in_parent() -> None:
+        cv2.setNumThreads(saved.pop())
+
+    def after_in_child() -> None:
+        saved.clear()
+
+    os.register_at_fork(
+        before=before, after_in_parent=after_in_parent, after_in_child=after_in_child
+    )
+
+
+_stop_opencv_threads_across_fork()
 
 EVAL_CROP_FRACTION: Final = 0.875
 _PAGE: Final = 4096

@@ -484,3 +484,31 @@ def test_stop_workers_ends_a_persistent_loaders_workers_between_epochs(tmp_path:
     stop_workers(loader)
     stop_workers(object())
     assert len([i for b in loader for i in b.ids.tolist()]) == 10
+
+
+_AFTER_OPENCV_POOL = """
+import sys, time
+import cv2, numpy as np
+from loader.dataloader import make_loader
+cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 0)
+time.sleep(0.2)
+loader = make_loader(sys.argv[1], batch_size=4, num_workers=2, image_size=16)
+print(sum(len(b.ids) for b in loader))
+"""
+
+
+def test_workers_start_after_the_main_process_used_opencvs_thread_pool(tmp_path: Path) -> None:
+    """A fork while OpenCV's pool has threads used to leave ``WorkerInit`` waiting forever."""
+    import subprocess
+    import sys
+
+    manifest = write_test_shards(tmp_path, [6, 6], image_bytes=jpeg_bytes)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AFTER_OPENCV_POOL, str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "12"
