@@ -202,10 +202,11 @@ def test_record_from_many_threads_loses_nothing(recorder: Recorder) -> None:
     assert (last["samples"], last["bytes"]) == (20_000, 40_000)
 
 
-def test_rank_defaults_to_the_rank_environment_variable(
+def test_rank_defaults_to_torchruns_environment_variables(
     recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
     with StatsReporter(recorder.url, "j", interval_s=60.0) as reporter:
         assert reporter.snapshot()["rank"] == 5
         reporter.record(rank=2)
