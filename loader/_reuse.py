@@ -21,7 +21,7 @@ from typing import Any
 from torch.utils.data import get_worker_info
 
 from loader._recycle import CAPACITY, ImagePool
-from loader.reader import ShardReader
+from loader.reader import RemoteOptions, ShardReader
 from loader.sources import ShardSource
 
 __all__ = ["Reuse"]
@@ -32,7 +32,12 @@ KEEP_OPEN = 64
 class Reuse:
     """Per-process readers (LRU, ``keep_open`` at most) and image pools; see the module doc."""
 
-    def __init__(self, latency_s: float = 0.0, keep_open: int = KEEP_OPEN) -> None:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        keep_open: int = KEEP_OPEN,
+        remote: RemoteOptions | None = None,
+    ) -> None:
         if keep_open < 0 or latency_s < 0:
             raise ValueError(
                 f"expected keep_open >= 0 and latency_s >= 0, got keep_open={keep_open} "
@@ -40,6 +45,7 @@ class Reuse:
             )
         self.latency_s = latency_s
         self.keep_open = keep_open
+        self.remote = remote
         self._reset()
 
     def _reset(self) -> None:
@@ -48,10 +54,11 @@ class Reuse:
         self._pools: dict[int, ImagePool] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"latency_s": self.latency_s, "keep_open": self.keep_open}
+        return {"latency_s": self.latency_s, "keep_open": self.keep_open, "remote": self.remote}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.latency_s, self.keep_open = state["latency_s"], state["keep_open"]
+        self.remote = state["remote"]
         self._reset()
 
     def _own(self) -> None:
@@ -65,9 +72,9 @@ class Reuse:
         if reader is not None and reader.shard == shard:
             self._readers.move_to_end(shard.url)
             return reader
-        reader = ShardReader(shard, latency_s=self.latency_s)
+        reader = ShardReader(shard, latency_s=self.latency_s, remote=self.remote)
         self._readers[shard.url] = reader
-        while len(self._readers) > self.keep_open:
+        while len(self._readers) > max(self.keep_open, 1):
             _, old = self._readers.popitem(last=False)
             old.close()
         return reader

@@ -26,13 +26,15 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from loader._epoch import SharedEpoch
+from loader._netstats import NetCounters
 from loader._ranges import check_int
 from loader._recycle import CAPACITY
-from loader._reuse import Reuse
+from loader._retry import RetryPolicy
+from loader._reuse import KEEP_OPEN, Reuse
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
-from loader.reader import RawSample, ShardReader
+from loader.reader import RawSample, RemoteOptions, ShardReader
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
 __all__ = ["BadSampleError", "ShardDataset", "distributed_context"]
@@ -108,6 +110,9 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         transfer_batches: int = 1,
         rank: int | None = None,
         world_size: int | None = None,
+        retry: RetryPolicy | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | None = None,
     ) -> None:
         check_int("batch_size", batch_size, 1)
         check_int("transfer_batches", transfer_batches, 1)
@@ -124,7 +129,15 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         if not isinstance(latency_ms, int | float) or not latency_ms >= 0:
             raise ValueError(f"expected latency_ms >= 0, got latency_ms={latency_ms!r}")
         _check_rank(rank, world_size)
-        self.source = source if isinstance(source, DatasetSource) else resolve_source(source)
+        self.net = NetCounters()
+        self.remote = RemoteOptions.build(
+            retry=retry, cache_dir=cache_dir, cache_limit=cache_limit, counters=self.net
+        )
+        self.source = (
+            source
+            if isinstance(source, DatasetSource)
+            else resolve_source(source, retry=self.remote.retry)
+        )
         self.batch_size = batch_size
         self.image_size = image_size
         self.train = train
@@ -138,7 +151,8 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         self.transfer_batches = transfer_batches
         self._rank, self._world = rank, world_size
         self._epoch = SharedEpoch()
-        self._reuse = Reuse(self.latency_s)
+        keep_open = 1 if cache_limit is not None else KEEP_OPEN  # open files are not evictable
+        self._reuse = Reuse(self.latency_s, keep_open, self.remote)
         self._sizes = np.array([s.nsamples for s in self.source.shards], dtype=np.int64)
         if self._world is not None and self._world > self.num_samples:
             raise ValueError(
@@ -268,7 +282,9 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
 
     def _read_one(self, gid: int) -> RawSample:
         shard = self._shard_of(gid)
-        reader = ShardReader(self.source.shards[shard], latency_s=self.latency_s)
+        reader = ShardReader(
+            self.source.shards[shard], latency_s=self.latency_s, remote=self.remote
+        )
         try:
             pos = gid - self.source.shards[shard].first_index
             sample = next(iter(reader.read(pos, pos + 1)))
@@ -316,7 +332,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         was used) it reads the member's header; with one, only ``"raise"`` pays for a scan."""
         if sample.key and self.bad_samples == "skip":
             return f"{sample.key}.*"
-        reader = ShardReader(shard)
+        reader = ShardReader(shard, remote=self.remote)
         try:
             return reader.member_name(sample.position)
         except (OSError, ValueError) as exc:
