@@ -151,7 +151,7 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         self.transfer_batches = transfer_batches
         self._rank, self._world = rank, world_size
         self._epoch = SharedEpoch()
-        keep_open = 1 if cache_limit is not None else KEEP_OPEN  # open files are not evictable
+        keep_open = 2 if cache_limit is not None else KEEP_OPEN  # open files are not evictable
         self._reuse = Reuse(self.latency_s, keep_open, self.remote)
         self._sizes = np.array([s.nsamples for s in self.source.shards], dtype=np.int64)
         if self._world is not None and self._world > self.num_samples:
@@ -272,10 +272,15 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
 
     def _samples(self, plan: WorkerPlan) -> Iterator[RawSample]:
         """The plan's samples; readers stay open for later epochs (``loader._reuse``)."""
-        for seg in plan.segments:
+        segments = plan.segments
+        for i, seg in enumerate(segments):
             shard = self.source.shards[seg.shard]
             try:
-                yield from self._reuse.reader(shard).read(seg.start, seg.stop)
+                samples = self._reuse.reader(shard).read(seg.start, seg.stop)
+                if i + 1 < len(segments):  # read-ahead: the next shard opens meanwhile
+                    nxt = segments[i + 1]
+                    self._reuse.prefetch(self.source.shards[nxt.shard], nxt.start, nxt.stop)
+                yield from samples
             except BaseException:
                 self._reuse.forget(shard)
                 raise

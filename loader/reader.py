@@ -7,7 +7,14 @@ requested samples in chunks of ``chunk_bytes``, so memory stays bounded and noth
 byte by byte. A shard without a sidecar has its headers scanned (locally over the map, remotely
 as a chunked stream); the scan gives the same in-memory index a sidecar would.
 
-A ``ShardReader`` is not thread-safe: use one per thread or worker process.
+Remote requests are retried within ``RemoteOptions.retry`` (``loader._retry``); with
+``RemoteOptions.cache`` a remote shard and its sidecar are first copied whole into the
+node-local cache (``loader.cache``) and then memory-mapped like a local file. With an
+``executor`` the reader reads ahead: ``prefetch`` opens the shard in the background, and a
+ranged read fetches its next chunk while the current one is consumed (one chunk ahead).
+
+A ``ShardReader`` is not thread-safe: use one per thread or worker process. Its read-ahead
+work runs on the executor's threads, and every public method first waits for it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import mmap
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, NamedTuple
@@ -122,6 +130,7 @@ class ShardReader:
         latency_s: float = 0.0,
         chunk_bytes: int = CHUNK_BYTES,
         remote: RemoteOptions | None = None,
+        executor: Executor | None = None,
     ) -> None:
         if latency_s < 0 or chunk_bytes <= 0:
             raise ValueError(
@@ -136,6 +145,9 @@ class ShardReader:
         self._map: mmap.mmap | None = None
         self._remote: RemoteFile | None = None
         self._cached: CachedFile | None = None
+        self._executor = executor if self._options.readahead else None
+        self._pending: Future[None] | None = None
+        self._head: tuple[int, bytes] | None = None
         self._size = 0
         self._index: np.ndarray | None = None
         self._keys: list[str] | None = None
@@ -150,6 +162,7 @@ class ShardReader:
 
     def index(self) -> np.ndarray:
         """The ``INDEX_DTYPE`` rows of the shard (sidecar, else scanned), loaded once."""
+        self._settle()
         if self._index is None:
             self._open()
             if not self._load_sidecar():
@@ -173,6 +186,7 @@ class ShardReader:
             )
         if start == stop:
             return iter(())
+        self._settle()
         self._open()
         if self._index is None and not self._load_sidecar():
             if self._remote is not None:
@@ -185,6 +199,7 @@ class ShardReader:
     def member_name(self, position: int) -> str:
         """The image member name of the sample at ``position`` (for error messages; may read
         one header). Falls back to ``'<sample at byte N>'``."""
+        self._settle()
         self._open()
         row = self.index()[position]
         if self._names is not None:
@@ -203,8 +218,35 @@ class ShardReader:
                 return name
         return f"<sample at byte {int(row['offset'])}>"
 
+    def prefetch(self, start: int, stop: int) -> None:
+        """Start opening the shard, loading its index and fetching the first chunk of
+        ``[start, stop)`` on the executor (read-ahead); the next call of any other method
+        waits for it and raises what it raised. Does nothing without an executor."""
+        if self._executor is None or self._pending is not None:
+            return
+        self._pending = self._executor.submit(self._prepare, start, stop)
+
+    def _prepare(self, start: int, stop: int) -> None:
+        self._open()
+        if self._index is None and not self._load_sidecar():
+            return
+        if self._remote is not None and start < stop and self._index is not None:
+            lo = int(self._index["offset"][start])
+            hi = min(int(self._index["end"][stop - 1]), lo + self._chunk)
+            self._head = (lo, self._remote.fetch(lo, hi))
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def close(self) -> None:
         """Release the file. Views handed out by ``read()`` stay valid (see ``RawSample``)."""
+        try:
+            self._settle()
+        except Exception as exc:  # the read-ahead's error; nobody reads this shard now
+            log.debug("%s: read-ahead failed: %s", self.shard.url, exc)
+        self._head = None
         if self._map is not None:
             try:
                 self._map.close()
@@ -365,6 +407,10 @@ class ShardReader:
         hi = int(self._index["end"][stop - 1])
         buf_start = buf_end = int(self._index["offset"][start])
         buf = memoryview(b"")
+        ahead: tuple[int, Future[bytes]] | None = None
+        if self._head is not None and self._head[0] == buf_end:
+            ahead = (buf_end, _done(self._head[1]))
+        self._head = None
         for pos, o, s, label, at, key in zip(
             range(start, stop), offsets, sizes, labels, where, keys, strict=False
         ):
@@ -374,7 +420,17 @@ class ShardReader:
             if o + s > buf_end:
                 want_end = min(hi, max(o + s, buf_end + self._chunk))
                 try:
-                    got = remote.fetch(buf_end, want_end)
+                    if ahead is not None and ahead[0] == buf_end:
+                        got = ahead[1].result()
+                        want_end = max(want_end, buf_end + len(got))
+                        if buf_end + len(got) < want_end:
+                            got += remote.fetch(buf_end + len(got), want_end)
+                    else:
+                        got = remote.fetch(buf_end, want_end)
+                    ahead = None
+                    if self._executor is not None and want_end < hi:
+                        nxt = min(hi, want_end + self._chunk)
+                        ahead = (want_end, self._executor.submit(remote.fetch, want_end, nxt))
                 except ShardReadError:
                     raise
                 except (OSError, ValueError) as exc:
@@ -414,6 +470,12 @@ class ShardReader:
             raise _wrap(exc, self.shard.url) from exc
         if scan.result is not None:
             self._set_index(scan.result.index, scan.result.keys, scan.result.names, "header scan")
+
+
+def _done(value: bytes) -> Future[bytes]:
+    future: Future[bytes] = Future()
+    future.set_result(value)
+    return future
 
 
 def _wrap(exc: Exception, url: str) -> ShardReadError:

@@ -5,6 +5,7 @@ budget names the URL, the byte range and the last cause."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from loader._errors import RemoteReadError
 from loader._remote import RangeNotSupportedError, RemoteFile
 from loader._retry import RetryPolicy
-from loader.reader import MissingShardError, ShardReader
+from loader._reuse import Reuse
+from loader.reader import MissingShardError, RemoteOptions, ShardReader
 from loader.sources import resolve_source
 from tests.loader.faults_http import FaultyServer
 from tests.loader.helpers import default_image_bytes, write_test_shards
@@ -123,8 +125,6 @@ def test_reader_retries_and_wraps(tmp_path: Path) -> None:
         shard = resolve_source(server.url + "manifest.json").shards[0]
         server.script(".idx.npy", ["503", "reset"])
         server.script(".tar", ["drop", "503", "truncate"], every=1)
-        from loader.reader import RemoteOptions
-
         options = RemoteOptions(retry=FAST)
         with ShardReader(shard, remote=options, chunk_bytes=2048) as reader:
             got = [bytes(s.data) for s in reader.read(0, 6)]
@@ -143,3 +143,47 @@ def test_retry_policy_rejects_bad_values() -> None:
     for bad in ({"attempts": 0}, {"attempts": 1.5}, {"budget_s": -1}, {"timeout_s": 0}):
         with pytest.raises(ValueError, match="expected"):
             RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+def _wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.01)
+
+
+def test_readahead_fetches_one_chunk_ahead_and_no_more(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [30])
+    with FaultyServer(tmp_path) as server:
+        shard = resolve_source(server.url + "manifest.json").shards[0]
+        with ThreadPoolExecutor(2) as pool:
+            reader = ShardReader(
+                shard, remote=RemoteOptions(retry=FAST), chunk_bytes=4096, executor=pool
+            )
+            samples = reader.read(0, 30)
+            first = next(samples)
+            _wait_for(lambda: len([r for r in server.requests_for(".tar") if r]) >= 2)
+            time.sleep(0.3)
+            ranged = [r for r in server.requests_for(".tar") if r]
+            assert len(ranged) == 2  # the chunk being read and the next: bounded
+            rest = [first, *samples]
+            assert [bytes(s.data) for s in rest] == [default_image_bytes(g) for g in range(30)]
+            starts = [int(r.split("=")[1].split("-")[0]) for r in server.requests_for(".tar") if r]
+            assert starts == sorted(set(starts))  # contiguous chunks, none fetched twice
+            reader.close()
+
+
+def test_prefetch_opens_the_next_shard_in_the_background(tmp_path: Path) -> None:
+    write_test_shards(tmp_path, [5, 5])
+    with FaultyServer(tmp_path) as server:
+        a, b = resolve_source(server.url + "manifest.json").shards
+        reuse = Reuse(remote=RemoteOptions(retry=FAST))
+        got = list(reuse.reader(a).read(0, 5))
+        reuse.prefetch(b, 1, 5)
+        _wait_for(lambda: [r for r in server.requests_for("shard-000001.tar") if r])
+        assert server.requests_for("shard-000001.idx.npy")  # index loaded ahead
+        before = len(server.log)
+        got += list(reuse.reader(b).read(1, 5))
+        assert [s.gid for s in got] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+        assert [bytes(s.data) for s in got[5:]] == [default_image_bytes(g) for g in range(6, 10)]
+        assert len(server.log) == before  # everything b needed was already fetched
+        reuse.close()
