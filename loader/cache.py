@@ -182,10 +182,10 @@ class ShardCache:
         counters: NetCounters | None,
     ) -> None:
         self._drop_parts(name)
-        if size is None:
-            size = remote.size()
-        if size is None:
-            raise CacheError(f"cannot cache {remote.url}: its size is unknown (no manifest size)")
+        whole = None
+        if size is None:  # a small file (an index) of no stated size: one whole-file GET
+            whole = remote.read_all()
+            size = len(whole)
         self._make_room(size, name, counters)
         part = self._path(name, f".{size}.{os.getpid()}.part")
         digest = hashlib.sha256()
@@ -193,7 +193,7 @@ class ShardCache:
             with open(part, "wb") as f:
                 for lo in range(0, size, CHUNK_BYTES):
                     hi = min(size, lo + CHUNK_BYTES)
-                    data = remote.fetch(lo, hi)
+                    data = whole[lo:hi] if whole is not None else remote.fetch(lo, hi)
                     if len(data) != hi - lo:
                         raise _mismatch(remote.url, f"ends at byte {lo + len(data)}", size)
                     digest.update(data)

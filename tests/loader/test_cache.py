@@ -5,6 +5,7 @@ fill never trusted, a corrupted copy fetched again, and local sources read in pl
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -28,7 +29,7 @@ TOTAL = sum(SIZES)
 POLICY = RetryPolicy(attempts=4, backoff_s=0.01, timeout_s=5)
 
 
-def _run(url: str, cache_dir: str, epochs: int, **options: Any) -> dict[str, Any]:
+def _run(url: str, cache_dir: str | None, epochs: int, **options: Any) -> dict[str, Any]:
     loader = make_loader(
         url,
         batch_size=4,
@@ -47,9 +48,26 @@ def _run(url: str, cache_dir: str, epochs: int, **options: Any) -> dict[str, Any
     return {"epochs": per_epoch, "net": loader.dataset.net.totals()}  # type: ignore[attr-defined]
 
 
-def _rank_main(rank: int, url: str, cache_dir: str, out: str) -> None:
+def _rank_main(
+    rank: int, url: str, cache_dir: str | None, out: str, workers: int = 2, epochs: int = 2
+) -> None:
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), "2"
-    Path(out).write_text(json.dumps(_run(url, cache_dir, 2)))
+    Path(out).write_text(json.dumps(_run(url, cache_dir, epochs, num_workers=workers)))
+
+
+def _two_ranks(url: str, cache_dir: str | None, tmp: Path, **kw: Any) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    outs = [str(tmp / f"rank{r}.json") for r in range(2)]
+    procs = [
+        ctx.Process(target=_rank_main, args=(r, url, cache_dir, outs[r]), kwargs=kw)
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    return [json.loads(Path(o).read_text()) for o in outs]
 
 
 def _shard_bytes(server: FaultyServer) -> dict[str, int]:
@@ -71,17 +89,7 @@ def test_two_ranks_two_workers_download_each_shard_once(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with FaultyServer(tmp_path) as server:
         url = server.url + "ds/manifest.json"
-        ctx = multiprocessing.get_context("spawn")
-        outs = [str(tmp_path / f"rank{r}.json") for r in range(2)]
-        procs = [
-            ctx.Process(target=_rank_main, args=(r, url, str(cache), outs[r])) for r in range(2)
-        ]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0
-        ranks = [json.loads(Path(o).read_text()) for o in outs]
+        ranks = _two_ranks(url, str(cache), tmp_path)
         for epoch in range(2):
             ids = sorted(ranks[0]["epochs"][epoch] + ranks[1]["epochs"][epoch])
             assert ids == list(range(TOTAL))
@@ -200,3 +208,34 @@ def test_bad_cache_options(tmp_path: Path) -> None:
     for bad in (0, -5, 1.5, True):
         with pytest.raises(ValueError, match="expected cache_limit > 0"):
             make_loader(manifest, num_workers=0, cache_dir=tmp_path / "c", cache_limit=bad)
+
+
+def _metadata_requests(server: FaultyServer) -> dict[str, int]:
+    counts = {"manifest": 0, "index": 0, "shard_head": 0}
+    for method, path, _, _ in server.log:
+        if path.endswith("manifest.json"):
+            counts["manifest"] += 1
+        elif path.endswith(".idx.npy"):
+            counts["index"] += 1
+        elif path.endswith(".tar") and method == "HEAD":
+            counts["shard_head"] += 1
+    return counts
+
+
+def test_metadata_once_per_node_two_ranks_three_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the cache every worker fetches the index of each shard it reads (and asks its
+    size); with it each index is fetched once per node and no size is asked (the manifest
+    has it). The manifest itself is read once per rank, by the rank's main process."""
+    write_test_shards(tmp_path / "ds", SIZES)
+    with FaultyServer(tmp_path) as server:
+        url = server.url + "ds/manifest.json"
+        _two_ranks(url, None, tmp_path, workers=3, epochs=1)
+        before = _metadata_requests(server)
+        server.log.clear()
+        _two_ranks(url, str(tmp_path / "cache"), tmp_path, workers=3, epochs=1)
+        after = _metadata_requests(server)
+    logging.getLogger(__name__).info("metadata requests: without cache %s, with %s", before, after)
+    assert after == {"manifest": 2, "index": len(SIZES), "shard_head": 0}
+    assert before["manifest"] == 2 and before["index"] > len(SIZES) and before["shard_head"] > 0
