@@ -29,7 +29,7 @@ __all__ = ["StatsReporter"]
 log = logging.getLogger(__name__)
 
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded")
+_TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded", "retries")
 
 
 def _default_rank() -> int:
@@ -113,7 +113,8 @@ class StatsReporter:
         tracker_counts: Mapping[str, int] | Any = None,
     ) -> None:
         """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank and the
-        tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``) when given."""
+        tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``; a mapping may
+        add ``retries``, the dataset's remote-read retries so far) when given."""
         counts: dict[str, int] | None = None
         if tracker_counts is not None:
             raw = (

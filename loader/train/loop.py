@@ -168,7 +168,10 @@ def _run_epoch(
                 bytes=int(batch.nbytes.sum()),
                 blocked_s=waited,
                 epoch=epoch,
-                tracker_counts=tracker.counts(),
+                tracker_counts={
+                    **tracker.counts().to_dict(),
+                    "retries": loader.dataset.net.totals()["retries"],
+                },
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
