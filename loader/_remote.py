@@ -1,6 +1,6 @@
 """Ranged reads of one remote (fsspec) file with retries, and a forward-only chunked stream.
 
-Every request goes through the file's ``RetryPolicy`` (``loader._retry``): transient failures
+Every request goes through the file's ``RetryPolicy`` (``loader.retry``): transient failures
 are retried with backoff and jitter within its budget, a body cut short is resumed by asking
 only for the missing bytes, and a permanent failure or a spent budget raises
 ``RemoteReadError`` naming the URL, the byte range and the last cause. aiohttp's own errors
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from loader._errors import RemoteReadError
-from loader._retry import RetryPolicy, ShortReadError, is_transient
+from loader.retry import RetryPolicy, ShortReadError, is_transient
 
 if TYPE_CHECKING:
     from loader._netstats import NetCounters

@@ -11,7 +11,7 @@ import numpy as np
 
 from loader._location import is_local, local_path
 from loader._remote import CHUNK_BYTES, ChunkedStream, RemoteFile
-from loader._retry import RetryPolicy
+from loader.retry import RetryPolicy
 from shards.tarscan import (
     IMAGE_SUFFIXES,
     SampleGrouper,

@@ -29,12 +29,12 @@ from loader._epoch import SharedEpoch
 from loader._netstats import NetCounters
 from loader._ranges import check_int
 from loader._recycle import CAPACITY
-from loader._retry import RetryPolicy
 from loader._reuse import KEEP_OPEN, Reuse
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch, plan_worker
 from loader.reader import RawSample, RemoteOptions, ShardReader
+from loader.retry import RetryPolicy
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
 __all__ = ["BadSampleError", "ShardDataset", "distributed_context"]

@@ -7,7 +7,7 @@ requested samples in chunks of ``chunk_bytes``, so memory stays bounded and noth
 byte by byte. A shard without a sidecar has its headers scanned (locally over the map, remotely
 as a chunked stream); the scan gives the same in-memory index a sidecar would.
 
-Remote requests are retried within ``RemoteOptions.retry`` (``loader._retry``); with
+Remote requests are retried within ``RemoteOptions.retry`` (``loader.retry``); with
 ``RemoteOptions.cache`` a remote shard and its sidecar are first copied whole into the
 node-local cache (``loader.cache``) and then memory-mapped like a local file. With an
 ``executor`` the reader reads ahead: ``prefetch`` opens the shard in the background, and a
@@ -34,8 +34,8 @@ import numpy as np
 from loader._errors import MissingShardError, RemoteReadError, ShardReadError
 from loader._location import is_local, local_path
 from loader._remote import CHUNK_BYTES, RemoteFile
-from loader._retry import RetryPolicy
 from loader._scanio import StreamScan, scan_mapped
+from loader.retry import RetryPolicy
 from loader.sources import ShardSource
 from shards.format import BLOCK, read_index
 from shards.tarscan import ShardFormatError, header_name

@@ -26,8 +26,8 @@ import braceexpand
 
 from loader._location import is_local, is_url, join, local_path, parent, sidecar_url
 from loader._remote import RemoteFile
-from loader._retry import RetryPolicy
 from loader._scanio import scan_location
+from loader.retry import RetryPolicy
 from shards.format import MANIFEST_NAME, read_index
 from shards.manifest import Manifest, ManifestError
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from loader._retry import RetryPolicy
 from loader.cache import ShardCache
 from loader.dataloader import make_loader
 from loader.reader import RemoteOptions, ShardReader
+from loader.retry import RetryPolicy
 from loader.sources import resolve_source
 from tests.loader.faults_http import FaultyServer
 from tests.loader.helpers import default_image_bytes, write_test_shards

@@ -4,17 +4,20 @@ budget names the URL, the byte range and the last cause."""
 
 from __future__ import annotations
 
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loader._errors import RemoteReadError
 from loader._remote import RangeNotSupportedError, RemoteFile
-from loader._retry import RetryPolicy
 from loader._reuse import Reuse
 from loader.reader import MissingShardError, RemoteOptions, ShardReader
+from loader.retry import RetryPolicy, is_transient
 from loader.sources import resolve_source
 from tests.loader.faults_http import FaultyServer
 from tests.loader.helpers import default_image_bytes, write_test_shards
@@ -187,3 +190,32 @@ def test_prefetch_opens_the_next_shard_in_the_background(tmp_path: Path) -> None
         assert [bytes(s.data) for s in got[5:]] == [default_image_bytes(g) for g in range(6, 10)]
         assert len(server.log) == before  # everything b needed was already fetched
         reuse.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    attempt=st.integers(1, 60),
+    backoff=st.floats(0, 5),
+    cap=st.floats(0, 30),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_backoff_is_full_jitter_within_the_cap(
+    attempt: int, backoff: float, cap: float, seed: int
+) -> None:
+    policy = RetryPolicy(backoff_s=backoff, max_backoff_s=cap)
+    delay = policy.delay(attempt, random.Random(seed))
+    assert 0.0 <= delay <= min(cap, backoff * 2.0 ** (attempt - 1))
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(408, True), (425, True), (429, True), (500, True), (503, True), (599, True),
+     (400, False), (403, False), (404, False), (416, False)],
+)  # fmt: skip
+def test_status_classification(status: int, transient: bool) -> None:
+    import aiohttp
+
+    exc = aiohttp.ClientResponseError(None, (), status=status)  # type: ignore[arg-type]
+    assert is_transient(exc) is transient
+    assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
+    assert not is_transient(PermissionError()) and not is_transient(ValueError("bad"))

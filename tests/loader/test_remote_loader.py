@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from loader._errors import RemoteReadError
-from loader._retry import RetryPolicy
 from loader._stall import WorkerTimeoutError
 from loader.dataloader import make_loader
+from loader.retry import RetryPolicy
 from tests.loader.faults_http import FaultyServer
 from tests.loader.helpers import write_test_shards
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from loader._retry import RetryPolicy
 from loader.dataloader import make_loader
+from loader.retry import RetryPolicy
 from tests.loader.helpers import write_test_shards
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[dev]')")

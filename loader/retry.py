@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from loader._errors import RemoteReadError
 
-__all__ = ["TRANSIENT_STATUS", "RetryPolicy", "is_transient", "status_of"]
+__all__ = ["TRANSIENT_STATUS", "RetryPolicy", "ShortReadError", "is_transient", "status_of"]
 
 T = TypeVar("T")
 
