@@ -134,3 +134,26 @@ def test_make_loader_rejects_bad_timeout(tmp_path: Path) -> None:
     for bad in (-1, float("nan"), "3", True):
         with pytest.raises(ValueError, match="expected timeout >= 0"):
             make_loader(manifest, num_workers=1, timeout=bad)  # type: ignore[arg-type]
+
+
+def _build_and_read(url: str, out: str) -> None:
+    loader = make_loader(url, batch_size=BATCH, num_workers=0, image_size=0, retry=POLICY)
+    Path(out).write_text(json.dumps(sorted(int(g) for b in loader for g in b.ids)))
+
+
+def test_a_process_forked_after_a_loader_ran_builds_its_own(tmp_path: Path) -> None:
+    """Regression: the dataset's shared counters once made a forked child hang in torch's
+    ``share_memory_()`` while it built its own dataset."""
+    write_test_shards(tmp_path / "ds", SIZES)
+    with FaultyServer(tmp_path) as server:
+        url = server.url + "ds/manifest.json"
+        assert len(_epoch_ids(url, rank=0, world=1)["ids"]) == TOTAL
+        out = str(tmp_path / "child.json")
+        child = multiprocessing.get_context("fork").Process(target=_build_and_read, args=(url, out))
+        child.start()
+        child.join(60)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+        assert child.exitcode == 0
+        assert json.loads(Path(out).read_text())[-1] == TOTAL - 1
