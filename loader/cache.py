@@ -18,8 +18,9 @@ Promises (docs/architecture.md, section "Remote reads"):
 - Eviction: before a fill, least recently opened files are deleted until the new one fits
   within ``limit``. A file a reader has open (``CachedFile`` holds a shared lock on
   ``NAME.use``) is never evicted, and only files with a marker (ones this cache downloaded)
-  are ever deleted, so the cache exceeds ``limit`` only by files in use, at most by one when
-  readers hold one file each.
+  are ever deleted, so the cache exceeds ``limit`` only by files in use. A loader with a
+  ``cache_limit`` keeps at most two shards open per process (the one it reads and the one it
+  reads ahead), so a limit below that many shards is exceeded by up to one shard per process.
 
 Not thread-safe per ``CachedFile``; ``ShardCache`` itself holds no open state and pickles.
 """

@@ -91,6 +91,10 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
     ``transfer_batches > 1`` makes iteration yield, after a first lone batch, ``BatchGroup``s
     of that many consecutive batches (fewer DataLoader items, see ``loader.batch.grouped``);
     ``make_loader``'s ``ClosingDataLoader`` unpacks them, a plain ``DataLoader`` does not.
+    Remote shards: ``retry`` (a ``RetryPolicy``) governs every request; ``cache_dir`` keeps
+    them and their index files in a node-local cache of at most ``cache_limit`` bytes
+    (``loader.cache``); ``net.totals()`` counts requests, retries and cache traffic over all
+    processes (docs/architecture.md, section "Remote reads").
     """
 
     def __init__(
