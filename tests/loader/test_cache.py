@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from loader._remote import RemoteFile
 from loader.cache import ShardCache
 from loader.dataloader import make_loader
 from loader.reader import RemoteOptions, ShardReader
@@ -239,3 +240,25 @@ def test_metadata_once_per_node_two_ranks_three_workers(
     logging.getLogger(__name__).info("metadata requests: without cache %s, with %s", before, after)
     assert after == {"manifest": 2, "index": len(SIZES), "shard_head": 0}
     assert before["manifest"] == 2 and before["index"] > len(SIZES) and before["shard_head"] > 0
+
+
+def test_a_file_in_use_is_never_evicted(tmp_path: Path) -> None:
+    write_test_shards(tmp_path / "ds", [8, 8, 8])
+    shards = sorted((tmp_path / "ds").glob("*.tar"))
+    size = shards[0].stat().st_size
+    cache = ShardCache(str(tmp_path / "cache"), limit=int(size * 1.5))
+    with FaultyServer(tmp_path) as server:
+
+        def remote(i: int) -> RemoteFile:
+            return RemoteFile(f"{server.url}ds/{shards[i].name}", retry=POLICY)
+
+        held = cache.open(remote(0), size=size)
+        with cache.open(remote(1), size=shards[1].stat().st_size) as second:
+            assert Path(held.path).exists() and Path(second.path).exists()  # over: both in use
+        with cache.open(remote(2), size=shards[2].stat().st_size):
+            assert Path(held.path).read_bytes() == shards[0].read_bytes()  # still held
+            assert not Path(cache.directory, cache.name(remote(1).url)).exists()  # evicted
+        held.close()
+        with cache.open(remote(1), size=shards[1].stat().st_size):
+            assert not Path(held.path).exists()  # released, so evicted now
+            assert cache.used_bytes() <= int(size * 1.5)
