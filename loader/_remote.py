@@ -1,68 +1,172 @@
-"""Ranged reads of one remote (fsspec) file, and a forward-only chunked stream over it."""
+"""Ranged reads of one remote (fsspec) file with retries, and a forward-only chunked stream.
+
+Every request goes through the file's ``RetryPolicy`` (``loader.retry``): transient failures
+are retried with backoff and jitter within its budget, a body cut short is resumed by asking
+only for the missing bytes, and a permanent failure or a spent budget raises
+``RemoteReadError`` naming the URL, the byte range and the last cause. aiohttp's own errors
+never escape. HTTP(S) requests carry the policy's ``timeout_s`` (docs/architecture.md,
+section "Remote reads").
+"""
 
 from __future__ import annotations
 
+import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-__all__ = ["CHUNK_BYTES", "ChunkedStream", "RangeNotSupportedError", "RemoteFile"]
+from loader._errors import RemoteReadError
+from loader.retry import RetryPolicy, ShortReadError, is_transient
+
+if TYPE_CHECKING:
+    from loader._netstats import NetCounters
+
+__all__ = ["CHUNK_BYTES", "ChunkedStream", "RangeNotSupportedError", "RemoteFile", "open_fs"]
 
 CHUNK_BYTES = 8 << 20
 
 
-class RangeNotSupportedError(ValueError):
+class RangeNotSupportedError(RemoteReadError):
     """The server answered a ranged request with more bytes than asked for."""
+
+
+def open_fs(url: str, retry: RetryPolicy) -> tuple[Any, str]:
+    """(fsspec filesystem, path) for ``url``; HTTP(S) ones time out after ``retry.timeout_s``
+    per request (connect, and each read of the body)."""
+    if url.startswith(("http://", "https://")):
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(
+            total=retry.timeout_s, sock_connect=retry.timeout_s, sock_read=retry.timeout_s
+        )
+        return fsspec.core.url_to_fs(url, client_kwargs={"timeout": timeout})
+    return fsspec.core.url_to_fs(url)
 
 
 class RemoteFile:
     """One fsspec URL. Every request (``size``, ``fetch``, ``read_all``) first sleeps
-    ``latency_s``, to simulate a slow network file system.
+    ``latency_s``, to simulate a slow network file system, and is retried by ``retry``.
+    ``requests`` and ``retries`` count this object's attempts; ``counters`` (shared with the
+    other processes of a dataset) gets the same counts plus the bytes fetched.
 
-    Not thread-safe; one instance per reading process.
+    Not thread-safe: one thread at a time (a read-ahead thread takes turns with its owner).
     """
 
-    def __init__(self, url: str, *, latency_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        latency_s: float = 0.0,
+        retry: RetryPolicy | None = None,
+        counters: NetCounters | None = None,
+    ) -> None:
         self.url = url
         self._latency_s = latency_s
+        self._retry = retry or RetryPolicy()
+        self._counters = counters
+        self._rng = random.Random()
         self._fs: Any
-        self._fs, self._path = fsspec.core.url_to_fs(url)
+        self._fs, self._path = open_fs(url, self._retry)
+        self._size: int | None = None
         self.requests = 0
+        self.retries = 0
 
     def _wait(self) -> None:
         self.requests += 1
+        if self._counters is not None:
+            self._counters.add("requests")
         if self._latency_s > 0:
             time.sleep(self._latency_s)
+
+    def _on_retry(self, exc: BaseException) -> None:
+        self.retries += 1
+        if self._counters is not None:
+            self._counters.add("retries")
+
+    def _got(self, n: int) -> None:
+        if self._counters is not None and n:
+            self._counters.add("bytes_fetched", n)
 
     def size(self) -> int | None:
         """File size in bytes (``None`` when the backend cannot tell); ``FileNotFoundError``
         when the file does not exist."""
-        self._wait()
-        size = self._fs.size(self._path)
-        return None if size is None else int(size)
+
+        def ask() -> int | None:
+            self._wait()
+            try:
+                size = self._fs.size(self._path)
+            except FileNotFoundError as exc:
+                # fsspec's HTTP info() reports any failure of its last try as "not found"
+                cause = exc.__cause__
+                if cause is not None and is_transient(cause):
+                    raise cause from None
+                raise
+            return None if size is None else int(size)
+
+        size = self._retry.call(
+            ask, url=self.url, byte_range=None, rng=self._rng, on_retry=self._on_retry
+        )
+        self._size = size
+        return size
 
     def exists(self) -> bool:
-        self._wait()
-        return bool(self._fs.exists(self._path))
+        """Whether the file exists (a transient failure is retried, not taken for "no")."""
+        try:
+            self.size()
+        except FileNotFoundError:
+            return False
+        return True
 
     def fetch(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` in one request; fewer only where the file ends before ``end``."""
+        """Bytes ``[start, end)``; fewer only where the file ends before ``end``. A response
+        cut short (when the size is known) is resumed from where it stopped."""
         if end <= start:
             return b""
-        self._wait()
-        data = self._fs.cat_file(self._path, start=start, end=end)
-        if len(data) > end - start:
-            raise RangeNotSupportedError(
-                f"{self.url}: asked for bytes {start}-{end - 1}, got {len(data)} bytes: the server "
-                "ignores HTTP Range requests, which reading shards needs"
-            )
-        return bytes(data)
+        parts: list[bytes] = []
+        have = start
 
-    def read_all(self) -> bytes:
-        """The whole file in one request."""
-        self._wait()
-        return bytes(self._fs.cat_file(self._path))
+        def ask() -> None:
+            nonlocal have
+            self._wait()
+            data = self._fs.cat_file(self._path, start=have, end=end)
+            if len(data) > end - have:
+                raise RangeNotSupportedError(
+                    f"{self.url}: asked for bytes {have}-{end - 1}, got {len(data)} bytes: the "
+                    "server ignores HTTP Range requests, which reading shards needs",
+                    url=self.url,
+                    byte_range=(start, end - 1),
+                    cause="Range ignored",
+                )
+            self._got(len(data))
+            parts.append(bytes(data))
+            have += len(data)
+            stop = end if self._size is None else min(end, self._size)
+            if have < stop and (data or self._size is not None):
+                raise ShortReadError(
+                    f"body cut short at byte {have}, expected bytes up to {stop - 1}"
+                )
+
+        self._retry.call(
+            ask, url=self.url, byte_range=(start, end - 1), rng=self._rng, on_retry=self._on_retry
+        )
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_all(self, expected_size: int | None = None) -> bytes:
+        """The whole file in one request (retried). With ``expected_size``, a body of another
+        length is retried as cut short."""
+
+        def ask() -> bytes:
+            self._wait()
+            data = bytes(self._fs.cat_file(self._path))
+            self._got(len(data))
+            if expected_size is not None and len(data) != expected_size:
+                raise ShortReadError(f"got {len(data)} bytes, expected {expected_size}")
+            return data
+
+        return self._retry.call(
+            ask, url=self.url, byte_range=None, rng=self._rng, on_retry=self._on_retry
+        )
 
 
 class ChunkedStream:

@@ -11,6 +11,7 @@ import numpy as np
 
 from loader._location import is_local, local_path
 from loader._remote import CHUNK_BYTES, ChunkedStream, RemoteFile
+from loader.retry import RetryPolicy
 from shards.tarscan import (
     IMAGE_SUFFIXES,
     SampleGrouper,
@@ -130,7 +131,7 @@ class StreamScan:
                 return
 
 
-def scan_location(url: str) -> Scanned:
+def scan_location(url: str, retry: RetryPolicy | None = None) -> Scanned:
     """Scan the shard at ``url`` (local path or fsspec URL); ``FileNotFoundError`` when it is
     missing, ``ShardFormatError`` when it is truncated or corrupt."""
     if is_local(url):
@@ -140,7 +141,7 @@ def scan_location(url: str) -> Scanned:
                 return scan_mapped(memoryview(b""), url)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 return scan_mapped(mapped, url)
-    remote = RemoteFile(url)
+    remote = RemoteFile(url, retry=retry)
     size = remote.size()
     if size is None:
         raise ValueError(f"cannot tell the size of shard {url}; the server hides it")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from loader._checks import check_int
 from loader._recycle import forget_exited_lenders
+from loader._stall import stalled_worker_error, terminate_workers
 from loader.batch import Batch, BatchGroup
 from loader.bytebatch import ByteBatch
 from loader.dataset import ShardDataset
@@ -108,8 +109,13 @@ class _ClosingIterator:
                 self._exhausted = True
                 self._maybe_end()
             raise
-        except BaseException:
+        except BaseException as exc:
+            stalled = stalled_worker_error(self._iterator, exc)
+            if stalled is not None:
+                terminate_workers(self._iterator)
             self.close()
+            if stalled is not None:
+                raise stalled from exc
             raise
         self.items_received += 1
         if isinstance(item, BatchGroup):
@@ -258,6 +264,7 @@ def make_loader(
     persistent_workers: bool = True,
     multiprocessing_context: str | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
+    timeout: float = 0,
     **dataset_options: Any,
 ) -> ClosingDataLoader:
     """A DataLoader over a ``ShardDataset`` that yields whole ``Batch`` objects.
@@ -272,9 +279,14 @@ def make_loader(
     worker runs ``WorkerInit(worker_init_fn)`` first. ``dataset_options`` go to
     ``ShardDataset``; with a ready ``ShardDataset`` as ``source`` its own settings are used and
     the dataset arguments here (``batch_size``, ``image_size``, ``train``, ``seed``) are
-    ignored.
+    ignored. ``timeout`` (seconds, 0: none) is the DataLoader's: a worker that sends nothing
+    for that long raises ``WorkerTimeoutError`` naming it. ``retry``, ``cache_dir`` and
+    ``cache_limit`` (dataset options) govern remote reads (docs/architecture.md, section
+    "Remote reads").
     """
     check_int("num_workers", num_workers, 0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ValueError(f"expected timeout >= 0 seconds, got timeout={timeout!r}")
     check_int("prefetch_factor", prefetch_factor, 1)
     if transfer_batches is not None:
         check_int("transfer_batches", transfer_batches, 1)
@@ -310,6 +322,7 @@ def make_loader(
             "persistent_workers": persistent_workers,
             "multiprocessing_context": multiprocessing_context,
             "worker_init_fn": WorkerInit(worker_init_fn),
+            "timeout": float(timeout),
         }
     return ClosingDataLoader(
         dataset,

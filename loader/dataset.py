@@ -42,9 +42,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from loader._checks import check_int, check_non_negative
 from loader._consumed import Progress
 from loader._epoch import SharedEpoch
+from loader._netstats import NetCounters
 from loader._recycle import CAPACITY
 from loader._resumable import Resumable
-from loader._reuse import Reuse
+from loader._reuse import KEEP_OPEN, Reuse
 from loader._shuffle import emission_order, kept_segments, plan_ids, reorder, worker_seed
 from loader.batch import Batch, BatchBuilder, BatchGroup, grouped
 from loader.bytebatch import ByteBatch, ByteBatchBuilder, Planner
@@ -52,8 +53,9 @@ from loader.decode import DecodeError, Decoder, ImageDecoder, NoDecode
 from loader.devicedecode import DeviceDecoder
 from loader.partition import EVEN_POLICIES, Segment, WorkerPlan, plan_rank
 from loader.ranks import rank_and_world
-from loader.reader import RawSample, ShardReader
+from loader.reader import RawSample, RemoteOptions, ShardReader
 from loader.resume import LoaderState, next_worker, resume_point
+from loader.retry import RetryPolicy
 from loader.sources import DatasetSource, ShardSource, resolve_source
 
 __all__ = ["BadSampleError", "ShardDataset", "make_decoder"]
@@ -115,6 +117,10 @@ class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
     ``transfer_batches > 1`` makes iteration yield, after a first lone batch, ``BatchGroup``s
     of that many consecutive batches (fewer DataLoader items, see ``loader.batch.grouped``);
     ``make_loader``'s ``ClosingDataLoader`` unpacks them, a plain ``DataLoader`` does not.
+    Remote shards: ``retry`` (a ``RetryPolicy``) governs every request; ``cache_dir`` keeps
+    them and their index files in a node-local cache of at most ``cache_limit`` bytes
+    (``loader.cache``); ``net.totals()`` counts requests, retries and cache traffic over all
+    processes (docs/architecture.md, section "Remote reads").
     """
 
     def __init__(
@@ -134,6 +140,9 @@ class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
         transfer_batches: int = 1,
         rank: int | None = None,
         world_size: int | None = None,
+        retry: RetryPolicy | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | None = None,
     ) -> None:
         check_int("batch_size", batch_size, 1)
         check_int("transfer_batches", transfer_batches, 1)
@@ -150,7 +159,15 @@ class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
         check_non_negative("latency_ms", latency_ms)
         if rank is not None or world_size is not None:
             rank_and_world(rank, world_size)
-        self.source = source if isinstance(source, DatasetSource) else resolve_source(source)
+        self.net = NetCounters()
+        self.remote = RemoteOptions.build(
+            retry=retry, cache_dir=cache_dir, cache_limit=cache_limit, counters=self.net
+        )
+        self.source = (
+            source
+            if isinstance(source, DatasetSource)
+            else resolve_source(source, retry=self.remote.retry)
+        )
         self.batch_size = batch_size
         self.decoder = make_decoder(decode, image_size, train)
         given = isinstance(decode, bool | str)
@@ -166,7 +183,8 @@ class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
         self.transfer_batches = transfer_batches
         self._rank, self._world = rank, world_size
         self._epoch = SharedEpoch()
-        self._reuse = Reuse(self.latency_s)
+        keep_open = 2 if cache_limit is not None else KEEP_OPEN  # open files are not evictable
+        self._reuse = Reuse(self.latency_s, keep_open, self.remote)
         self._sizes = np.array([s.nsamples for s in self.source.shards], dtype=np.int64)
         self._resume: LoaderState | None = None
         self._progress: Progress | None = None
@@ -331,17 +349,23 @@ class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
 
     def _samples(self, segments: Sequence[Segment]) -> Iterator[RawSample]:
         """The segments' samples; readers stay open for later epochs (``loader._reuse``)."""
-        for seg in segments:
+        for i, seg in enumerate(segments):
             shard = self.source.shards[seg.shard]
             try:
-                yield from self._reuse.reader(shard).read(seg.start, seg.stop)
+                samples = self._reuse.reader(shard).read(seg.start, seg.stop)
+                if i + 1 < len(segments):  # read-ahead: the next shard opens meanwhile
+                    nxt = segments[i + 1]
+                    self._reuse.prefetch(self.source.shards[nxt.shard], nxt.start, nxt.stop)
+                yield from samples
             except BaseException:
                 self._reuse.forget(shard)
                 raise
 
     def _read_one(self, gid: int) -> RawSample:
         shard = self._shard_of(gid)
-        reader = ShardReader(self.source.shards[shard], latency_s=self.latency_s)
+        reader = ShardReader(
+            self.source.shards[shard], latency_s=self.latency_s, remote=self.remote
+        )
         try:
             pos = gid - self.source.shards[shard].first_index
             sample = next(iter(reader.read(pos, pos + 1)))
@@ -370,7 +394,7 @@ class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
         was used) it reads the member's header; with one, only ``"raise"`` pays for a scan."""
         if sample.key and self.bad_samples == "skip":
             return f"{sample.key}.*"
-        reader = ShardReader(shard)
+        reader = ShardReader(shard, remote=self.remote)
         try:
             return reader.member_name(sample.position)
         except (OSError, ValueError) as exc:

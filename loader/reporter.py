@@ -38,7 +38,7 @@ __all__ = ["StatsReporter", "queue_depth"]
 log = logging.getLogger(__name__)
 
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded")
+_TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded", "retries")
 MAX_WINDOW_STEPS = 10_000
 
 
@@ -127,9 +127,10 @@ class StatsReporter:
         queue_depth: int | None = None,
     ) -> None:
         """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, queue
-        depth, the tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``) and
-        the step a resumed job went on from when given. Call it once per step with that step's
-        wait in ``blocked_s``: the window's percentiles are over these calls."""
+        depth, the tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``; a
+        mapping may add ``retries``, the dataset's remote-read retries so far) and the step a
+        resumed job went on from when given. Call it once per step with that step's wait in
+        ``blocked_s``: the window's percentiles are over these calls."""
         counts: dict[str, int] | None = None
         if tracker_counts is not None:
             raw = (

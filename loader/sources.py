@@ -27,6 +27,7 @@ import braceexpand
 from loader._location import is_local, is_url, join, local_path, parent, sidecar_url
 from loader._remote import RemoteFile
 from loader._scanio import scan_location
+from loader.retry import RetryPolicy
 from shards.format import MANIFEST_NAME, read_index
 from shards.manifest import Manifest, ManifestError
 
@@ -45,6 +46,7 @@ class ShardSource:
     index_url: str | None
     sha256: str | None
     filesize: int | None
+    index_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,11 @@ class DatasetSource:
     origin: str
 
 
-def resolve_source(source: str | os.PathLike[str] | Sequence[str]) -> DatasetSource:
-    """Resolve a manifest, shard list or brace pattern (see the module docstring).
+def resolve_source(
+    source: str | os.PathLike[str] | Sequence[str], *, retry: RetryPolicy | None = None
+) -> DatasetSource:
+    """Resolve a manifest, shard list or brace pattern (see the module docstring). Remote
+    requests are retried by ``retry`` (default ``RetryPolicy()``).
 
     Raises ``FileNotFoundError`` naming a missing local manifest or shard (or any missing
     shard of a list), ``ManifestError`` for a malformed manifest, ``ShardFormatError`` for a
@@ -70,8 +75,8 @@ def resolve_source(source: str | os.PathLike[str] | Sequence[str]) -> DatasetSou
         if not source:
             raise ValueError("expected a manifest, shard list or brace pattern, got ''")
         if "{" not in source and _is_manifest(source):
-            return _from_manifest(source)
-        return _from_shards(list(braceexpand.braceexpand(source)), source)
+            return _from_manifest(source, retry)
+        return _from_shards(list(braceexpand.braceexpand(source)), source, retry)
     if isinstance(source, bytes) or not isinstance(source, Sequence):
         raise ValueError(
             "expected a manifest path or URL, a brace pattern or a list of shard URLs, "
@@ -82,7 +87,8 @@ def resolve_source(source: str | os.PathLike[str] | Sequence[str]) -> DatasetSou
         if not isinstance(item, str | os.PathLike):
             raise ValueError(f"expected shard URLs or paths, got an item {item!r}")
         urls.extend(braceexpand.braceexpand(os.fspath(item)))
-    return _from_shards(urls, repr(list(source)) if len(source) < 4 else f"{len(source)} shards")
+    origin = repr(list(source)) if len(source) < 4 else f"{len(source)} shards"
+    return _from_shards(urls, origin, retry)
 
 
 def _is_manifest(location: str) -> bool:
@@ -99,7 +105,7 @@ def _is_manifest(location: str) -> bool:
         return f.read(512).lstrip().startswith(b"{")
 
 
-def _from_manifest(location: str) -> DatasetSource:
+def _from_manifest(location: str, retry: RetryPolicy | None) -> DatasetSource:
     if is_local(location):
         path = local_path(location)
         if os.path.isdir(path):
@@ -109,7 +115,7 @@ def _from_manifest(location: str) -> DatasetSource:
     else:
         if location.endswith("/"):
             location += MANIFEST_NAME
-        manifest = _load_remote_manifest(location)
+        manifest = _load_remote_manifest(location, retry)
         base, source = parent(location), location
     shards = []
     for entry in manifest.shards:
@@ -127,14 +133,15 @@ def _from_manifest(location: str) -> DatasetSource:
                 index_url=join(base, entry.index_url) if entry.index_url else None,
                 sha256=entry.sha256 or None,
                 filesize=entry.filesize if entry.filesize >= 0 else None,
+                index_sha256=entry.index_sha256 or None,
             )
         )
     return DatasetSource(tuple(shards), tuple(manifest.classes), manifest.num_samples, location)
 
 
-def _load_remote_manifest(url: str) -> Manifest:
+def _load_remote_manifest(url: str, retry: RetryPolicy | None) -> Manifest:
     try:
-        raw = RemoteFile(url).read_all()
+        raw = RemoteFile(url, retry=retry).read_all()
     except FileNotFoundError:
         raise FileNotFoundError(f"no manifest at {url}") from None
     try:
@@ -146,7 +153,7 @@ def _load_remote_manifest(url: str) -> Manifest:
     return Manifest.from_dict(data, source=url)
 
 
-def _from_shards(urls: list[str], origin: str) -> DatasetSource:
+def _from_shards(urls: list[str], origin: str, retry: RetryPolicy | None) -> DatasetSource:
     if not urls:
         raise ValueError("expected at least one shard, got an empty list")
     urls = [u if is_url(u) else os.path.abspath(u) for u in urls]
@@ -158,28 +165,28 @@ def _from_shards(urls: list[str], origin: str) -> DatasetSource:
     shards: list[ShardSource] = []
     first = 0
     for url in urls:
-        shard = _describe_shard(url, first)
+        shard = _describe_shard(url, first, retry)
         shards.append(shard)
         first += shard.nsamples
     return DatasetSource(tuple(shards), (), first, origin)
 
 
-def _describe_shard(url: str, first: int) -> ShardSource:
+def _describe_shard(url: str, first: int, retry: RetryPolicy | None) -> ShardSource:
     sidecar = sidecar_url(url)
     try:
         if is_local(url):
             filesize: int | None = os.path.getsize(local_path(url))
         else:
-            filesize = RemoteFile(url).size()
+            filesize = RemoteFile(url, retry=retry).size()
     except FileNotFoundError:
         raise FileNotFoundError(f"shard {url} not found") from None
-    rows = _sidecar_rows(sidecar)
-    nsamples = len(scan_location(url).index) if rows is None else rows
+    rows = _sidecar_rows(sidecar, retry)
+    nsamples = len(scan_location(url, retry).index) if rows is None else rows
     log.debug("shard %s: %d samples (%s)", url, nsamples, "scan" if rows is None else "sidecar")
     return ShardSource(url, nsamples, first, None if rows is None else sidecar, None, filesize)
 
 
-def _sidecar_rows(sidecar: str) -> int | None:
+def _sidecar_rows(sidecar: str, retry: RetryPolicy | None) -> int | None:
     """Row count of the sidecar index at ``sidecar``, or ``None`` when there is none."""
     try:
         if is_local(sidecar):
@@ -187,7 +194,7 @@ def _sidecar_rows(sidecar: str) -> int | None:
                 return None
             with open(local_path(sidecar), "rb") as f:
                 return len(read_index(f))
-        remote = RemoteFile(sidecar)
+        remote = RemoteFile(sidecar, retry=retry)
         if not remote.exists():
             return None
         return len(read_index(remote.read_all()))

@@ -9,6 +9,7 @@ differ only in how samples are found, read and handed to the main process.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -114,5 +115,13 @@ def tar_per_worker_mode(setup: ModeSetup) -> BuiltMode:
 
 
 def tar_aware_mode(setup: ModeSetup) -> BuiltMode:
-    loader = make_loader(setup.source, num_workers=setup.workers, **_tar_options(setup))
-    return BuiltMode(loader, setup.source.num_samples, storage_label(setup, "shard open/request"))
+    cache_dir = None
+    if setup.cache_root is not None:
+        cache_dir = tempfile.mkdtemp(prefix="run-", dir=setup.cache_root)
+    loader = make_loader(
+        setup.source, num_workers=setup.workers, cache_dir=cache_dir, **_tar_options(setup)
+    )
+    storage = storage_label(setup, "shard open/request")
+    if cache_dir is not None:
+        storage += ", node-local cache (empty at start)"
+    return BuiltMode(loader, setup.source.num_samples, storage, cache_dir)

@@ -50,6 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", default="1", metavar="R", help="interleaved rounds (median)")
     p.add_argument("--seed", default="0", help="seed for shuffles and crops (default 0)")
     p.add_argument("--http", action="store_true", help="serve folder and shards over HTTP")
+    p.add_argument(
+        "--fault-rate",
+        default="0",
+        metavar="P",
+        help="with --http: fraction of requests answered with a 503 or a dropped connection",
+    )
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="with --http: tar-aware reads through a fresh node-local shard cache",
+    )
+    p.add_argument(
+        "--limit-local",
+        action="store_true",
+        help="with --http: measure the limit on the local shard files, without latency",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_bench)
 
@@ -96,6 +112,9 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         repeat=_int("repeat", args.repeat),
         http=args.http,
         seed=_int("seed", args.seed),
+        fault_rate=_float("fault-rate", args.fault_rate),
+        cache=args.cache,
+        limit_local=args.limit_local,
     )
     config.validate()
     return config
@@ -106,9 +125,12 @@ def _log_event(event: dict[str, Any]) -> None:
     if kind == "limit":
         log.info("round %d limit: %.0f samples/s", event["round"], event["samples_per_s"])
     elif kind == "epoch":
+        net = ""
+        if "retries" in event:
+            net = f", {event['retries']} retries, {event['cache_fills']} cache fills"
         log.info(
-            "round %d %s epoch %d: %d samples, %.0f samples/s",
-            event["round"], mode, event["epoch"], event["samples"], event["samples_per_s"],
+            "round %d %s epoch %d: %d samples, %.0f samples/s%s",
+            event["round"], mode, event["epoch"], event["samples"], event["samples_per_s"], net,
         )  # fmt: skip
     elif kind == "mode_done" and event.get("status") != "ok" and event["round"] == 0:
         log.info("%s: %s: %s", mode, event["status"], event.get("reason"))

@@ -19,16 +19,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import statistics
+import tempfile
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from loader._netstats import NetCounters
 from loader.bench.http_server import serve_http
 from loader.bench.limit import MIN_RUN_S, LimitRun, LimitRunner
 from loader.bench.measure import (
+    NET,
     BenchCancelled,
     combine_rounds,
     measure_epoch,
@@ -55,6 +59,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "epochs": (1, 1000),
     "image_size": (1, 4096),
     "latency_ms": (0, 60000),
+    "fault_rate": (0, 0.5),
     "repeat": (1, 100),
     "seed": (0, 2**63 - 1),
 }
@@ -63,7 +68,12 @@ _LIMITS: dict[str, tuple[float, float]] = {
 @dataclass(frozen=True)
 class BenchConfig:
     """One benchmark run. ``folder``: the source image folder (``map`` reads it); ``shards``: the
-    shard folder, its ``manifest.json``, or a manifest URL (not with ``http``)."""
+    shard folder, its ``manifest.json``, or a manifest URL (not with ``http``).
+
+    With ``http``: ``fault_rate`` of the requests fail (a 503 or a dropped connection);
+    ``cache`` gives each ``tar-aware`` run a fresh node-local shard cache, so epoch 1 fills it
+    and later epochs read it (per-epoch figures under ``"epochs"``); ``limit_local`` measures
+    the limit on the local shard files (no latency) instead of over HTTP."""
 
     folder: str | None
     shards: str
@@ -77,12 +87,15 @@ class BenchConfig:
     repeat: int = 1
     http: bool = False
     seed: int = 0
+    fault_rate: float = 0.0
+    cache: bool = False
+    limit_local: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field (``expected ..., got name=value``)."""
         for name, (lo, hi) in _LIMITS.items():
             value = getattr(self, name)
-            kinds = (int, float) if name == "latency_ms" else (int,)
+            kinds = (int, float) if name in ("latency_ms", "fault_rate") else (int,)
             ok = isinstance(value, kinds) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or not lo <= value <= hi:
                 raise ValueError(f"expected {name} between {lo:g} and {hi:g}, got {name}={value!r}")
@@ -97,9 +110,12 @@ class BenchConfig:
             raise ValueError(f"expected a shard folder or manifest, got shards={self.shards!r}")
         if self.folder is not None and (not isinstance(self.folder, str) or not self.folder):
             raise ValueError(f"expected a source folder or None, got folder={self.folder!r}")
-        for flag in ("decode", "http"):
+        for flag in ("decode", "http", "cache", "limit_local"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"expected true or false, got {flag}={getattr(self, flag)!r}")
+        for flag in ("cache", "limit_local", "fault_rate"):
+            if getattr(self, flag) and not self.http:
+                raise ValueError(f"expected http with {flag}, got {flag}={getattr(self, flag)!r}")
 
 
 class _Progress:
@@ -137,7 +153,9 @@ def _setup(config: BenchConfig, stack: ExitStack) -> ModeSetup:
         if shards_dir is None:
             raise ValueError(f"expected a local shard folder to serve, got shards={config.shards}")
         roots = {"shards": shards_dir} | ({"folder": config.folder} if config.folder else {})
-        base = stack.enter_context(serve_http(roots))
+        base = stack.enter_context(
+            serve_http(roots, fault_rate=config.fault_rate, seed=config.seed)
+        )
         shards = f"{base}shards/{manifest}"
         folder_url = f"{base}folder/" if config.folder else None
     return ModeSetup(
@@ -153,6 +171,11 @@ def _setup(config: BenchConfig, stack: ExitStack) -> ModeSetup:
         seed=config.seed,
         latency_ms=float(config.latency_ms),
         http=config.http,
+        cache_root=(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="shardfeed-bench-cache-"))
+            if config.cache
+            else None
+        ),
     )
 
 
@@ -167,14 +190,21 @@ def _run_mode(
     built = build_mode(name, setup)
     tracker = DuplicateTracker(built.num_ids)
     epochs = []
+    net = getattr(getattr(built.loader, "dataset", None), "net", None)
     try:
         for epoch in range(config.epochs):
+            before = net.totals() if isinstance(net, NetCounters) else None
             figures = measure_epoch(built.loader, tracker, epoch, cancel)
+            if before is not None and isinstance(net, NetCounters):
+                after = net.totals()
+                figures.update({k: after[k] - before[k] for k in NET})
             epochs.append(figures)
             shown = {k: v for k, v in figures.items() if not k.startswith("_")}
             progress.emit("epoch", name, round, 1, **shown)
     finally:
         stop_workers(built.loader)
+        if built.cache_dir is not None:
+            shutil.rmtree(built.cache_dir, ignore_errors=True)
     return epochs, built.storage
 
 
@@ -223,15 +253,19 @@ def run_bench(
     with ExitStack() as stack:
         setup = _setup(config, stack)
         processes = max(config.workers, 1)
+        limit_source, limit_latency = setup.source, config.latency_ms / 1000
+        if config.limit_local and setup.shards_dir is not None:
+            local = os.path.join(setup.shards_dir, _local_dirs(config)[1] or MANIFEST_NAME)
+            limit_source, limit_latency = resolve_source(local), 0.0
         limit = stack.enter_context(
             LimitRunner(
-                setup.source,
+                limit_source,
                 processes,
                 decode=config.decode,
                 image_size=config.image_size,
                 batch_size=config.batch_size,
                 seed=config.seed,
-                latency_s=config.latency_ms / 1000,
+                latency_s=limit_latency,
             )
         )
         progress.emit("start", None, 0, config=asdict(config), modes=modes, rounds=config.repeat)

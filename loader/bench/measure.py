@@ -31,6 +31,7 @@ from loader.tracker import DuplicateTracker
 __all__ = [
     "COUNTS",
     "FIGURES",
+    "NET",
     "BenchCancelled",
     "combine_rounds",
     "measure_epoch",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 COUNTS = ("samples", "unique", "duplicates", "missing", "padded")
+NET = ("retries", "requests", "bytes_fetched", "cache_hits", "cache_fills", "cache_evictions")
+"""Remote-read counts per epoch (``loader._netstats``), for loaders that keep them."""
 FIGURES = (
     "samples_per_s",
     "mb_per_s",
@@ -155,6 +158,7 @@ def summarize_epochs(epochs: list[dict[str, Any]], limit_rate: float | None) -> 
     for e in epochs:
         e["ratio_to_limit"] = _ratio(e["samples_per_s"], limit_rate)
     summary: dict[str, Any] = {k: sum(e[k] for e in epochs) for k in COUNTS}
+    summary.update({k: sum(e[k] for e in epochs) for k in NET if epochs and k in epochs[0]})
     summary.update(
         samples_per_s=rate,
         mb_per_s=sum(e["steady_bytes"] for e in epochs) / 1e6 / span if span > 0 else 0.0,
@@ -186,6 +190,9 @@ def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for key in (*FIGURES, "seconds", "limit_samples_per_s"):
         values = [r[key] for r in rounds if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
+    for key in NET:
+        if all(key in r for r in rounds):
+            out[key] = statistics.median_low([r[key] for r in rounds])
     rates = [r["samples_per_s"] for r in rounds]
     out["samples_per_s_min"], out["samples_per_s_max"] = min(rates), max(rates)
     median_round = min(rounds, key=lambda r: abs(r["samples_per_s"] - out["samples_per_s"]))

@@ -35,6 +35,8 @@ class ModeSetup:
     ``--http``); ``source`` is it resolved. ``folder`` is the local image folder (its listing is
     always read locally), ``folder_url`` its base URL with ``--http``. ``shards_dir`` is the
     local shard folder (where LitData's converted copy is cached), or ``None``.
+    ``cache_root``: with ``--cache``, the folder under which each run of ``tar-aware`` gets a
+    fresh node-local shard cache (``loader.cache``), so its first epoch always fills it.
     """
 
     shards: str
@@ -49,16 +51,19 @@ class ModeSetup:
     seed: int
     latency_ms: float
     http: bool
+    cache_root: str | None = None
 
 
 @dataclass
 class BuiltMode:
     """A mode ready to iterate: ``loader`` (one epoch per ``iter()``), the number of distinct
-    ids it can deliver, and ``storage``: what was read and how, as it will be reported."""
+    ids it can deliver, and ``storage``: what was read and how, as it will be reported.
+    ``cache_dir``: the shard cache the run filled, deleted when the run ends."""
 
     loader: Iterable[Batch]
     num_ids: int
     storage: str
+    cache_dir: str | None = None
 
 
 def loader_options(workers: int) -> dict[str, Any]:

@@ -221,7 +221,10 @@ def _run_epoch(
                 bytes=int(batch.nbytes.sum()),
                 blocked_s=waited,
                 epoch=epoch,
-                tracker_counts=tracker.counts(),
+                tracker_counts={
+                    **tracker.counts().to_dict(),
+                    "retries": loader.dataset.net.totals()["retries"],
+                },
                 resumed_at_step=steps.resumed_at,
                 queue_depth=queue_depth(loader),
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -181,6 +182,9 @@ def test_manifest_over_http(tmp_path: Path, http_server: Any) -> None:
             index_url=f"{base}ds/shard-000001.idx.npy",
             sha256=src.shards[1].sha256,
             filesize=(tmp_path / "ds" / "shard-000001.tar").stat().st_size,
+            index_sha256=hashlib.sha256(
+                (tmp_path / "ds" / "shard-000001.idx.npy").read_bytes()
+            ).hexdigest(),
         )
         assert src.classes == ("c0", "c1", "c2") and src.num_samples == 7
     assert not any(path.endswith(".tar") for _, path, _ in http_server.requests)

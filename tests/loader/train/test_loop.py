@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from loader.train.loop import TrainOptions, train
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
+from tests.loader.faults_http import FaultyServer
 
 RUN_TIMEOUT_S = 420
 
@@ -114,3 +117,51 @@ def test_small_cnn_gives_logits_per_class() -> None:
     model = SmallCNN(num_classes=5).to(memory_format=torch.channels_last)
     x = torch.randn(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     assert model(x).shape == (3, 5)
+
+
+def test_retries_reach_the_reported_tracker_counts(tmp_path: Path) -> None:
+    """Training over a failing HTTP server: the stats sent to the service carry the retries
+    beside the tracker counts (a stand-in endpoint on 127.0.0.1 records what arrives)."""
+    make_sample(tmp_path / "src", images=48, classes=3, seed=1, size="tiny")
+    build_shards(
+        tmp_path / "src",
+        tmp_path / "shards",
+        BuildOptions(sizing=SizingOptions(num_shards=3), show_progress=False),
+    )
+    posts: list[dict[str, object]] = []
+
+    class Stats(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(json.loads(body))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    service = ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    threading.Thread(target=service.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with FaultyServer(tmp_path) as shards:
+            shards.script(".tar", ["503", "drop", "500"], every=1, methods="GET")
+            train(
+                TrainOptions(
+                    shards=shards.url + "shards/manifest.json",
+                    epochs=1,
+                    device="cpu",
+                    batch_size=8,
+                    workers=1,
+                    image_size=32,
+                    report_url=f"http://127.0.0.1:{service.server_address[1]}",
+                )
+            )
+            assert shards.pending() == 0
+    finally:
+        service.shutdown()
+        service.server_close()
+    tracker = posts[-1]["tracker"]
+    assert isinstance(tracker, dict)
+    assert tracker["retries"] == 3 and tracker["missing"] == 0 and tracker["duplicates"] == 0
