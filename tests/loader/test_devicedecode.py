@@ -278,8 +278,8 @@ def test_the_dataloader_pins_every_tensor_of_a_group_of_byte_batches(
 
 @pytest.mark.parametrize("train", [True, False])
 def test_boxes_are_the_cpu_paths_draws_for_the_seed(tmp_path: Path, train: bool) -> None:
-    """Replays each worker's generator (no shuffle: it draws only crops) with torchvision's
-    rule, independently of the loader's code, and finds every box and flip in the batches."""
+    """Replays each worker's per-batch generators (no shuffle: they draw only crops) with
+    torchvision's rule, independently of the loader's code, and finds every box and flip."""
     manifest = write_test_shards(tmp_path, [9, 8], image_bytes=jpeg)
     device_loader = loader(manifest, "device", shuffle_buffer=0, train=train)
     got: dict[int, tuple[list[int], bool]] = {}
@@ -290,18 +290,25 @@ def test_boxes_are_the_cpu_paths_draws_for_the_seed(tmp_path: Path, train: bool)
     dataset: ShardDataset = device_loader.dataset
     expected = {}
     for worker, plan in enumerate(dataset.epoch_plan(0, 2)):
-        rng = np.random.default_rng([5, 0, 0, worker])
-        for seg in plan.segments:
-            first = dataset.source.shards[seg.shard].first_index
-            for gid in range(first + seg.start, first + seg.stop):
-                info = image_info(jpeg(gid))
-                assert info is not None
-                if train:
-                    box = random_resized_crop(info.width, info.height, rng)
-                    flip = bool(rng.random() < 0.5)
-                else:
-                    box, flip = center_crop(info.width, info.height, 16), False
-                expected[gid] = (list(box), flip)
+        gids = [
+            gid
+            for seg in plan.segments
+            for gid in range(
+                dataset.source.shards[seg.shard].first_index + seg.start,
+                dataset.source.shards[seg.shard].first_index + seg.stop,
+            )
+        ]
+        for position, gid in enumerate(gids):
+            if position % dataset.batch_size == 0:  # each batch draws from its own generator
+                rng = np.random.default_rng([5, 0, 0, worker, position // dataset.batch_size])
+            info = image_info(jpeg(gid))
+            assert info is not None
+            if train:
+                box = random_resized_crop(info.width, info.height, rng)
+                flip = bool(rng.random() < 0.5)
+            else:
+                box, flip = center_crop(info.width, info.height, 16), False
+            expected[gid] = (list(box), flip)
     assert got == expected
 
 
