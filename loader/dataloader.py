@@ -12,7 +12,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader
 
-from loader._checks import check_int
+from loader._checks import check_int, check_non_negative
 from loader._recycle import forget_exited_lenders
 from loader._stall import stalled_worker_error, terminate_workers
 from loader.batch import Batch, BatchGroup
@@ -285,8 +285,7 @@ def make_loader(
     "Remote reads").
     """
     check_int("num_workers", num_workers, 0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ValueError(f"expected timeout >= 0 seconds, got timeout={timeout!r}")
+    check_non_negative("timeout", timeout)
     check_int("prefetch_factor", prefetch_factor, 1)
     if transfer_batches is not None:
         check_int("transfer_batches", transfer_batches, 1)

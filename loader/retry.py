@@ -11,13 +11,13 @@ once ``budget_s`` has passed since the first (docs/architecture.md, section "Rem
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from loader._checks import check_int, check_non_negative
 from loader._errors import RemoteReadError
 
 __all__ = ["TRANSIENT_STATUS", "RetryPolicy", "ShortReadError", "is_transient", "status_of"]
@@ -81,18 +81,11 @@ class RetryPolicy:
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise ValueError(f"expected an integer attempts >= 1, got attempts={self.attempts!r}")
-        if self.attempts < 1:
-            raise ValueError(f"expected attempts >= 1, got attempts={self.attempts}")
+        check_int("attempts", self.attempts, 1)
         for name in ("budget_s", "backoff_s", "max_backoff_s", "timeout_s"):
-            value = getattr(self, name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            low_ok = ok and value >= 0 and (value > 0 or name != "timeout_s")
-            if not ok or not math.isfinite(value) or not low_ok:
-                raise ValueError(
-                    f"expected a finite {name} >= 0 (> 0 for timeout_s), got {name}={value!r}"
-                )
+            check_non_negative(name, getattr(self, name))
+        if self.timeout_s == 0:
+            raise ValueError("expected timeout_s > 0, got timeout_s=0")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The wait before attempt ``attempt + 1`` after ``attempt`` failures."""
