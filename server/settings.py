@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     max_workers: int = Field(default=16, ge=0, le=64, description="most DataLoader workers per run")
     max_epochs: int = Field(default=20, ge=1, le=1000, description="most epochs per run")
     max_repeat: int = Field(default=10, ge=1, le=100, description="most rounds per run")
+    max_buffer_bytes: int = Field(
+        default=16 << 30,
+        ge=1 << 20,
+        le=1 << 40,
+        description="most bytes of batch buffers per run: batch_size x image_size^2 x 3 x "
+        "buffers per worker x workers",
+    )
+    max_run_s: int = Field(
+        default=3600, ge=1, le=7 * 86400, description="longest deadline (timeout_s) a run may ask"
+    )
     max_body_bytes: int = Field(
         default=256 * 1024, ge=1024, le=64 << 20, description="largest request body accepted"
     )
@@ -55,6 +65,15 @@ class Settings(BaseSettings):
     )
     job_max_reports: int = Field(
         default=20_000, ge=10, description="reports kept per job; older ones are pruned"
+    )
+    job_max_ranks: int = Field(
+        default=4096, ge=1, le=1_000_000, description="ranks per job: rank must be below this"
+    )
+    job_max_jobs: int = Field(default=256, ge=1, le=100_000, description="jobs kept at once")
+    job_retention_s: float = Field(
+        default=7 * 86400,
+        gt=0,
+        description="reports older than this are pruned; jobs silent this long are dropped",
     )
     sse_heartbeat_s: float = Field(
         default=15.0, gt=0, le=300, description="SSE keep-alive interval"
