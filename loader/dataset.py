@@ -43,6 +43,15 @@ IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, he
 _DRAWS = 1024  # shuffle-buffer slots drawn per call: one call per sample costs ~2 us
 
 
+_NO_CLASS_COUNT = 1 << 62  # foreign shards name no classes: any label >= 0 is taken
+
+
+def _label_problem(label: int, classes: int) -> str:
+    if label < 0:
+        return "no class label (.cls member missing)"
+    return f"label {label} is outside the manifest's {classes} classes (expected 0..{classes - 1})"
+
+
 class BadSampleError(ValueError):
     """A sample that cannot be delivered; the message names the shard, member and offset."""
 
@@ -225,10 +234,11 @@ class ShardDataset(IterableDataset[Batch | BatchGroup]):
         fillers = 0
         last_good: int | None = None
         add, full = builder.add, self.batch_size
+        classes = len(self.source.classes) or _NO_CLASS_COUNT
         for sample in self._shuffled(self._samples(plan), rng):
             try:
-                if sample.label < 0:
-                    raise DecodeError("no class label (.cls member missing)")
+                if not 0 <= sample.label < classes:
+                    raise DecodeError(_label_problem(sample.label, classes))
                 add(sample.data, sample.label, sample.gid, rng)
                 last_good = sample.gid
             except DecodeError as exc:
