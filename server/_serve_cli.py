@@ -46,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder benchmarks may read (repeat for several); nothing else is read",
     )
     parser.add_argument("--token", help="bearer token required for POST and DELETE")
+    parser.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="NAME",
+        help="Host header name accepted besides the bound host and localhost (repeat for several)",
+    )
     parser.set_defaults(func=_serve)
 
 
@@ -55,7 +62,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     given = {
         name: getattr(args, name)
-        for name in ("host", "port", "db", "data_roots", "token")
+        for name in ("host", "port", "db", "data_roots", "token", "allowed_hosts")
         if getattr(args, name, None) is not None
     }
     try:

@@ -1,8 +1,8 @@
 """Service settings: one pydantic-settings class, every field also read from ``SHARDFEED_<NAME>``.
 
 ``SHARDFEED_DATA_ROOTS`` takes either a JSON list or paths separated by ``os.pathsep`` (``:`` on
-POSIX, like ``PATH``); ``SHARDFEED_TOKEN`` is the bearer token that every POST and DELETE needs
-when it is set.
+POSIX, like ``PATH``); ``SHARDFEED_ALLOWED_HOSTS`` takes names separated by commas;
+``SHARDFEED_TOKEN`` is the bearer token that every POST and DELETE needs when it is set.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
 class Settings(BaseSettings):
@@ -35,6 +37,11 @@ class Settings(BaseSettings):
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="folders benchmarks may read; everything else is refused with 403",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names accepted besides the bound host and localhost (against "
+        "DNS rebinding); '*' accepts any",
     )
     token: SecretStr | None = Field(default=None, description="bearer token for POST and DELETE")
     max_workers: int = Field(default=16, ge=0, le=64, description="most DataLoader workers per run")
@@ -84,6 +91,13 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: Any) -> Any:
@@ -104,6 +118,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected an existing folder as data root, got {str(root)!r}")
             resolved.append(path)
         return resolved
+
+    def host_allowlist(self) -> list[str]:
+        """``Host`` header names the service answers: the bound host (unless it is a wildcard
+        address), ``localhost``, the loopback addresses and ``allowed_hosts``. A page on another
+        name that resolves to this machine (DNS rebinding) gets 400."""
+        names = ["localhost", "127.0.0.1", "[::1]", *self.allowed_hosts]
+        if self.host not in _WILDCARDS:
+            names.append(self.host if ":" not in self.host else f"[{self.host}]")
+        return sorted(set(names))
 
     def token_value(self) -> str | None:
         """The configured token in clear, or None when the service is open."""
