@@ -97,11 +97,23 @@ def _check_store(path: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server._dblock import DatabaseInUse, hold_database
+
+    settings = settings_from_args(args)
+    try:
+        with hold_database(settings.db):
+            return _serve_holding(settings)
+    except DatabaseInUse as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _serve_holding(settings: Any) -> int:
+    """Serve while this process holds the database's lock: opening the store (which marks
+    ``running`` runs ``interrupted``) must never happen beside a live service."""
     import uvicorn
 
     from server.app import create_app
 
-    settings = settings_from_args(args)
     _check_store(settings.db)
     if not _is_loopback(settings.host) and settings.token_value() is None:
         log.warning(

@@ -131,7 +131,9 @@ def _warm_engine() -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service as an ASGI app; nothing is opened until the lifespan starts."""
+    """The service as an ASGI app; nothing is opened until the lifespan starts. ``shardfeed
+    serve`` holds the database's lock around it (one service per ``settings.db``:
+    ``server._dblock``)."""
     settings = settings if settings is not None else Settings()
 
     @asynccontextmanager

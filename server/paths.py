@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loader._location import join, local_path
+from shards.scan import scan_folder
 
 __all__ = ["MissingInput", "PathRefused", "check_bench_inputs", "resolve_under_roots"]
 
@@ -138,19 +139,39 @@ def _check_listed(manifest: Path, key: str, value: str, roots: Sequence[Path]) -
         ) from None
 
 
+def _check_folder_files(folder: Path, roots: Sequence[Path]) -> None:
+    """Refuse an image folder any of whose images (as map mode lists them: ``scan_folder``,
+    symlinked files and class folders followed) resolves outside the roots. Walks the whole
+    folder, as the run's map mode will; the message names the file, not where it points."""
+    try:
+        scan = scan_folder(folder)
+    except (OSError, ValueError):
+        return  # no images to read: map mode reports the folder itself
+    for candidate in scan.candidates:
+        target = Path(local_path(str(folder / candidate.rel)))
+        if not any(_is_under(target, root) for root in roots):
+            raise PathRefused(
+                "folder",
+                f"{candidate.rel!r} in {str(folder)!r} links outside the data roots "
+                f"(roots: {', '.join(str(r) for r in roots)})",
+            )
+
+
 def check_bench_inputs(
     folder: str | None, shards: str, roots: Sequence[Path]
 ) -> tuple[str | None, str]:
     """The resolved ``(folder, shards)`` of a benchmark request, checked against ``roots``.
 
-    Raises PathRefused (-> 403) for anything outside the roots, MissingInput (-> 422) for a
-    folder that is not a directory or shards without a readable manifest.
+    Raises PathRefused (-> 403) for anything outside the roots (an image in ``folder`` that
+    links outside them included), MissingInput (-> 422) for a folder that is not an image
+    folder or shards without a readable manifest.
     """
     resolved_folder = None
     if folder is not None:
         path = resolve_under_roots(folder, roots, "folder")
         if not path.is_dir():
             raise MissingInput("folder", f"expected an image folder, got {str(path)!r}")
+        _check_folder_files(path, roots)
         resolved_folder = str(path)
     shards_path = resolve_under_roots(shards, roots, "shards")
     _check_manifest(_manifest_of(shards_path), roots)

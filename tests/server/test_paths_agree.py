@@ -71,3 +71,35 @@ def test_the_403_message_does_not_say_where_a_symlink_points(root: Path, tmp_pat
     with pytest.raises(PathRefused, match="symlink") as info:
         check_bench_inputs(str(root / "escape"), str(root), [root])
     assert "hidden-place-7f3a" not in str(info.value)
+
+
+def _image_folder(root: Path) -> Path:
+    src = root / "src"
+    (src / "cat").mkdir(parents=True)
+    (src / "cat" / "a.jpg").write_bytes(b"\xff\xd8\xff" + b"x" * 10)
+    return src
+
+
+def test_map_mode_files_linking_outside_the_roots_are_refused(root: Path, tmp_path: Path) -> None:
+    write_test_shards(root / "shards", [2])
+    src = _image_folder(root)
+    (src / "cat" / "b.jpg").symlink_to(src / "cat" / "a.jpg")
+    assert check_bench_inputs("src", "shards", [root])[0] == str(src)
+    secret = tmp_path / "private-9c1e" / "secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(b"\xff\xd8\xff" + b"s" * 10)
+    (src / "cat" / "evil.jpg").symlink_to(secret)
+    with pytest.raises(PathRefused, match=r"cat/evil\.jpg") as info:
+        check_bench_inputs("src", "shards", [root])
+    assert info.value.field == "folder" and "private-9c1e" not in str(info.value)
+
+
+def test_a_class_folder_linking_outside_the_roots_is_refused(root: Path, tmp_path: Path) -> None:
+    write_test_shards(root / "shards", [2])
+    src = _image_folder(root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "z.jpg").write_bytes(b"\xff\xd8\xff" + b"z" * 10)
+    (src / "dog").symlink_to(elsewhere)
+    with pytest.raises(PathRefused, match=r"dog/z\.jpg"):
+        check_bench_inputs("src", "shards", [root])
