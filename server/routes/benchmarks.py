@@ -47,13 +47,18 @@ def _check_limits(body: BenchmarkRequest, service: Service) -> None:
 
 def _buffer_bytes(body: BenchmarkRequest) -> int:
     """Worst-case bytes of a run's decoded batch buffers: one ``[batch, side, side, 3]`` uint8
-    buffer, times the buffers a worker's pool may hold (``loader._recycle.CAPACITY``), times
-    the workers (the main process decodes when there are none). No decoding, no buffers."""
+    buffer, times the buffers a worker may hold (its pool, as ``ShardDataset`` sizes it:
+    ``max(CAPACITY, IN_FLIGHT_ITEMS x transfer batches)``), times the workers (the main
+    process decodes when there are none). No decoding, no buffers."""
     if not body.decode:
         return 0
     from loader._recycle import CAPACITY
+    from loader.dataloader import transfer_batches_for
+    from loader.dataset import IN_FLIGHT_ITEMS
 
-    return body.batch_size * body.image_size**2 * 3 * CAPACITY * max(body.workers, 1)
+    group = transfer_batches_for(body.batch_size, body.image_size)
+    buffers = max(CAPACITY, IN_FLIGHT_ITEMS * group)
+    return body.batch_size * body.image_size**2 * 3 * buffers * max(body.workers, 1)
 
 
 def _check_budget(body: BenchmarkRequest, service: Service) -> None:
