@@ -9,8 +9,10 @@ database in ``.hypothesis/``, which git ignores.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from shards.tarscan import (
     parse_label,
     scan_buffer,
 )
+from tests.loader.helpers import HttpServers
 
 URL_NAME = "shard-000000.tar"
 BUDGET = settings(
@@ -148,3 +151,50 @@ def test_mutated_shards_end_with_our_error(
 def test_random_bytes_end_with_our_error(data: bytes, nsamples: int) -> None:
     _read_all(data, data, nsamples)
     _read_all(data, None, nsamples)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP with Range support, for the whole module."""
+    root = tmp_path_factory.mktemp("served")
+    servers = HttpServers()
+    yield root, servers(root)
+    servers.close()
+
+
+_names = itertools.count()
+
+
+def _read_remote(served: tuple[Path, str], tar: bytes, sidecar: bytes, nsamples: int) -> None:
+    """The remote reading paths (ranged reads with the sidecar, the streamed header scan
+    without it) over these bytes; fails the test on anything but our error."""
+    root, base = served
+    n = next(_names)
+    (root / f"s{n}.tar").write_bytes(tar)
+    (root / f"s{n}.idx.npy").write_bytes(sidecar)
+    url = f"{base}s{n}.tar"
+    for index_url in (f"{base}s{n}.idx.npy", None):
+        source = ShardSource(url, nsamples, 0, index_url, None, len(tar))
+        try:
+            with ShardReader(source, chunk_bytes=1024) as reader:
+                for sample in reader.read(0, nsamples):
+                    assert len(bytes(sample.data)) <= len(tar)
+        except ShardReadError as exc:
+            assert url in str(exc), str(exc)
+
+
+@pytest.mark.timeout(300)
+@seed(20261130)
+@settings(max_examples=40, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=sizes, pax_sizes=pax, tar_pokes=pokes, tar_cut=cuts, idx_pokes=pokes)
+def test_mutated_remote_shards_end_with_our_error(
+    served: tuple[Path, str],
+    sizes: list[int],
+    pax_sizes: dict[int, tuple[str, int]],
+    tar_pokes: list[tuple[float, int]],
+    tar_cut: float | None,
+    idx_pokes: list[tuple[float, int]],
+) -> None:
+    sidecar = _mutate(_sidecar(_shard(sizes, {})), idx_pokes, None)
+    tar = _mutate(_shard(sizes, pax_sizes), tar_pokes, tar_cut)
+    _read_remote(served, tar, sidecar, len(sizes))
