@@ -6,6 +6,7 @@ import os
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import cv2
@@ -129,7 +130,26 @@ class ClosingDataLoader(DataLoader[Batch | BatchGroup]):
     for any loader whose worker errors are caught and survived (tests, benchmarks)."""
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
-        return _ClosingIterator(super().__iter__(), self)
+        with _opencv_pool_stopped(self.num_workers > 0):
+            inner = super().__iter__()
+        return _ClosingIterator(inner, self)
+
+
+@contextmanager
+def _opencv_pool_stopped(forking: bool) -> Iterator[None]:
+    """Run the body (which forks the DataLoader workers) with this process's OpenCV thread
+    pool at one thread, then restore it. A worker forked while the pool's threads hold its
+    lock (right after the main process used OpenCV) deadlocks in ``WorkerInit``'s
+    ``cv2.setNumThreads(1)``: a third of the time here."""
+    if not forking:
+        yield
+        return
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def transfer_batches_for(

@@ -59,3 +59,24 @@ def test_a_killed_worker_is_named_within_bounded_time_and_leaves_no_shared_memor
     del iterator, loader
     left = _shm_entries() - before
     assert not left, f"shared memory left behind: {sorted(left)}"
+
+
+@pytest.mark.timeout(120)
+def test_workers_forked_right_after_the_main_process_used_opencv_start(tmp_path: Path) -> None:
+    """OpenCV's thread pool, busy in the main process just before the workers fork, must not
+    deadlock them (it did in ``WorkerInit``'s ``cv2.setNumThreads(1)``, about a third of the
+    forks here)."""
+    manifest = write_test_shards(tmp_path, [16, 16], image_bytes=_jpeg)
+    busy = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loader = make_loader(
+            manifest, batch_size=4, image_size=16, num_workers=2, prefetch_factor=1
+        )
+        for _ in range(8):
+            for _ in range(3):
+                cv2.GaussianBlur(busy, (0, 0), 0.6)
+                cv2.resize(busy, (900, 900), interpolation=cv2.INTER_CUBIC)
+            started = time.monotonic()
+            assert sum(len(batch.ids) for batch in loader) == 32
+            assert time.monotonic() - started < 30
