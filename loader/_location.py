@@ -25,10 +25,16 @@ def is_local(location: str) -> bool:
 
 
 def local_path(location: str) -> str:
-    """The absolute file-system path of a local location (``file://`` URLs are decoded)."""
+    """The file-system path a local location opens (``file://`` URLs are decoded).
+
+    Every symlink is followed and each ``..`` is applied after the symlinks before it, as the
+    kernel does (``os.path.realpath``); folding ``..`` lexically first would name another file
+    when a symlink precedes it. The service confines paths with this same function
+    (docs/architecture.md, section "Service"), so what it checks is what the loader opens.
+    """
     if location.startswith("file://"):
-        return unquote(urlsplit(location).path)
-    return os.path.abspath(location)
+        return os.path.realpath(unquote(urlsplit(location).path))
+    return os.path.realpath(location)
 
 
 def parent(location: str) -> str:
@@ -41,12 +47,13 @@ def parent(location: str) -> str:
 def join(base: str, relative: str) -> str:
     """``relative`` resolved against the directory ``base``; absolute inputs come back as is.
 
-    ``..`` and ``.`` segments are folded for URLs as for paths.
+    For local paths the result is ``local_path`` of the joined path (symlinks followed before
+    ``..`` is applied); for URLs ``..`` and ``.`` are folded lexically (a URL has no symlinks).
     """
     if is_url(relative) or os.path.isabs(relative):
         return relative
     if not is_url(base):
-        return os.path.normpath(os.path.join(base, relative))
+        return local_path(os.path.join(base, relative))
     scheme, rest = base.split("://", 1)
     authority, _, path = rest.partition("/")
     joined = posixpath.normpath(posixpath.join("/" + path, relative))

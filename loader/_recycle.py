@@ -28,7 +28,9 @@ here (three batches per DataLoader item; 1.1 to 0.8-0.9 ms with one), and the pa
 stay mapped.
 
 Limits: when every buffer is lent (the receiver holds more than ``capacity`` batches of this
-worker) ``acquire`` allocates an unpooled buffer; so does a system without ``/proc/<pid>/fd``.
+worker) ``acquire`` allocates an unpooled buffer; so does a system without ``/proc/<pid>/fd``,
+and a worker whose ``/proc/<pid>/fd`` its receiver may not open (a non-dumpable worker and a
+receiver without CAP_SYS_PTRACE: ``_can_lend``).
 A batch must be received while its worker runs, by a process of the same user
 (``LentBufferError`` otherwise). A receiver drops the maps of workers that have exited whenever
 it maps a new buffer and when a ``ClosingDataLoader`` iteration ends or its DataLoader iterator
@@ -37,6 +39,7 @@ is collected (``forget_exited_lenders``).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import os
@@ -68,6 +71,8 @@ PAGE: Final = mmap.PAGESIZE
 CAPACITY: Final = 16
 MAX_MAPS: Final = 1024
 TOKEN: Final = slice(8, 16)
+_PR_GET_DUMPABLE: Final = 3
+_CAP_SYS_PTRACE: Final = 19
 _LEASE: Final = "_shardfeed_lease"
 _RELEASE: Final = "_shardfeed_release"
 
@@ -77,7 +82,33 @@ class LentBufferError(OSError):
 
 
 def _can_lend() -> bool:
-    return os.path.isdir(f"/proc/{os.getpid()}/fd")
+    """Whether the receiver of this process's batches (its parent: a DataLoader worker's main
+    process) can open ``/proc/<pid>/fd/<n>`` here. The kernel lets a process of the same user
+    do so unless this one is not dumpable (``prctl(PR_SET_DUMPABLE, 0)``, a set-uid start, a
+    hardened runtime); then only a receiver with CAP_SYS_PTRACE can. When it cannot, the pool
+    hands out unpooled buffers, which travel as PyTorch's own shared memory."""
+    if not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        return False
+    return _dumpable() or _has_ptrace_capability(os.getppid())
+
+
+def _dumpable() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return True
+    return bool(libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1)
+
+
+def _has_ptrace_capability(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_PTRACE & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
 
 
 class _Lease:

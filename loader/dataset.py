@@ -66,6 +66,15 @@ DECODE_CHOICES = ("opencv", "none", "device")
 IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, held by the trainer
 
 
+_NO_CLASS_COUNT = 1 << 62  # foreign shards name no classes: any label >= 0 is taken
+
+
+def _label_problem(label: int, classes: int) -> str:
+    if label < 0:
+        return "no class label (.cls member missing)"
+    return f"label {label} is outside the manifest's {classes} classes (expected 0..{classes - 1})"
+
+
 class BadSampleError(ValueError):
     """A sample that cannot be delivered; the message names the shard, member and offset."""
 
@@ -314,10 +323,11 @@ class ShardDataset(Resumable, IterableDataset[Batch | ByteBatch | BatchGroup]):
         fillers = 0
         last_good: int | None = None
         add, full = builder.add, self.batch_size
+        classes = len(self.source.classes) or _NO_CLASS_COUNT
         for sample in reorder(self._samples(segments), (id_list[i] for i in order)):
             try:
-                if sample.label < 0:
-                    raise DecodeError("no class label (.cls member missing)")
+                if not 0 <= sample.label < classes:
+                    raise DecodeError(_label_problem(sample.label, classes))
                 add(sample.data, sample.label, sample.gid, draw)
                 last_good = sample.gid
             except DecodeError as exc:

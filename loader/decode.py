@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from shards.format import sniff_image_format
-from shards.imageinfo import image_info
+from shards.imageinfo import image_info, pixel_bomb
 
 __all__ = [
     "CropBox",
@@ -212,7 +212,8 @@ class ImageDecoder:
         """Decode ``data`` into ``out`` (uint8 ``[S, S, 3]``, C-contiguous); return ``len(data)``.
 
         Draws from ``rng`` only in training mode: the crop, then one draw for the flip.
-        Raises ``DecodeError`` when OpenCV cannot decode the bytes.
+        Raises ``DecodeError`` when OpenCV cannot decode the bytes, or without decoding when
+        a PNG or WebP header promises more than ``shards.imageinfo.MAX_PIXELS``.
         """
         s = self._size
         self._check_out(out)
@@ -226,6 +227,9 @@ class ImageDecoder:
             image = _imdecode(buf, flags)
             box = rescale_box(box, size, image.shape[1], image.shape[0])
         else:
+            bomb = pixel_bomb(image_info(data))
+            if bomb is not None:
+                raise DecodeError(f"not decoded: {bomb}")
             image = _imdecode(buf, _FULL_FLAGS)
             box = self._box(image.shape[1], image.shape[0], rng)
         self._crop_into(image, box, out, self.train and rng.random() < 0.5)

@@ -8,7 +8,9 @@ Accepted inputs:
   ``data/shard-{000000..000007}.tar`` (each list item may be a pattern too). Each shard's
   sample count comes from the ``.idx.npy`` sidecar beside it when there is one, else from a
   header scan, so shards written by other tools (webdataset's ``ShardWriter``) work; they have
-  no class names. ``first_index`` is assigned cumulatively in the given order.
+  no class names. ``first_index`` is assigned cumulatively in the given order. A string that
+  names an existing local file or folder is taken literally, never brace-expanded (a resolved
+  path may contain ``{``).
 
 Local locations become absolute paths; URLs (``file://``, ``http(s)://``, any fsspec scheme)
 are kept as given.
@@ -74,9 +76,11 @@ def resolve_source(
     if isinstance(source, str):
         if not source:
             raise ValueError("expected a manifest, shard list or brace pattern, got ''")
-        if "{" not in source and _is_manifest(source):
+        literal = "{" not in source or (is_local(source) and os.path.exists(local_path(source)))
+        if literal and _is_manifest(source):
             return _from_manifest(source, retry)
-        return _from_shards(list(braceexpand.braceexpand(source)), source, retry)
+        shards = [source] if literal else list(braceexpand.braceexpand(source))
+        return _from_shards(shards, source, retry)
     if isinstance(source, bytes) or not isinstance(source, Sequence):
         raise ValueError(
             "expected a manifest path or URL, a brace pattern or a list of shard URLs, "
@@ -156,7 +160,7 @@ def _load_remote_manifest(url: str, retry: RetryPolicy | None) -> Manifest:
 def _from_shards(urls: list[str], origin: str, retry: RetryPolicy | None) -> DatasetSource:
     if not urls:
         raise ValueError("expected at least one shard, got an empty list")
-    urls = [u if is_url(u) else os.path.abspath(u) for u in urls]
+    urls = [u if is_url(u) else local_path(u) for u in urls]
     seen: set[str] = set()
     for u in urls:
         if u in seen:

@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder benchmarks may read (repeat for several); nothing else is read",
     )
     parser.add_argument("--token", help="bearer token required for POST and DELETE")
+    parser.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="NAME",
+        help="Host header name accepted besides the bound host and localhost (repeat for several)",
+    )
     parser.set_defaults(func=_serve)
 
 
@@ -58,7 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
     given = {
         name: getattr(args, name)
-        for name in ("host", "port", "db", "data_roots", "token")
+        for name in ("host", "port", "db", "data_roots", "token", "allowed_hosts")
         if getattr(args, name, None) is not None
     }
     try:
@@ -93,11 +100,23 @@ def _check_store(path: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server._dblock import DatabaseInUse, hold_database
+
+    settings = settings_from_args(args)
+    try:
+        with hold_database(settings.db):
+            return _serve_holding(settings)
+    except DatabaseInUse as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _serve_holding(settings: Any) -> int:
+    """Serve while this process holds the database's lock: opening the store (which marks
+    ``running`` runs ``interrupted``) must never happen beside a live service."""
     import uvicorn
 
     from server.app import create_app
 
-    settings = settings_from_args(args)
     _check_store(settings.db)
     if not _is_loopback(settings.host) and settings.token_value() is None:
         log.warning(

@@ -2,7 +2,9 @@
 
 Each app owns its store connection, event bus, runner and Prometheus registry, so two apps in
 one process (tests) share nothing. Request bodies larger than ``settings.max_body_bytes`` are
-refused with 413 before any route sees them.
+refused with 413 before any route sees them. A ``Host`` header outside
+``settings.host_allowlist()`` gets 400 (DNS rebinding), JSON bodies need a JSON content type
+(FastAPI's ``strict_content_type``), and ``/docs`` needs no CDN.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loader.jsonsafe import json_safe
 from server.deps import Service
 from server.events import EventBus
 from server.metrics import ServiceMetrics
-from server.routes import benchmarks, jobs, system
+from server.routes import benchmarks, docs, jobs, system
 from server.runner import Runner
 from server.settings import Settings
 from server.store import Store
@@ -116,7 +119,9 @@ def _warm_engine() -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service as an ASGI app; nothing is opened until the lifespan starts."""
+    """The service as an ASGI app; nothing is opened until the lifespan starts. ``shardfeed
+    serve`` holds the database's lock around it (one service per ``settings.db``:
+    ``server._dblock``)."""
     settings = settings if settings is not None else Settings()
 
     @asynccontextmanager
@@ -148,11 +153,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="shardfeed",
         summary="Exactly-once tar-shard loading: benchmarks, training-job stats, dashboard.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        strict_content_type=True,
     )
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    allowed = settings.host_allowlist()
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["*"] if "*" in allowed else allowed)
     app.include_router(benchmarks.router)
     app.include_router(jobs.router)
     app.include_router(system.router)
+    app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=system.STATIC_DIR), name="static")
+    app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
     return app

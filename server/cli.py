@@ -2,8 +2,8 @@
 
 Each part's ``cli.register(subparsers)`` adds its subcommands with ``set_defaults(func=...)``;
 a handler takes the parsed ``argparse.Namespace`` and returns the exit code. Errors a user can
-fix (``ValueError``, ``FileNotFoundError``, ``PermissionError``, ``NotADirectoryError``) become
-one line on stderr and exit code 2.
+fix (``ValueError`` and any ``OSError``: a missing file, a permission error, a full disk)
+become one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("shardfeed: interrupted\n")
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except (ValueError, OSError) as exc:
         sys.stderr.write(f"shardfeed {args.command}: error: {exc}\n")
         return 2
     return code

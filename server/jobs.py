@@ -136,11 +136,13 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
 def summarize(
     job: str, ranks: Sequence[RankState], *, now: float, stale_s: float
 ) -> dict[str, Any]:
-    """A job's figures across ranks; a rank silent for ``stale_s`` adds no rate.
+    """A job's figures across ranks; a rank silent for ``stale_s`` adds no rate. Costs
+    O(ranks): no rank is compared with another.
 
     ``duplicates`` and ``missing`` are None when no rank sent tracker counts.
     """
-    active = [r for r in ranks if now - r.last_at <= stale_s]
+    live = [now - r.last_at <= stale_s for r in ranks]
+    active = [r for r, on in zip(ranks, live, strict=True) if on]
     tracker: dict[str, int] = {}
     for rank in ranks:
         for key, value in rank.tracker.items():
@@ -149,7 +151,7 @@ def summarize(
     resumed = [r.resumed_at_step for r in ranks if r.resumed_at_step is not None]
     return {
         "job": job,
-        "ranks": [dict(asdict(r), active=r in active) for r in ranks],
+        "ranks": [dict(asdict(r), active=on) for r, on in zip(ranks, live, strict=True)],
         "active_ranks": len(active),
         "samples": sum(r.samples for r in ranks),
         "bytes": sum(r.bytes for r in ranks),
@@ -179,6 +181,7 @@ def series(
     Each delta ``(received_at, dt, samples, bytes, blocked_s)`` is spread evenly over
     ``[received_at - dt, received_at]``; with ``dt == 0`` it lands in the bucket of
     ``received_at``. The bucket width grows when needed to keep at most ``MAX_BUCKETS``.
+    Costs O(deltas + buckets), however many buckets a delta spans.
     """
     if not (bucket_s > 0 and math.isfinite(bucket_s)):
         raise ValueError(f"expected a finite bucket_s > 0, got bucket_s={bucket_s}")
@@ -188,20 +191,32 @@ def series(
     first = math.floor(start / bucket_s)
     count = max(math.ceil(end / bucket_s) - first, 1)
     sums = [[0.0, 0.0, 0.0] for _ in range(count)]
+    # Buckets a delta covers fully get the same share: they are added through a difference
+    # array (``steps``), so each delta costs O(1) and the whole series O(deltas + buckets).
+    steps = [[0.0, 0.0, 0.0] for _ in range(count + 1)]
     for at, dt, samples, nbytes, blocked in deltas:
         lo, hi = (at - dt, at) if dt > 0 else (at, at)
         i_lo = max(math.floor(lo / bucket_s) - first, 0)
         i_hi = min(math.floor(hi / bucket_s) - first, count - 1)
         if i_hi < 0 or i_lo >= count:
             continue
-        for i in range(i_lo, i_hi + 1):
+        values = (samples, nbytes, blocked)
+        for i in {i_lo, i_hi}:
             b_lo, b_hi = (first + i) * bucket_s, (first + i + 1) * bucket_s
             share = 1.0 if dt <= 0 else (min(hi, b_hi) - max(lo, b_lo)) / dt
-            if share <= 0:
-                continue
-            sums[i][0] += samples * share
-            sums[i][1] += nbytes * share
-            sums[i][2] += blocked * share
+            if share > 0:
+                for k in range(3):
+                    sums[i][k] += values[k] * share
+        if i_hi - i_lo > 1:
+            for k in range(3):
+                full = values[k] * bucket_s / dt
+                steps[i_lo + 1][k] += full
+                steps[i_hi][k] -= full
+    running = [0.0, 0.0, 0.0]
+    for i in range(count):
+        for k in range(3):
+            running[k] += steps[i][k]
+            sums[i][k] += running[k]
     return [
         {
             "t": round((first + i) * bucket_s, 3),

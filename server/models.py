@@ -1,8 +1,8 @@
 """Request and response bodies of the HTTP API (pydantic), with their hard limits.
 
 The bounds here are the widest the service ever accepts; a service's own, tighter limits
-(``Settings.max_workers``, ``max_epochs``, ``max_repeat``) are checked by the routes with the
-same 422 shape.
+(``Settings.max_workers``, ``max_epochs``, ``max_repeat``, ``max_run_s`` and the buffer bound
+``max_buffer_bytes``) are checked by the routes with the same 422 shape.
 """
 
 from __future__ import annotations
@@ -83,6 +83,13 @@ class BenchmarkRequest(BaseModel):
     decode: bool = Field(default=True, description="false is --decode none: read bytes only")
     repeat: int = Field(default=1, ge=1, le=100, description="rounds; figures are medians")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 86400,
+        description="deadline: the run is stopped and failed after this many seconds "
+        "(default: the service's max_run_s)",
+    )
 
     @field_validator("modes")
     @classmethod
@@ -92,8 +99,9 @@ class BenchmarkRequest(BaseModel):
         return value
 
     def to_config(self) -> dict[str, Any]:
-        """Keyword arguments for ``loader.bench.BenchConfig``."""
-        doc = self.model_dump()
+        """Keyword arguments for ``loader.bench.BenchConfig`` (``timeout_s`` is the runner's,
+        not the engine's, and is left out)."""
+        doc = self.model_dump(exclude={"timeout_s"})
         doc["modes"] = list(self.modes)
         return doc
 

@@ -6,7 +6,8 @@ through :meth:`Runner.cancel` (a flag it polls every ``poll_s``) and :meth:`Runn
 A cancelled run gets a cancel event first (the bench stops between batches and its
 DataLoader shuts down); after ``cancel_grace_s`` the child's whole process group is killed.
 Stopping the runner does the same with the run marked ``interrupted``; runs still queued stay
-queued and run at the next start.
+queued and run at the next start. A run past its deadline (the config's ``timeout_s``, which
+the runner takes out before the child sees the config) is stopped the same way and ``failed``.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class Runner:
             return
         _publish_run(self.bus, self.store.get_run(run.id))
         config.update(folder=folder, shards=shards)
+        timeout_s = config.pop("timeout_s", None)
         context = multiprocessing.get_context("spawn")
         events: Any = context.Queue()
         cancel = context.Event()
@@ -156,7 +158,7 @@ class Runner:
         self._current, self._child_pid = run.id, child.pid
         log.info("run %s started in process %s", run.id, child.pid)
         try:
-            status, result, error = self._supervise(run.id, child, events, cancel)
+            status, result, error = self._supervise(run.id, child, events, cancel, timeout_s)
         finally:
             child.join(self.cancel_grace_s)
             _kill_group(child)
@@ -176,11 +178,12 @@ class Runner:
             return "cancel" if run_id in self._cancel_ids else None
 
     def _supervise(
-        self, run_id: str, child: Any, events: Any, cancel: Any
+        self, run_id: str, child: Any, events: Any, cancel: Any, timeout_s: float | None
     ) -> tuple[str, dict[str, Any] | None, str | None]:
         final: dict[str, Any] | None = None
         reason: str | None = None
         deadline = math.inf
+        run_deadline = math.inf if timeout_s is None else time.monotonic() + float(timeout_s)
         while final is None:
             try:
                 message = events.get(timeout=self.poll_s)
@@ -191,6 +194,11 @@ class Runner:
                 continue
             if reason is None:
                 reason = self._cancel_wanted(run_id)
+                if reason is None and time.monotonic() > run_deadline:
+                    log.warning(
+                        "run %s passed its deadline of %s s; stopping it", run_id, timeout_s
+                    )
+                    reason = "deadline"
                 if reason is not None:
                     cancel.set()
                     grace = _STOP_GRACE_S if reason == "stop" else self.cancel_grace_s
@@ -205,6 +213,8 @@ class Runner:
         stopped = {"stop": "interrupted", "cancel": "cancelled"}
         if final is not None and final.get("kind") == "result":
             return "done", final.get("result"), None
+        if reason == "deadline":
+            return "failed", None, f"the run passed its deadline (timeout_s={timeout_s}): stopped"
         if reason is not None:
             note = "the service stopped" if reason == "stop" else "cancelled by request"
             return stopped[reason], None, note

@@ -30,6 +30,7 @@ __all__ = [
     "FINISHED",
     "SCHEMA_VERSION",
     "STATUSES",
+    "JobLimitError",
     "RunRecord",
     "Store",
     "StoreError",
@@ -39,6 +40,14 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"done", "failed", "cancelled", "interrupted"})
 
 _INTERRUPTED = "the service stopped while this run was going"
+_PRUNE_EVERY = 64
+"""A job's old reports are pruned after every this many of its own reports (not the store's:
+jobs reporting in lockstep would otherwise always leave the same job unpruned)."""
+
+
+class JobLimitError(RuntimeError):
+    """A report for a new job when ``max_jobs`` jobs are already kept (none old enough to
+    drop); the message names the limit."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ class Store:
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-        self._inserts = 0
+        self._inserts: dict[str, int] = {}
         try:
             self._migrate()
             self.interrupted_at_open = self.mark_running_interrupted(_INTERRUPTED)
@@ -145,8 +154,24 @@ class Store:
 
     def create_run(self, config: Mapping[str, Any]) -> RunRecord:
         """Queue a new run of ``config``; ids are random, 12 hex digits."""
+        record = self.create_run_if_room(config, max_queued=None)
+        assert record is not None
+        return record
+
+    def create_run_if_room(
+        self, config: Mapping[str, Any], *, max_queued: int | None
+    ) -> RunRecord | None:
+        """Queue a new run unless ``max_queued`` runs are queued already (then ``None``).
+
+        The count and the insert are one ``BEGIN IMMEDIATE`` transaction, so concurrent
+        callers, in this process or another on the same file, never exceed ``max_queued``.
+        """
         run_id = uuid.uuid4().hex[:12]
         with self._transaction() as db:
+            if max_queued is not None:
+                row = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued'").fetchone()
+                if int(row[0]) >= max_queued:
+                    return None
             db.execute(
                 "INSERT INTO runs (id, status, config, created_at) VALUES (?, 'queued', ?, ?)",
                 (run_id, json.dumps(dict(config)), self._clock()),
@@ -279,17 +304,29 @@ class Store:
 
     # -- training-job reports ---------------------------------------------------------------
 
-    def add_report(self, report: JobReport, *, keep: int) -> RankState:
+    def add_report(
+        self,
+        report: JobReport,
+        *,
+        keep: int,
+        max_jobs: int | None = None,
+        max_age_s: float | None = None,
+    ) -> RankState:
         """Store one rank's cumulative report and return the rank's new state.
 
         The per-report deltas (work since the rank's previous report) are derived here, so a
-        time series is a sum of deltas; only the newest ``keep`` reports of a job are kept.
+        time series is a sum of deltas. Retention is per job: after every ``_PRUNE_EVERY`` of
+        its reports, a job keeps its newest ``keep`` reports, none older than ``max_age_s``
+        before this report. A new job when ``max_jobs`` are kept first drops the jobs silent
+        for ``max_age_s``, then raises ``JobLimitError`` if there is still no room.
         """
         with self._transaction() as db:
             row = db.execute(
                 "SELECT state FROM job_ranks WHERE job = ? AND rank = ?",
                 (report.job, report.rank),
             ).fetchone()
+            if row is None and max_jobs is not None:
+                self._make_room(db, report, max_jobs, max_age_s)
             previous = None if row is None else RankState.from_json(row[0])
             state, delta = advance_rank(previous, report)
             db.execute(
@@ -310,14 +347,46 @@ class Store:
                     delta.blocked_s,
                 ),
             )
-            self._inserts += 1
-            if self._inserts % 64 == 0:
+            count = self._inserts.get(report.job, 0) + 1
+            self._inserts[report.job] = count
+            if count % _PRUNE_EVERY == 0:
                 db.execute(
                     "DELETE FROM job_reports WHERE job = ? AND id <= (SELECT id FROM "
                     "job_reports WHERE job = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (report.job, report.job, keep),
                 )
+                if max_age_s is not None:
+                    db.execute(
+                        "DELETE FROM job_reports WHERE job = ? AND received_at < ?",
+                        (report.job, report.received_at - max_age_s),
+                    )
         return state
+
+    def _make_room(
+        self, db: sqlite3.Connection, report: JobReport, max_jobs: int, max_age_s: float | None
+    ) -> None:
+        """Called inside ``add_report``'s transaction for a rank the store has not seen."""
+        if db.execute("SELECT 1 FROM job_ranks WHERE job = ? LIMIT 1", (report.job,)).fetchone():
+            return
+        if max_age_s is not None:
+            expired = [
+                row[0]
+                for row in db.execute(
+                    "SELECT job FROM job_ranks GROUP BY job "
+                    "HAVING MAX(json_extract(state, '$.last_at')) < ?",
+                    (report.received_at - max_age_s,),
+                )
+            ]
+            for job in expired:
+                db.execute("DELETE FROM job_ranks WHERE job = ?", (job,))
+                db.execute("DELETE FROM job_reports WHERE job = ?", (job,))
+                self._inserts.pop(job, None)
+        jobs = int(db.execute("SELECT COUNT(DISTINCT job) FROM job_ranks").fetchone()[0])
+        if jobs >= max_jobs:
+            raise JobLimitError(
+                f"expected at most job_max_jobs={max_jobs} jobs, got a report for a new job "
+                f"{report.job!r}; jobs silent for {max_age_s} s are dropped to make room"
+            )
 
     def job_names(self) -> list[str]:
         with self._lock:

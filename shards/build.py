@@ -44,7 +44,14 @@ from shards.planfile import (
 from shards.scan import scan_folder
 from shards.validate import VERIFY_LEVELS
 from shards.verify import inspect_build
-from shards.writer import BUILD_DIR, ShardJob, WriteOptions, report_path, write_shard
+from shards.writer import (
+    BUILD_DIR,
+    ShardJob,
+    WriteOptions,
+    report_path,
+    shard_matches_report,
+    write_shard,
+)
 
 __all__ = ["BuildError", "BuildOptions", "build_shards", "merge_build"]
 
@@ -316,14 +323,20 @@ def _stored_plan(out: Path) -> SavedPlan | None:
 
 
 def _is_complete(dest: Path, index: int, plan_hash: str) -> bool:
-    """Shard ``index`` is whole and was written from the plan ``plan_hash``."""
+    """Shard ``index`` is whole (``shard_matches_report``) and was written from the plan
+    ``plan_hash``."""
     path = report_path(dest, index)
-    if not (path.is_file() and (dest / shard_name(index)).is_file()):
+    if not path.is_file():
         return False
     try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("plan") == plan_hash)
+        if json.loads(path.read_text(encoding="utf-8")).get("plan") != plan_hash:
+            return False
     except (OSError, ValueError):
         return False
+    if shard_matches_report(dest, index):
+        return True
+    log.warning("%s does not match its build report; writing it again", dest / shard_name(index))
+    return False
 
 
 def _remove_temporaries(dest: Path, index: int) -> None:
@@ -343,6 +356,9 @@ def _run_jobs(
     workers: int,
     progress: Callable[[int, int], None],
 ) -> None:
+    """Write ``jobs``, in ``workers`` processes when more than one. The first failure stops
+    the build: shards not started yet are cancelled (a full disk fails them all anyway) and
+    its error is raised once the shards already going have ended."""
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
             write_shard(root, dest, job, options, progress)
@@ -353,20 +369,28 @@ def _run_jobs(
         ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool,
     ):
         events = manager.Queue()
+        stop = manager.Event()
         pending: set[Future[None]] = {
-            pool.submit(_write_in_worker, root, dest, job, options, events) for job in jobs
+            pool.submit(_write_in_worker, root, dest, job, options, events, stop) for job in jobs
         }
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             _drain(events, progress)
             for fut in done:
-                fut.result()
+                if fut.exception() is not None:
+                    stop.set()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    fut.result()
         _drain(events, progress)
 
 
 def _write_in_worker(
-    root: Path, dest: Path, job: ShardJob, options: WriteOptions, events: Any
+    root: Path, dest: Path, job: ShardJob, options: WriteOptions, events: Any, stop: Any
 ) -> None:
+    """One job in a pool worker; a job handed over after ``stop`` was set writes nothing
+    (the pool queues a few jobs ahead, past the reach of ``cancel_futures``)."""
+    if stop.is_set():
+        return
     pending = [0, 0, time.monotonic()]
 
     def report(items: int, nbytes: int) -> None:

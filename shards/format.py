@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from tokenize import TokenError
 from typing import Final
 
 import numpy as np
@@ -130,9 +131,19 @@ def end_of_archive() -> bytes:
 
 
 def read_index(data: bytes | io.BufferedIOBase) -> np.ndarray:
-    """Load a sidecar index from bytes or a binary file; checks its dtype."""
-    buf = io.BytesIO(data) if isinstance(data, bytes) else data
-    arr = np.load(buf, allow_pickle=False)
+    """Load a sidecar index from bytes or a binary file; checks its dtype.
+
+    Any damage (truncation, a mangled ``.npy`` header, a shape larger than the data) is a
+    ``ValueError``: the bytes are read first and parsed from memory, so a header that claims a
+    huge shape cannot make NumPy allocate more than the file holds.
+    """
+    raw = data if isinstance(data, bytes) else data.read()
+    try:
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, EOFError, SyntaxError, TokenError, TypeError, KeyError) as exc:
+        raise ValueError(f"expected a .npy sidecar index, got unreadable bytes ({exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"expected a .npy sidecar index, got {type(arr).__name__}")
     if arr.dtype != INDEX_DTYPE or arr.ndim != 1:
         raise ValueError(
             f"expected a 1-d sidecar index of dtype {INDEX_DTYPE}, got dtype={arr.dtype} "

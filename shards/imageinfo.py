@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from shards.format import sniff_image_format
 
-__all__ = ["ImageInfo", "image_info", "is_complete"]
+__all__ = ["MAX_PIXELS", "ImageInfo", "image_info", "is_complete", "pixel_bomb"]
+
+MAX_PIXELS = 1 << 26
+"""Most pixels a PNG or WebP may have (67 M, e.g. 8192 x 8192): far below OpenCV's own limit
+of 2^30, which lets a 875 KB PNG of 30000 x 30000 decode into 2.7 GB. Builder and loader both
+refuse larger ones from the header alone, before any decode."""
 
 _Buffer = bytes | memoryview
 
@@ -51,6 +56,22 @@ def image_info(data: bytes | memoryview) -> ImageInfo | None:
     if fmt == "webp":
         return _webp_info(buf)
     return None
+
+
+def pixel_bomb(info: ImageInfo | None) -> str | None:
+    """Why an image must not be decoded (a PNG or WebP above ``MAX_PIXELS``), else ``None``.
+
+    JPEGs are left to the decoders' reduced-size paths; their size is checked elsewhere.
+    """
+    if info is None or info.format == "jpg":
+        return None
+    pixels = info.width * info.height
+    if pixels <= MAX_PIXELS:
+        return None
+    return (
+        f"{info.format.upper()} of {info.width}x{info.height} = {pixels} pixels, above the "
+        f"limit of {MAX_PIXELS} pixels (a decompression bomb?)"
+    )
 
 
 def is_complete(data: bytes | memoryview) -> bool:

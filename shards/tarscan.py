@@ -218,10 +218,7 @@ def _walk(
         if "path" in records:
             name = records["path"]
         if "size" in records:
-            try:
-                size = int(records["size"])
-            except ValueError:
-                raise ShardFormatError(f"{url}: bad PAX size in the header at byte {pos}") from None
+            size = _pax_size(records["size"], pos, url)
             following = data_offset + size + (-size % BLOCK)
         start = pos if first is None else first
         if local:
@@ -239,7 +236,21 @@ def _walk(
             )
         if is_file:
             yield Member(name, start, data_offset, size), payload_bytes
+        if following <= pos:
+            raise ShardFormatError(f"{url}: the tar header at byte {pos} does not move forward")
         pos = following
+
+
+def _pax_size(text: str, pos: int, url: str) -> int:
+    """A PAX ``size`` record as a byte count; negative or non-decimal values are refused (a
+    negative size would point the next header backwards and loop the scan forever)."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        raise ShardFormatError(
+            f"{url}: expected a PAX size >= 0 (decimal digits), got size={text[:40]!r} for "
+            f"the member whose header is at byte {pos}"
+        )
+    return int(digits)
 
 
 def iter_members(

@@ -2,7 +2,8 @@
 
 Levels (``--verify``): ``none`` sniffs the format from the bytes only; ``header`` also parses
 the header and requires the file to be structurally complete; ``decode`` also decodes every
-pixel once with OpenCV, as the loader will.
+pixel once with OpenCV, as the loader will. At every level a PNG or WebP whose header
+promises more than ``shards.imageinfo.MAX_PIXELS`` is refused before any decode.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from shards.format import sniff_image_format
-from shards.imageinfo import ImageInfo, image_info, is_complete
+from shards.imageinfo import ImageInfo, image_info, is_complete, pixel_bomb
 
 __all__ = ["VERIFY_LEVELS", "CheckedImage", "ImageRejected", "check_image", "reencode"]
 
@@ -51,6 +52,9 @@ def check_image(data: bytes, verify: str) -> CheckedImage:
     if fmt is None:
         raise ImageRejected("not an image: content is not JPEG, PNG or WebP")
     info = image_info(data)
+    bomb = pixel_bomb(info)
+    if bomb is not None:
+        raise ImageRejected(f"too many pixels: {bomb}")
     if verify == "none":
         return CheckedImage(data, fmt, info)
     if info is None:

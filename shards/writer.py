@@ -1,8 +1,10 @@
 """Write one shard: its tar, its offset sidecar and its build report, each atomically.
 
 A shard is complete when its report exists in ``OUT/.build/``: the writer renames the sidecar,
-then the tar, then the report into place, so a build killed at any moment leaves either a
-finished shard or only temporary files (``.*.tmp``), which the next run removes.
+then the tar, then the report into place, each fsynced before its rename and its folder after,
+so a build killed at any moment (power loss included) leaves either a finished shard or only
+temporary files (``.*.tmp``), which the next run removes. ``--resume`` still re-checks a
+finished shard against its report (``shard_matches_report``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shards._atomic import write_bytes_atomic, write_json_atomic
+from shards._atomic import replace_durably, write_bytes_atomic, write_json_atomic
 from shards.format import (
     BLOCK,
     INDEX_DTYPE,
@@ -33,7 +35,14 @@ from shards.format import (
 from shards.scan import Candidate
 from shards.validate import CheckedImage, ImageRejected, check_image, reencode
 
-__all__ = ["ShardJob", "WriteOptions", "report_path", "write_shard"]
+__all__ = [
+    "ShardJob",
+    "ShardWriteError",
+    "WriteOptions",
+    "report_path",
+    "shard_matches_report",
+    "write_shard",
+]
 
 BUILD_DIR = ".build"
 
@@ -63,6 +72,11 @@ def report_path(out: Path, index: int) -> Path:
     return out / BUILD_DIR / f"{shard_name(index)}.json"
 
 
+class ShardWriteError(ValueError):
+    """Writing a shard failed (a full disk, a permission error): the message is one line naming
+    the path and the cause, and says how to go on."""
+
+
 def write_shard(
     root: Path,
     out: Path,
@@ -72,10 +86,28 @@ def write_shard(
 ) -> dict[str, Any]:
     """Read, check and write every item of ``job``; returns the report it saved.
 
-    Items that fail their check are left out of the shard and listed in the report's
-    ``skipped`` with the reason; the remaining samples keep their plan keys.
-    ``progress(images, bytes)`` is called after each item.
+    Items that fail their check (or cannot be read) are left out of the shard and listed in
+    the report's ``skipped`` with the reason; the remaining samples keep their plan keys.
+    ``progress(images, bytes)`` is called after each item. A failed write raises
+    ``ShardWriteError`` and leaves no report, so ``--resume`` writes the shard again.
     """
+    try:
+        return _write_shard(root, out, job, options, progress)
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else out / shard_name(job.index)
+        raise ShardWriteError(
+            f"cannot write {os.fspath(where)}: {exc.strerror or exc}; free space or fix "
+            "permissions, then run again with --resume"
+        ) from None
+
+
+def _write_shard(
+    root: Path,
+    out: Path,
+    job: ShardJob,
+    options: WriteOptions,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
     name = shard_name(job.index)
     rows: list[tuple[int, int, int, int, int]] = []
     samples: list[list[Any]] = []
@@ -116,10 +148,11 @@ def write_shard(
             _write_all(f.fileno(), (tail,))
             digest.update(tail)
             filesize = offset + len(tail)
+            os.fsync(f.fileno())
         index_bytes = _index_bytes(rows)
         idx_file = out / index_name(name)
         write_bytes_atomic(idx_file, index_bytes)
-        os.replace(tmp_tar, out / name)
+        replace_durably(tmp_tar, out / name)
     except BaseException:
         Path(tmp_tar).unlink(missing_ok=True)
         raise
@@ -137,6 +170,25 @@ def write_shard(
     }
     write_json_atomic(report_path(out, job.index), report)
     return report
+
+
+def shard_matches_report(out: Path, index: int) -> bool:
+    """Whether shard ``index`` in ``out`` is what its report says: the report, the sidecar and
+    the tar exist, the tar has the reported size and ends with the two zero blocks. Cheap: a
+    ``stat`` and one 1 KiB read, no hashing."""
+    name = shard_name(index)
+    try:
+        report = json.loads(report_path(out, index).read_text(encoding="utf-8"))
+        if not (out / index_name(name)).is_file():
+            return False
+        with open(out / name, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != report["filesize"] or size < len(end_of_archive()):
+                return False
+            f.seek(size - len(end_of_archive()))
+            return f.read() == end_of_archive()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _prepare(data: bytes, options: WriteOptions) -> CheckedImage:

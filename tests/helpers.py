@@ -1,10 +1,26 @@
-"""Helpers every test folder may import: where the headless browser is, if anywhere."""
+"""Helpers every test folder may import: where the headless browser is, if anywhere, and a
+decompression bomb."""
 
 from __future__ import annotations
 
 import shutil
+import struct
+import zlib
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "png_bomb"]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(width: int = 12_000, height: int = 12_000) -> bytes:
+    """A complete PNG whose header promises ``width x height`` RGB pixels, in a few KB (its
+    pixel data stops after the first rows: the header alone is the threat)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (1 + 3 * width) * 4, 9)
+    idat, iend = _chunk(b"IDAT", rows), _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + idat + iend

@@ -42,9 +42,11 @@ from loader.train.model import SmallCNN, random_flip
 if TYPE_CHECKING:
     from loader.reporter import StatsReporter
 
-__all__ = ["EpochReport", "TrainOptions", "train"]
+__all__ = ["MAX_HEAD_CLASSES", "EpochReport", "TrainOptions", "num_classes", "train"]
 
 log = logging.getLogger("shardfeed.train")
+
+MAX_HEAD_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
         decode=options.decode,
     )
     dataset: Any = loader.dataset
-    classes = max(len(dataset.classes), 1 + _max_label(dataset))
+    classes = num_classes(dataset)
     model: nn.Module = SmallCNN(classes).to(device)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     tracker = DuplicateTracker(dataset.num_samples)
@@ -273,12 +275,26 @@ def _init_distributed(device: torch.device) -> bool:
     return True
 
 
-def _max_label(dataset: Any) -> int:
+def num_classes(dataset: Any) -> int:
+    """Outputs of the training head: the manifest's class count; labels beyond it are bad
+    samples (the dataset skips them). Foreign shards name no classes: then one more than the
+    largest label of any shard, refused above ``MAX_HEAD_CLASSES``."""
+    if dataset.classes:
+        return len(dataset.classes)
     from loader.reader import ShardReader
 
-    with ShardReader(dataset.source.shards[0]) as reader:
-        labels = reader.index()["label"]
-    return int(labels.max()) if len(labels) else 0
+    largest = 0
+    for shard in dataset.source.shards:
+        with ShardReader(shard) as reader:
+            labels = reader.index()["label"]
+        top = int(labels.max()) if len(labels) else 0
+        if top >= MAX_HEAD_CLASSES:
+            raise ValueError(
+                f"expected labels below {MAX_HEAD_CLASSES} in shards without class names, got "
+                f"label {top} in shard {shard.url}; list the classes in the manifest"
+            )
+        largest = max(largest, top)
+    return largest + 1
 
 
 def _reporter(options: TrainOptions, rank: int) -> StatsReporter | None:

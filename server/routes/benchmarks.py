@@ -45,6 +45,45 @@ def _check_limits(body: BenchmarkRequest, service: Service) -> None:
             )
 
 
+def _buffer_bytes(body: BenchmarkRequest) -> int:
+    """Worst-case bytes of a run's decoded batch buffers: one ``[batch, side, side, 3]`` uint8
+    buffer, times the buffers a worker may hold (its pool, as ``ShardDataset`` sizes it:
+    ``max(CAPACITY, IN_FLIGHT_ITEMS x transfer batches)``), times the workers (the main
+    process decodes when there are none). No decoding, no buffers."""
+    if not body.decode:
+        return 0
+    from loader._recycle import CAPACITY
+    from loader.dataloader import transfer_batches_for
+    from loader.dataset import IN_FLIGHT_ITEMS
+
+    group = transfer_batches_for(body.batch_size, body.image_size)
+    buffers = max(CAPACITY, IN_FLIGHT_ITEMS * group)
+    return body.batch_size * body.image_size**2 * 3 * buffers * max(body.workers, 1)
+
+
+def _check_budget(body: BenchmarkRequest, service: Service) -> None:
+    settings = service.settings
+    need = _buffer_bytes(body)
+    if need > settings.max_buffer_bytes:
+        raise _invalid(
+            "batch_size",
+            f"expected batch buffers of at most {settings.max_buffer_bytes} bytes (this "
+            f"service's max_buffer_bytes), got {need} bytes = batch_size={body.batch_size} x "
+            f"image_size={body.image_size}^2 x 3 x buffers per worker x workers={body.workers}; "
+            "lower batch_size, image_size or workers",
+            body.batch_size,
+            "less_than_equal",
+        )
+    if body.timeout_s is not None and body.timeout_s > settings.max_run_s:
+        raise _invalid(
+            "timeout_s",
+            f"expected timeout_s <= {settings.max_run_s} (this service's max_run_s), "
+            f"got timeout_s={body.timeout_s}",
+            body.timeout_s,
+            "less_than_equal",
+        )
+
+
 def _validate_with_engine(config: dict[str, Any]) -> None:
     """Let the bench engine refuse combinations the models cannot see (422 naming the field)."""
     from loader.bench import BenchConfig
@@ -78,6 +117,7 @@ def start_benchmark(
 ) -> RunCreated:
     """Queue a benchmark run; it starts when the runs before it have finished."""
     _check_limits(body, service)
+    _check_budget(body, service)
     try:
         folder, shards = check_bench_inputs(body.folder, body.shards, service.settings.data_roots)
     except PathRefused as exc:
@@ -89,12 +129,15 @@ def start_benchmark(
         raise _invalid("shards", str(exc), body.shards) from exc
     config = dict(body.to_config(), folder=folder, shards=shards)
     _validate_with_engine(config)
-    if service.store.count_runs()["queued"] >= service.settings.max_queued:
+    record = service.store.create_run_if_room(
+        {**config, "timeout_s": body.timeout_s or service.settings.max_run_s},
+        max_queued=service.settings.max_queued,
+    )
+    if record is None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"{service.settings.max_queued} runs are already queued; wait or cancel some",
         )
-    record = service.store.create_run(config)
     service.bus.publish({"type": "benchmark", **record.to_dict(with_result=False)})
     service.runner.wake()
     return RunCreated(id=record.id, status="queued")

@@ -6,11 +6,13 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi.exceptions import RequestValidationError
 
 from server.deps import Service, get_service, require_token
 from server.jobs import MAX_BUCKETS, JobReport, series, summarize
 from server.models import JOB_PATTERN, StatsAccepted, StatsReport
 from server.ranks import rank_spread
+from server.store import JobLimitError
 
 __all__ = ["router"]
 
@@ -26,29 +28,39 @@ JobName = Annotated[
     status_code=status.HTTP_202_ACCEPTED,
     response_model=StatsAccepted,
     dependencies=[Depends(require_token)],
-    responses={401: {}, 413: {}, 422: {}},
+    responses={401: {}, 413: {}, 422: {}, 429: {}},
 )
 def post_stats(
     job: JobName, report: StatsReport, service: Annotated[Service, Depends(get_service)]
 ) -> StatsAccepted:
-    """Take one rank's cumulative counters (``loader.StatsReporter`` sends them)."""
-    state = service.store.add_report(
-        JobReport(
-            job=job,
-            rank=report.rank,
-            received_at=service.clock(),
-            samples=report.samples,
-            bytes=report.bytes,
-            blocked_s=report.blocked_s,
-            elapsed_s=report.elapsed_s,
-            epoch=report.epoch,
-            tracker=report.tracker,
-            failed_sends=report.failed_sends,
-            resumed_at_step=report.resumed_at_step,
-            loading=report.loading(),
-        ),
-        keep=service.settings.job_max_reports,
-    )
+    """Take one rank's cumulative counters (``loader.StatsReporter`` sends them).
+
+    Bounded: ``rank`` must be below ``job_max_ranks`` (else 422), and a new job needs room
+    under ``job_max_jobs`` (else 429; jobs silent for ``job_retention_s`` make room).
+    """
+    _check_rank(report.rank, service.settings.job_max_ranks)
+    try:
+        state = service.store.add_report(
+            JobReport(
+                job=job,
+                rank=report.rank,
+                received_at=service.clock(),
+                samples=report.samples,
+                bytes=report.bytes,
+                blocked_s=report.blocked_s,
+                elapsed_s=report.elapsed_s,
+                epoch=report.epoch,
+                tracker=report.tracker,
+                failed_sends=report.failed_sends,
+                resumed_at_step=report.resumed_at_step,
+                loading=report.loading(),
+            ),
+            keep=service.settings.job_max_reports,
+            max_jobs=service.settings.job_max_jobs,
+            max_age_s=service.settings.job_retention_s,
+        )
+    except JobLimitError as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc)) from exc
     service.metrics.reports.inc()
     service.bus.publish(
         {
@@ -62,6 +74,14 @@ def post_stats(
         }
     )
     return StatsAccepted(job=job, rank=state.rank, samples_per_s=state.samples_per_s)
+
+
+def _check_rank(rank: int, limit: int) -> None:
+    if rank >= limit:
+        message = f"expected rank < {limit} (this service's job_max_ranks), got rank={rank}"
+        raise RequestValidationError(
+            [{"type": "less_than", "loc": ("body", "rank"), "msg": message, "input": rank}]
+        )
 
 
 @router.get("")

@@ -40,7 +40,11 @@ class TinyData:
 
 
 def make_settings(tmp_path: Path, roots: list[Path], **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"db": tmp_path / "service.db", "data_roots": roots}
+    values: dict[str, Any] = {
+        "db": tmp_path / "service.db",
+        "data_roots": roots,
+        "allowed_hosts": ["testserver"],  # TestClient's Host header
+    }
     values.update(overrides)
     return Settings(**values)
 
