@@ -8,7 +8,8 @@
  *
  * sf_scan decodes a whole image at 1/8 scale into a scratch row (the entropy decoder runs over
  * every block; the IDCT keeps only the DC term) and reports the output size and libjpeg's
- * corrupt-data warnings (the first one's text in msg): what a full decode would report, for a fraction of its cost.
+ * warnings (the first one's text in msg): what a full decode would report, for a fraction of
+ * its cost.
  *
  * Both return 0 on success and write libjpeg's message into msg otherwise. Fatal libjpeg errors
  * longjmp back here; warnings are counted, never printed. No global state: each call owns its
@@ -27,6 +28,8 @@ struct sf_error {
     struct jpeg_error_mgr pub;
     jmp_buf jump;
     int warnings;
+    int ran_out; /* JWRN_JPEG_EOF: libjpeg wanted bytes past the end (a suspending source,
+                    as OpenCV's is, fails the decode there) */
     char first_warning[JMSG_LENGTH_MAX];
 };
 
@@ -35,16 +38,18 @@ static void sf_error_exit(j_common_ptr cinfo) {
     longjmp(err->jump, 1);
 }
 
-/* Counts warnings, except bytes left over before the end-of-image marker, which follow every
- * pixel and are not damage (the loader's full decode ignores them too). */
+/* Counts every warning and keeps the first one's text, which is all that libjpeg's default
+ * handler prints (and so all that a caller of OpenCV ever sees). */
 static void sf_emit_message(j_common_ptr cinfo, int level) {
     struct sf_error *err = (struct sf_error *)cinfo->err;
-    if (level < 0 &&
-        !(err->pub.msg_code == JWRN_EXTRANEOUS_DATA && err->pub.msg_parm.i[1] == 0xd9)) {
+    if (level < 0) {
         if (err->warnings == 0) {
             (*cinfo->err->format_message)(cinfo, err->first_warning);
         }
         err->warnings++;
+        if (err->pub.msg_code == JWRN_JPEG_EOF) {
+            err->ran_out++;
+        }
     }
 }
 
@@ -62,12 +67,13 @@ static void sf_init(j_decompress_ptr cinfo, struct sf_error *err) {
     err->pub.error_exit = sf_error_exit;
     err->pub.emit_message = sf_emit_message;
     err->warnings = 0;
+    err->ran_out = 0;
     err->first_warning[0] = '\0';
 }
 
 /* geometry[0..4] receives: scaled image width, scaled image height, the first decoded column
  * (left rounded down to an iMCU boundary), the number of decoded columns, and the number of
- * corrupt-data warnings met in the part that was read. */
+ * warnings met in the part that was read. */
 int sf_decode_crop(const unsigned char *data, unsigned long size, int num, int top, int left,
                    int height, int width, unsigned char *out, int out_stride, int *geometry,
                    char *msg, int msglen) {
@@ -123,12 +129,17 @@ int sf_decode_crop(const unsigned char *data, unsigned long size, int num, int t
         }
     }
     geometry[4] = err.warnings;
+    if (err.warnings && msglen > 0) {
+        strncpy(msg, err.first_warning, (size_t)msglen - 1);
+        msg[msglen - 1] = '\0';
+    }
     jpeg_abort_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
     return 0;
 }
 
-/* geometry[0..2] receives: width and height at 1/8 scale, and the number of warnings. */
+/* geometry[0..3] receives: width and height at 1/8 scale, the number of warnings, and how many
+ * of them say the data ran out; msg the first warning's text. */
 int sf_scan(const unsigned char *data, unsigned long size, int *geometry, char *msg,
             int msglen) {
     struct jpeg_decompress_struct cinfo;
@@ -161,6 +172,7 @@ int sf_scan(const unsigned char *data, unsigned long size, int *geometry, char *
     geometry[0] = (int)cinfo.output_width;
     geometry[1] = (int)cinfo.output_height;
     geometry[2] = err.warnings;
+    geometry[3] = err.ran_out;
     if (err.warnings && msglen > 0) {
         strncpy(msg, err.first_warning, (size_t)msglen - 1);
         msg[msglen - 1] = '\0';

@@ -12,7 +12,7 @@ is false and every caller keeps its OpenCV path.
   ``left..left+width-1`` of the image scaled by ``M/8``, as RGB. Rows above are skipped before
   the IDCT, rows below are never read.
 - ``scan_jpeg``: the entropy decoder over every block at 1/8 scale (the IDCT keeps only the DC
-  term), with libjpeg's corrupt-data warnings: the damage a full decode would report.
+  term), with libjpeg's warnings: the damage a full decode would report.
 
 Each call owns its decompressor, so calls from several threads at once are safe.
 """
@@ -40,13 +40,15 @@ class JpegError(ValueError):
 
 
 class ScanResult(NamedTuple):
-    """A 1/8-scale pass over every block: the output size, the number of libjpeg's corrupt-data
-    warnings (leftover bytes before the end-of-image marker excluded) and the first one's text."""
+    """A 1/8-scale pass over every block: the output size, the number of libjpeg's warnings, the
+    first one's text (the only one libjpeg's default handler prints), and whether libjpeg asked
+    for bytes past the end of the data (where OpenCV's suspending source fails the decode)."""
 
     width: int
     height: int
     warnings: int
     first_warning: str
+    ran_out: bool
 
 
 @functools.cache
@@ -94,8 +96,8 @@ def decode_region(
     """RGB ``[height, width, 3]`` view of the image decoded at scale ``m/8`` (1..8), rows
     ``top:top+height`` and columns ``left:left+width`` of that scaled image. Raises
     ``JpegError`` with libjpeg's message when it cannot (corrupt headers, CMYK, a region
-    outside the image) or met corrupt data (a truncation, a bad code) in the rows it read;
-    damage below the region goes unseen, since those rows are never read."""
+    outside the image) or warned (corrupt data, a truncation) in the rows it read; damage below
+    the region goes unseen, since those rows are never read."""
     lib = _loaded()
     if not 1 <= m <= 8:
         raise ValueError(f"expected a scale numerator 1..8, got m={m}")
@@ -110,7 +112,7 @@ def decode_region(
     if code:
         raise JpegError(msg.value.decode("utf-8", "replace"))
     if geometry[4]:
-        raise JpegError(f"corrupt JPEG data in the rows read ({geometry[4]} warning(s))")
+        raise JpegError(f"libjpeg warned in the rows read: {msg.value.decode('utf-8', 'replace')}")
     first = left - geometry[2]
     return out[:, first : first + width]
 
@@ -119,11 +121,11 @@ def scan_jpeg(data: bytes | memoryview) -> ScanResult:
     """Run libjpeg over every block of ``data`` at 1/8 scale (see ``ScanResult``). Raises
     ``JpegError`` with libjpeg's message on a fatal error (bad markers, not a JPEG)."""
     lib = _loaded()
-    geometry = (ctypes.c_int * 3)()
+    geometry = (ctypes.c_int * 4)()
     msg = ctypes.create_string_buffer(_MSG_LEN)
     src = np.frombuffer(data, np.uint8)
     code = lib.sf_scan(src.ctypes.data_as(_U8P), src.size, geometry, msg, _MSG_LEN)
     text = msg.value.decode("utf-8", "replace")
     if code:
         raise JpegError(text)
-    return ScanResult(geometry[0], geometry[1], geometry[2], text)
+    return ScanResult(geometry[0], geometry[1], geometry[2], text, bool(geometry[3]))
