@@ -14,11 +14,15 @@ and, per core, ``check_image(verify="decode")`` against ``cv2.imdecode`` in one 
 
     python tools/decode_bench.py crop build/bench-src --images 1000 --rounds 5
     python tools/decode_bench.py verify build/bench-src --processes 2 --rounds 3
+    python tools/decode_bench.py modes build/bench-src build/bench-shards --rounds 3
+
+``modes SRC SHARDS``: CPU seconds per 1000 samples of each bench mode (see ``modes``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import multiprocessing
@@ -28,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +167,55 @@ def verify(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def modes(args: argparse.Namespace) -> dict[str, Any]:
+    """CPU seconds per 1000 samples of each bench mode, all its processes and threads counted
+    (this process, and its workers once they are joined), over one epoch each, rounds
+    interleaved; plus the epoch's wall-clock rate. CPU cost is what other users of a shared
+    machine disturb least, and on dedicated cores a CPU-bound loader's rate is its inverse."""
+    from loader.bench.engine import BenchConfig, _setup
+    from loader.bench.modes import build_mode
+    from loader.dataloader import stop_workers
+
+    config = BenchConfig(folder=args.src, shards=args.shards, workers=args.workers)
+    names = args.modes.split(",")
+    rows: dict[str, list[dict[str, float]]] = {m: [] for m in names}
+    with ExitStack() as stack:
+        setup = _setup(config, stack)
+        for r in range(args.rounds):
+            for name in names:
+                cpu0, t0 = _cpu_s(), time.perf_counter()
+                built = build_mode(name, setup)
+                samples = 0
+                try:
+                    for batch in built.loader:
+                        samples += len(batch.ids)
+                finally:
+                    stop_workers(built.loader)
+                    del built
+                    gc.collect()
+                wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+                rows[name].append({"cpu_s_per_1k": 1000 * cpu / samples, "per_s": samples / wall})
+                log.info("round %d %s: %.2f CPU s per 1k, %.0f samples/s", r, name,
+                         *rows[name][-1].values())  # fmt: skip
+    return {
+        "what": "CPU seconds per 1000 samples (all processes), one epoch per round",
+        "workers": args.workers,
+        "modes": {
+            name: {
+                "cpu_s_per_1k": statistics.median(x["cpu_s_per_1k"] for x in got),
+                "samples_per_s": statistics.median(x["per_s"] for x in got),
+                "rounds": got,
+            }
+            for name, got in rows.items()
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,8 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--processes", type=int, default=2)
     v.add_argument("--shards", type=int, default=8)
     v.add_argument("--rounds", type=int, default=3)
+    m = sub.add_parser("modes")
+    m.add_argument("src")
+    m.add_argument("shards")
+    m.add_argument("--modes", default="tar-aware,pil-folder,spdl,mosaic,litdata")
+    m.add_argument("--workers", type=int, default=2)
+    m.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    doc = crop(args) if args.command == "crop" else verify(args)
+    run = {"crop": crop, "verify": verify, "modes": modes}[args.command]
+    doc = run(args)
     doc["machine"] = {"cores": os.cpu_count(), "load": os.getloadavg()}
     sys.stdout.write(json.dumps(doc) + "\n")
     return 0

@@ -38,13 +38,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from loader.batch import Batch
-from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable, storage_label
+from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable
 from loader.decode import ImageDecoder, random_resized_crop
 from shards.scan import scan_folder
 
 __all__ = ["PilFolderDataset", "pil_folder_mode", "spdl_mode"]
 
 _NO_PIXELS = (0, 0, 3)
+
+
+def _folder_storage(setup: ModeSetup, how: str) -> str:
+    """Both modes read the local folder, also with ``--http`` (and say so)."""
+    storage = f"local files ({how})"
+    if setup.http:
+        storage += ", --http ignored: reads the local folder"
+    if setup.latency_ms:
+        storage += f", +{setup.latency_ms:g} ms per file open"
+    return storage
 
 
 def _listing(root: str) -> tuple[Path, list[str], list[int]]:
@@ -129,10 +139,7 @@ def pil_folder_mode(setup: ModeSetup) -> BuiltMode:
         num_workers=setup.workers,
         generator=torch.Generator().manual_seed(setup.seed),
     )
-    storage = "local files (PIL)" + (" (--http ignored: reads the local folder)" * setup.http)
-    if setup.latency_ms:
-        storage += f", +{setup.latency_ms:g} ms per file open"
-    return BuiltMode(loader, len(dataset), storage)
+    return BuiltMode(loader, len(dataset), _folder_storage(setup, "PIL"))
 
 
 class _SpdlDecode:
@@ -207,5 +214,6 @@ def spdl_mode(setup: ModeSetup) -> BuiltMode:
             "skipped", f"spdl is not installed ({exc}); it comes with 'make bench'"
         ) from None
     epochs = _SpdlEpochs(setup, setup.folder)
-    storage = storage_label(setup, "file open").replace("HTTP on 127.0.0.1", "local files")
-    return BuiltMode(epochs, len(epochs.paths), storage + f", {max(setup.workers, 1)} threads")
+    return BuiltMode(
+        epochs, len(epochs.paths), _folder_storage(setup, f"{max(setup.workers, 1)} threads")
+    )
