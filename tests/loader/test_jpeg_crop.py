@@ -6,6 +6,9 @@ decodes every pixel of the image at the same DCT scale and then crops the same b
 is PSNR >= 40 dB and mean absolute difference <= 1.0 per image (uint8 levels). How a DCT-scaled
 decode compares with a full-resolution one is the OpenCV reduced decode's choice, made before
 this and tested in tests/loader/test_decode.py; both paths pick the same scale.
+
+No OpenCV call here runs on OpenCV's thread pool in this process (``cvtColor`` of a large image
+would start it): a DataLoader worker forked after that deadlocks in ``cv2.setNumThreads``.
 """
 
 from __future__ import annotations
@@ -90,9 +93,7 @@ def test_every_scale_is_reached_and_matches_opencv_at_that_scale() -> None:
     for m, size in [(1, 80), (2, 160), (4, 300), (8, 700)]:
         assert pick_scale(720, 760, size) == m
         region = decode_crop(data, (1024, 800), (40, 200, 720, 760), size)
-        whole = cv2.cvtColor(
-            cv2.imdecode(np.frombuffer(data, np.uint8), flags[m]), cv2.COLOR_BGR2RGB
-        )
+        whole = cv2.imdecode(np.frombuffer(data, np.uint8), flags[m])[..., ::-1]
         assert whole.shape[:2] == (scaled_size(800, m), scaled_size(1024, m))
         top, left = round(40 * m / 8), round(200 * m / 8)
         expected = whole[top : top + region.shape[0], left : left + region.shape[1]]

@@ -2,7 +2,8 @@
 
 Checks the JSON schema and the accounting the benchmark exists to show, not the speeds:
 ``tar-naive`` delivers every sample once per worker, ``tar-aware``/``map``/``webdataset``/
-``litdata`` exactly once, ``tar-per-worker`` runs only when workers equal shards. Bad options
+``litdata`` and the installed ones of ``pil-folder``/``spdl``/``mosaic`` exactly once,
+``tar-per-worker`` runs only when workers equal shards. Bad options
 are one line on stderr and exit code 2.
 """
 
