@@ -13,7 +13,7 @@ WORKDIR /app
 RUN if [ "$TORCH" != "skip" ]; then \
       pip install "torch==${TORCH}" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}; \
     fi
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY shards ./shards
 COPY loader ./loader
 COPY server ./server

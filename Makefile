@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py shards/_jpegturbo.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -30,7 +30,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]' torch==2.13.0
-	$(BIN)/python -m pip install -q --no-deps 'litdata>=0.2.40'
+	$(BIN)/python -m pip install -q --no-deps 'litdata>=0.2.40' 'mosaicml-streaming>=0.13' 'transformers>=4.21.3,<5'
+	$(BIN)/python -c 'import torch; v = torch.__version__; assert v.startswith("2.13.0"), v; print("torch", v)'
 	test -d build/bench-src || $(BIN)/shardfeed sample build/bench-src --images 4000 --classes 10 --seed 0 --workers 2
 	test -f build/bench-shards/manifest.json || $(BIN)/shardfeed shard build/bench-src build/bench-shards --num-shards 8 --workers 2
 	$(BIN)/shardfeed bench --folder build/bench-src --shards build/bench-shards --workers 2 --repeat 3 --modes all

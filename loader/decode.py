@@ -29,8 +29,11 @@ from typing import Final, NamedTuple, Protocol
 import cv2
 import numpy as np
 
+from loader._jpeg_crop import available as jpeg_crop_available
+from loader._jpeg_crop import decode_crop
 from shards.format import sniff_image_format
 from shards.imageinfo import image_info, pixel_bomb
+from shards.jpegturbo import JpegError
 
 __all__ = [
     "CropBox",
@@ -171,6 +174,9 @@ class ImageDecoder:
     is dropped, 16-bit PNGs are scaled to 8 bits, palettes are expanded. With ``reduced_decode``
     a JPEG whose crop is at least 2, 4 or 8 times the output side (in both dimensions) is decoded
     at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, which is faster and still downscales.
+    With ``partial_decode`` too (and ``shards/_jpegturbo`` built), a JPEG is decoded at that
+    same scale but only over the crop's rows and iMCU columns (``loader._jpeg_crop``); the box
+    is drawn from the header before either path runs, so it does not depend on which one does.
     It keeps no per-call state, so one instance may serve many threads.
     """
 
@@ -183,6 +189,7 @@ class ImageDecoder:
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         interpolation: int = cv2.INTER_LINEAR,
         reduced_decode: bool = True,
+        partial_decode: bool = True,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"expected image_size >= 1, got image_size={image_size}")
@@ -194,6 +201,7 @@ class ImageDecoder:
         self.ratio = ratio
         self.interpolation = interpolation
         self.reduced_decode = reduced_decode
+        self.partial_decode = partial_decode
 
     @property
     def image_size(self) -> int:
@@ -201,7 +209,10 @@ class ImageDecoder:
 
     def __repr__(self) -> str:
         mode = "train" if self.train else "eval"
-        return f"ImageDecoder({self._size}, {mode}, reduced_decode={self.reduced_decode})"
+        return (
+            f"ImageDecoder({self._size}, {mode}, reduced_decode={self.reduced_decode}, "
+            f"partial_decode={self.partial_decode})"
+        )
 
     def _box(self, width: int, height: int, rng: np.random.Generator) -> CropBox:
         if self.train:
@@ -219,20 +230,30 @@ class ImageDecoder:
         self._check_out(out)
         buf = np.frombuffer(data, np.uint8)
         size = _jpeg_size(data) if self.reduced_decode else None
+        rgb: np.ndarray | None = None
         if size is not None:
             box = self._box(size[0], size[1], rng)
-            flags = next(
-                (f for k, f in _REDUCED_FLAGS if min(box.height, box.width) >= k * s), _FULL_FLAGS
-            )
-            image = _imdecode(buf, flags)
-            box = rescale_box(box, size, image.shape[1], image.shape[0])
+            rgb = self._partial(data, size, box)
+            if rgb is None:
+                flags = next(
+                    (f for k, f in _REDUCED_FLAGS if min(box.height, box.width) >= k * s),
+                    _FULL_FLAGS,
+                )
+                image = _imdecode(buf, flags)
+                box = rescale_box(box, size, image.shape[1], image.shape[0])
         else:
             bomb = pixel_bomb(image_info(data))
             if bomb is not None:
                 raise DecodeError(f"not decoded: {bomb}")
             image = _imdecode(buf, _FULL_FLAGS)
             box = self._box(image.shape[1], image.shape[0], rng)
-        self._crop_into(image, box, out, self.train and rng.random() < 0.5)
+        flip = self.train and rng.random() < 0.5
+        if rgb is not None:
+            cv2.resize(rgb, (s, s), dst=out, interpolation=self.interpolation)
+            if flip:
+                cv2.flip(out, 1, dst=out)
+        else:
+            self._crop_into(image, box, out, flip)
         return len(buf)
 
     def draw(self, width: int, height: int, rng: np.random.Generator) -> tuple[CropBox, bool]:
@@ -284,6 +305,18 @@ class ImageDecoder:
         cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)
         if flip:
             cv2.flip(out, 1, dst=out)
+
+    def _partial(
+        self, data: bytes | memoryview, size: tuple[int, int], box: CropBox
+    ) -> np.ndarray | None:
+        """The crop's RGB pixels from ``loader._jpeg_crop`` (same scale as the OpenCV path), or
+        ``None`` when it is off, not built, or libjpeg declines (CMYK, damaged headers)."""
+        if not self.partial_decode or not jpeg_crop_available():
+            return None
+        try:
+            return decode_crop(data, size, box, self._size)
+        except JpegError:
+            return None
 
 
 def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray:

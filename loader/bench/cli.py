@@ -144,7 +144,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     config = bench_config(args)
     if not log.isEnabledFor(logging.DEBUG):
-        logging.getLogger("litdata").setLevel(logging.WARNING)
+        for name in ("litdata", "spdl", "streaming"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     doc = run_bench(config, on_event=_log_event)
     if args.json:
         sys.stdout.write(json.dumps(doc) + "\n")

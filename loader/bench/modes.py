@@ -22,6 +22,7 @@ __all__ = ["DEFAULT_MODES", "MODES", "MODE_NAMES", "Mode", "build_mode"]
 
 _OURS = "loader.bench.builders:"
 _PEERS = "loader.bench.peers:"
+_FOLDER_PEERS = "loader.bench.folder_peers:"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,19 @@ MODES: tuple[Mode, ...] = (
     Mode("webdataset", _PEERS + "webdataset_mode", True, "webdataset's pipeline over our shards"),
     Mode(
         "litdata", _PEERS + "litdata_mode", False, "LitData StreamingDataset over a converted copy"
+    ),
+    Mode(
+        "pil-folder",
+        _FOLDER_PEERS + "pil_folder_mode",
+        False,
+        "ImageFolder recipe: PIL decode, RandomResizedCrop + flip, default DataLoader",
+    ),
+    Mode("spdl", _FOLDER_PEERS + "spdl_mode", False, "SPDL thread pipeline over the folder"),
+    Mode(
+        "mosaic",
+        "loader.bench.mosaic:mosaic_mode",
+        False,
+        "MosaicML Streaming over an MDS copy converted by its MDSWriter",
     ),
 )
 MODE_NAMES: tuple[str, ...] = tuple(mode.name for mode in MODES)

@@ -376,7 +376,7 @@ def test_reduced_decode_uses_the_largest_factor_that_still_downscales(
 ) -> None:
     data = encode(smooth(768, 1024), ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90)
     out = out_for(size)
-    eval_transform(size)(data, out, np.random.default_rng(0))
+    ImageDecoder(size, train=False, partial_decode=False)(data, out, np.random.default_rng(0))
     box = center_crop(1024, 768, size)
     assert box.height == box.width == side and side >= factor * size
     small = imdecode(data, _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION)

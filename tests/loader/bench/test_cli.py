@@ -2,12 +2,14 @@
 
 Checks the JSON schema and the accounting the benchmark exists to show, not the speeds:
 ``tar-naive`` delivers every sample once per worker, ``tar-aware``/``map``/``webdataset``/
-``litdata`` exactly once, ``tar-per-worker`` runs only when workers equal shards. Bad options
+``litdata`` and the installed ones of ``pil-folder``/``spdl``/``mosaic`` exactly once,
+``tar-per-worker`` runs only when workers equal shards. Bad options
 are one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -60,12 +62,19 @@ def run_json(src: Path, out: Path, *args: str) -> dict[str, Any]:
     return doc
 
 
-def litdata_installed() -> bool:
+def installed(module: str) -> bool:
     try:
-        import litdata  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
         return False
-    return True
+
+
+def litdata_installed() -> bool:
+    return installed("litdata")
+
+
+# The modes users pick instead of ours, each with the package it needs.
+USER_MODES = {"pil-folder": "PIL", "spdl": "spdl.pipeline", "mosaic": "streaming"}
 
 
 def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, Path]) -> None:
@@ -78,10 +87,11 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
     machine = doc["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["torch"] and machine["opencv"]
     assert doc["config"]["workers"] == 2 and doc["config"]["modes"] == [
-        "map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata",
+        "map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata", *USER_MODES,
     ]  # fmt: skip
     limit = doc["limit"]
-    ok_modes = 4 + litdata_installed()
+    users = [m for m, module in USER_MODES.items() if installed(module)]
+    ok_modes = 4 + litdata_installed() + len(users)
     assert limit["processes"] == 2 and limit["samples"] == IMAGES
     assert len(limit["runs"]) == ok_modes + 1 and limit["samples_per_s"] > 0
     modes = doc["modes"]
@@ -90,8 +100,10 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
     assert "num_workers=2" in per_worker["reason"] and "3 shards" in per_worker["reason"]
     if not litdata_installed():
         assert modes["litdata"]["status"] == "skipped" and "litdata" in modes["litdata"]["reason"]
+    for name in set(USER_MODES) - set(users):
+        assert modes[name]["status"] == "skipped" and "not installed" in modes[name]["reason"]
     exact = ["map", "tar-aware", "webdataset"] + (["litdata"] if litdata_installed() else [])
-    for name in [*exact, "tar-naive"]:
+    for name in [*exact, *users, "tar-naive"]:
         result = modes[name]
         assert result["status"] == "ok" and result["reason"] is None, (name, result)
         assert FIGURES <= set(result), (name, FIGURES - set(result))
