@@ -17,6 +17,14 @@ from shards.build import BuildError, build_shards, merge_build
 from shards.format import shard_name
 from shards.manifest import Manifest
 from shards.plan import SizingOptions
+from tests.shards.helpers import (
+    encode,
+    file_hashes,
+    jpeg,
+    make_plain,
+    quick_options,
+    run_unprivileged,
+)
 
 
 def sample_paths(out: Path) -> list[list[str]]:
@@ -34,37 +42,37 @@ def sample_paths(out: Path) -> list[list[str]]:
     return shards
 
 
-def build(kit: Any, src: Path, out: Path, **kw: Any) -> dict[str, Any]:
+def build(src: Path, out: Path, **kw: Any) -> dict[str, Any]:
     kw.setdefault("sizing", SizingOptions(num_shards=3))
-    return build_shards(src, out, kit.quick_options(**kw))
+    return build_shards(src, out, quick_options(**kw))
 
 
 def test_same_input_and_seed_give_identical_bytes_for_any_workers(
-    kit: Any, quirky: Any, tmp_path: Path
+    quirky: Any, tmp_path: Path
 ) -> None:
     hashes = []
     for run, workers in enumerate((1, 1, 2, 3)):
         out = tmp_path / f"out{run}"
-        build(kit, quirky.root, out, workers=workers, against=str(quirky.against))
-        hashes.append(kit.file_hashes(out))
+        build(quirky.root, out, workers=workers, against=str(quirky.against))
+        hashes.append(file_hashes(out))
     assert len(hashes[0]) == 7  # 3 shards, 3 sidecars, the manifest
     assert all(h == hashes[0] for h in hashes[1:])
 
 
-def test_different_seed_gives_different_order(kit: Any, plain_folder: Path, tmp_path: Path) -> None:
-    build(kit, plain_folder, tmp_path / "a", seed=1)
-    build(kit, plain_folder, tmp_path / "b", seed=2)
+def test_different_seed_gives_different_order(plain_folder: Path, tmp_path: Path) -> None:
+    build(plain_folder, tmp_path / "a", seed=1)
+    build(plain_folder, tmp_path / "b", seed=2)
     a, b = sample_paths(tmp_path / "a"), sample_paths(tmp_path / "b")
     assert sorted(sum(a, [])) == sorted(sum(b, []))
     assert a != b
     assert (
-        kit.file_hashes(tmp_path / "a")["shard-000000.tar"]
-        != kit.file_hashes(tmp_path / "b")["shard-000000.tar"]
+        file_hashes(tmp_path / "a")["shard-000000.tar"]
+        != file_hashes(tmp_path / "b")["shard-000000.tar"]
     )
 
 
-def test_every_shard_mixes_classes(kit: Any, plain_folder: Path, tmp_path: Path) -> None:
-    build(kit, plain_folder, tmp_path / "o", sizing=SizingOptions(num_shards=4))
+def test_every_shard_mixes_classes(plain_folder: Path, tmp_path: Path) -> None:
+    build(plain_folder, tmp_path / "o", sizing=SizingOptions(num_shards=4))
     for paths in sample_paths(tmp_path / "o"):
         assert len({p.split("/")[0] for p in paths}) >= 3, paths
     flat = sum(sample_paths(tmp_path / "o"), [])
@@ -73,34 +81,32 @@ def test_every_shard_mixes_classes(kit: Any, plain_folder: Path, tmp_path: Path)
 
 @pytest.mark.parametrize("num_shards", [1, 2, 7, 59, 60])
 def test_num_shards_sizes_differ_by_at_most_one(
-    kit: Any, plain_folder: Path, tmp_path: Path, num_shards: int
+    plain_folder: Path, tmp_path: Path, num_shards: int
 ) -> None:
-    summary = build(kit, plain_folder, tmp_path / "o", sizing=SizingOptions(num_shards=num_shards))
+    summary = build(plain_folder, tmp_path / "o", sizing=SizingOptions(num_shards=num_shards))
     sizes = [s.nsamples for s in Manifest.load(tmp_path / "o").shards]
     assert len(sizes) == num_shards and sum(sizes) == 60
     assert max(sizes) - min(sizes) <= 1
     assert summary["samples_per_shard"] == {"min": min(sizes), "max": max(sizes)}
 
 
-def test_more_shards_than_images_gives_one_shard_per_image(kit: Any, tmp_path: Path) -> None:
-    kit.make_plain(tmp_path / "src", 5, 2)
-    build(kit, tmp_path / "src", tmp_path / "o", sizing=SizingOptions(num_shards=50))
+def test_more_shards_than_images_gives_one_shard_per_image(tmp_path: Path) -> None:
+    make_plain(tmp_path / "src", 5, 2)
+    build(tmp_path / "src", tmp_path / "o", sizing=SizingOptions(num_shards=50))
     assert [s.nsamples for s in Manifest.load(tmp_path / "o").shards] == [1] * 5
 
 
 @pytest.mark.parametrize("max_samples", [1, 7, 60, 1000])
-def test_max_samples_is_respected(
-    kit: Any, plain_folder: Path, tmp_path: Path, max_samples: int
-) -> None:
-    build(kit, plain_folder, tmp_path / "o", sizing=SizingOptions(max_samples=max_samples))
+def test_max_samples_is_respected(plain_folder: Path, tmp_path: Path, max_samples: int) -> None:
+    build(plain_folder, tmp_path / "o", sizing=SizingOptions(max_samples=max_samples))
     sizes = [s.nsamples for s in Manifest.load(tmp_path / "o").shards]
     assert max(sizes) <= max_samples and sum(sizes) == 60
     assert len(sizes) == -(-60 // max_samples)
 
 
-def test_max_bytes_is_respected(kit: Any, plain_folder: Path, tmp_path: Path) -> None:
+def test_max_bytes_is_respected(plain_folder: Path, tmp_path: Path) -> None:
     limit = 40_000
-    build(kit, plain_folder, tmp_path / "o", sizing=SizingOptions(max_bytes=limit))
+    build(plain_folder, tmp_path / "o", sizing=SizingOptions(max_bytes=limit))
     manifest = Manifest.load(tmp_path / "o")
     assert len(manifest.shards) > 1 and manifest.num_samples == 60
     for entry in manifest.shards:
@@ -110,11 +116,11 @@ def test_max_bytes_is_respected(kit: Any, plain_folder: Path, tmp_path: Path) ->
     assert all(a + b - 1024 > limit for a, b in zip(sizes, sizes[1:], strict=False))
 
 
-def test_image_larger_than_max_bytes_gets_a_shard_of_its_own(kit: Any, tmp_path: Path) -> None:
-    kit.make_plain(tmp_path / "src", 4, 1)
-    big = kit.encode(".png", np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8))
+def test_image_larger_than_max_bytes_gets_a_shard_of_its_own(tmp_path: Path) -> None:
+    make_plain(tmp_path / "src", 4, 1)
+    big = encode(".png", np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8))
     (tmp_path / "src" / "n00000000" / "big.png").write_bytes(big)
-    build(kit, tmp_path / "src", tmp_path / "o", sizing=SizingOptions(max_bytes=len(big) // 2))
+    build(tmp_path / "src", tmp_path / "o", sizing=SizingOptions(max_bytes=len(big) // 2))
     manifest = Manifest.load(tmp_path / "o")
     assert manifest.num_samples == 5
     big_shards = [p for p in sample_paths(tmp_path / "o") if "n00000000/big.png" in p]
@@ -133,38 +139,36 @@ def test_image_larger_than_max_bytes_gets_a_shard_of_its_own(kit: Any, tmp_path:
     ],
 )
 def test_bad_sizing_is_rejected_before_writing(
-    kit: Any, plain_folder: Path, tmp_path: Path, sizing: SizingOptions
+    plain_folder: Path, tmp_path: Path, sizing: SizingOptions
 ) -> None:
     with pytest.raises(ValueError, match="expected"):
-        build(kit, plain_folder, tmp_path / "o", sizing=sizing)
+        build(plain_folder, tmp_path / "o", sizing=sizing)
     assert not list((tmp_path / "o").glob("shard-*"))
 
 
-def test_part_builds_merged_equal_one_build(kit: Any, quirky: Any, tmp_path: Path) -> None:
-    build(kit, quirky.root, tmp_path / "whole", against=str(quirky.against))
+def test_part_builds_merged_equal_one_build(quirky: Any, tmp_path: Path) -> None:
+    build(quirky.root, tmp_path / "whole", against=str(quirky.against))
     parts = tmp_path / "parts"
     for part in ((3, 3), (1, 3)):
-        summary = build(kit, quirky.root, parts, part=part)
+        summary = build(quirky.root, parts, part=part)
         assert summary["part"] == f"{part[0]}/{part[1]}"
         assert not (parts / "manifest.json").exists()
     with pytest.raises(BuildError, match=r"shard-000001\.tar.*--part"):
         merge_build(parts)
     assert not (parts / "manifest.json").exists()
-    build(kit, quirky.root, parts, part=(2, 3))
+    build(quirky.root, parts, part=(2, 3))
     merge_build(parts, against=str(quirky.against))
-    assert kit.file_hashes(parts) == kit.file_hashes(tmp_path / "whole")
+    assert file_hashes(parts) == file_hashes(tmp_path / "whole")
 
 
-def test_part_builds_with_more_parts_than_shards(
-    kit: Any, plain_folder: Path, tmp_path: Path
-) -> None:
-    build(kit, plain_folder, tmp_path / "whole", sizing=SizingOptions(num_shards=2))
+def test_part_builds_with_more_parts_than_shards(plain_folder: Path, tmp_path: Path) -> None:
+    build(plain_folder, tmp_path / "whole", sizing=SizingOptions(num_shards=2))
     for i in range(1, 5):
-        summary = build(kit, plain_folder, tmp_path / "p", sizing=SizingOptions(num_shards=2),
+        summary = build(plain_folder, tmp_path / "p", sizing=SizingOptions(num_shards=2),
                         part=(i, 4))  # fmt: skip
         assert summary["shards_written"] == (1 if i <= 2 else 0)
     merge_build(tmp_path / "p")
-    assert kit.file_hashes(tmp_path / "p") == kit.file_hashes(tmp_path / "whole")
+    assert file_hashes(tmp_path / "p") == file_hashes(tmp_path / "whole")
 
 
 def test_merge_without_a_build(tmp_path: Path) -> None:
@@ -174,28 +178,28 @@ def test_merge_without_a_build(tmp_path: Path) -> None:
 
 
 def test_rerun_needs_resume_and_resume_needs_same_options(
-    kit: Any, plain_folder: Path, tmp_path: Path
+    plain_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "o"
-    build(kit, plain_folder, out)
-    before = kit.file_hashes(out)
+    build(plain_folder, out)
+    before = file_hashes(out)
     with pytest.raises(BuildError, match="pass --resume"):
-        build(kit, plain_folder, out)
+        build(plain_folder, out)
     with pytest.raises(BuildError, match="other input or options"):
-        build(kit, plain_folder, out, seed=5, resume=True)
+        build(plain_folder, out, seed=5, resume=True)
     with pytest.raises(BuildError, match="other input or options"):
-        build(kit, plain_folder, out, sizing=SizingOptions(num_shards=4), resume=True)
-    summary = build(kit, plain_folder, out, resume=True)
+        build(plain_folder, out, sizing=SizingOptions(num_shards=4), resume=True)
+    summary = build(plain_folder, out, resume=True)
     assert (summary["shards_written"], summary["shards_kept"]) == (0, 3)
-    assert kit.file_hashes(out) == before
+    assert file_hashes(out) == before
 
 
 def test_resume_rebuilds_missing_shards_and_removes_temporaries(
-    kit: Any, plain_folder: Path, tmp_path: Path
+    plain_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "o"
-    build(kit, plain_folder, out, sizing=SizingOptions(num_shards=4))
-    before = kit.file_hashes(out)
+    build(plain_folder, out, sizing=SizingOptions(num_shards=4))
+    before = file_hashes(out)
     (out / "manifest.json").unlink()
     (out / shard_name(1)).unlink()  # report kept, tar gone
     (out / ".build" / f"{shard_name(2)}.json").unlink()  # killed before the report
@@ -203,38 +207,36 @@ def test_resume_rebuilds_missing_shards_and_removes_temporaries(
     (out / f".{shard_name(3)}.abc.tmp").write_bytes(b"partial")
     (out / ".shard-000003.idx.npy.abc.tmp").write_bytes(b"partial")
     (out / ".build" / f".{shard_name(3)}.json.abc.tmp").write_bytes(b"{")
-    summary = build(kit, plain_folder, out, sizing=SizingOptions(num_shards=4), resume=True)
+    summary = build(plain_folder, out, sizing=SizingOptions(num_shards=4), resume=True)
     assert (summary["shards_written"], summary["shards_kept"]) == (3, 1)
-    assert kit.file_hashes(out) == before
+    assert file_hashes(out) == before
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_output_that_is_not_empty_is_refused_untouched(
-    kit: Any, plain_folder: Path, tmp_path: Path
-) -> None:
+def test_output_that_is_not_empty_is_refused_untouched(plain_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(BuildError, match="not empty"):
-        build(kit, plain_folder, out)
+        build(plain_folder, out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "deep"])
-def test_output_inside_source_is_refused(kit: Any, tmp_path: Path, where: str) -> None:
-    kit.make_plain(tmp_path / "src", 3, 1)
+def test_output_inside_source_is_refused(tmp_path: Path, where: str) -> None:
+    make_plain(tmp_path / "src", 3, 1)
     out = {"same": "src", "inside": "src/out", "deep": "src/n00000000/x/y"}[where]
     before = sorted((tmp_path / "src").rglob("*"))
     with pytest.raises(ValueError, match="inside the source"):
-        build(kit, tmp_path / "src", tmp_path / out)
+        build(tmp_path / "src", tmp_path / out)
     assert sorted((tmp_path / "src").rglob("*")) == before
 
 
 def test_against_folder_must_exist_before_any_shard_is_written(
-    kit: Any, plain_folder: Path, tmp_path: Path
+    plain_folder: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(FileNotFoundError, match="--against"):
-        build(kit, plain_folder, tmp_path / "o", against=str(tmp_path / "nope"))
+        build(plain_folder, tmp_path / "o", against=str(tmp_path / "nope"))
     assert not (tmp_path / "o").exists()
 
 
@@ -247,9 +249,9 @@ def test_against_folder_must_exist_before_any_shard_is_written(
     ],
 )
 def test_verify_levels(
-    kit: Any, quirky: Any, tmp_path: Path, verify: str, sharded: set[str], skipped: set[str]
+    quirky: Any, tmp_path: Path, verify: str, sharded: set[str], skipped: set[str]
 ) -> None:
-    build(kit, quirky.root, tmp_path / "o", verify=verify)
+    build(quirky.root, tmp_path / "o", verify=verify)
     stored = {p.split("/")[-1] for p in sum(sample_paths(tmp_path / "o"), [])}
     assert sharded <= stored and not skipped & stored
     reasons = {s["path"].split("/")[-1]: s["reason"] for s in Manifest.load(tmp_path / "o").skipped}
@@ -257,8 +259,8 @@ def test_verify_levels(
     assert len(stored) == len(quirky.images) + len(sharded)
 
 
-def test_resize_reencodes_every_image_as_small_jpeg(kit: Any, quirky: Any, tmp_path: Path) -> None:
-    build(kit, quirky.root, tmp_path / "o", resize_max_side=16, quality=80)
+def test_resize_reencodes_every_image_as_small_jpeg(quirky: Any, tmp_path: Path) -> None:
+    build(quirky.root, tmp_path / "o", resize_max_side=16, quality=80)
     count = 0
     for entry in Manifest.load(tmp_path / "o").shards:
         with tarfile.open(tmp_path / "o" / entry.url, "r:") as tar:
@@ -289,28 +291,28 @@ def test_resize_reencodes_every_image_as_small_jpeg(kit: Any, quirky: Any, tmp_p
     ],
 )
 def test_bad_options_are_rejected(
-    kit: Any, plain_folder: Path, tmp_path: Path, field: str, value: object, match: str
+    plain_folder: Path, tmp_path: Path, field: str, value: object, match: str
 ) -> None:
     with pytest.raises(ValueError, match=match):
-        build(kit, plain_folder, tmp_path / "o", **{field: value})
+        build(plain_folder, tmp_path / "o", **{field: value})
 
 
-def test_source_with_only_broken_images_builds_an_empty_dataset(kit: Any, tmp_path: Path) -> None:
+def test_source_with_only_broken_images_builds_an_empty_dataset(tmp_path: Path) -> None:
     (tmp_path / "src" / "n1").mkdir(parents=True)
-    (tmp_path / "src" / "n1" / "cut.jpg").write_bytes(kit.jpeg(1)[:200])
-    summary = build(kit, tmp_path / "src", tmp_path / "o")
+    (tmp_path / "src" / "n1" / "cut.jpg").write_bytes(jpeg(1)[:200])
+    summary = build(tmp_path / "src", tmp_path / "o")
     assert summary["samples"] == 0 and summary["skipped"] == 1
 
 
-def test_unreadable_file_and_folder_are_skipped(kit: Any, tmp_path: Path) -> None:
+def test_unreadable_file_and_folder_are_skipped(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    kit.make_plain(src, 3, 1)
-    (src / "n00000000" / "secret.jpg").write_bytes(kit.jpeg(9))
+    make_plain(src, 3, 1)
+    (src / "n00000000" / "secret.jpg").write_bytes(jpeg(9))
     (src / "n00000000" / "locked").mkdir()
-    (src / "n00000000" / "locked" / "inner.jpg").write_bytes(kit.jpeg(10))
+    (src / "n00000000" / "locked" / "inner.jpg").write_bytes(jpeg(10))
     os.chmod(src / "n00000000" / "secret.jpg", 0)
     os.chmod(src / "n00000000" / "locked", 0)
-    probe = kit.run_unprivileged(
+    probe = run_unprivileged(
         [sys.executable, "-c", f"open({str(src / 'n00000000' / 'secret.jpg')!r}, 'rb')"]
     )
     if probe.returncode == 0:
@@ -322,7 +324,7 @@ def test_unreadable_file_and_folder_are_skipped(kit: Any, tmp_path: Path) -> Non
         "opts = BuildOptions(SizingOptions(num_shards=2), show_progress=False)\n"
         "print(json.dumps(build_shards(sys.argv[1], sys.argv[2], opts)))\n"
     )
-    proc = kit.run_unprivileged([sys.executable, "-c", code, str(src), str(tmp_path / "o")])
+    proc = run_unprivileged([sys.executable, "-c", code, str(src), str(tmp_path / "o")])
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["samples"] == 3

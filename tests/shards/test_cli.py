@@ -25,6 +25,7 @@ import pytest
 from server.cli import main
 from shards.build import build_shards
 from shards.plan import SizingOptions
+from tests.shards.helpers import file_hashes, make_plain, quick_options, run_unprivileged
 
 _SCRIPT = Path(sys.executable).parent / "shardfeed"
 SHARDFEED = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "server.cli"]
@@ -68,9 +69,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], match: str) ->
 
 
 @pytest.fixture
-def src(tmp_path: Path, kit: Any) -> Path:
+def src(tmp_path: Path) -> Path:
     root = tmp_path / "src"
-    kit.make_plain(root, 12, 3)
+    make_plain(root, 12, 3)
     return root
 
 
@@ -164,12 +165,12 @@ def test_console_script_errors_are_one_line_without_traceback(
     assert_one_line_error(shardfeed("shard", *filled), match)
 
 
-def test_output_under_read_only_folder(src: Path, tmp_path: Path, kit: Any) -> None:
+def test_output_under_read_only_folder(src: Path, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        proc = kit.run_unprivileged([*SHARDFEED, "shard", str(src), str(locked / "out")])
+        proc = run_unprivileged([*SHARDFEED, "shard", str(src), str(locked / "out")])
     finally:
         locked.chmod(0o755)
     if proc.returncode == 0:
@@ -229,7 +230,7 @@ def test_verify_exit_codes_and_named_shard(src: Path, tmp_path: Path, cli: Any) 
     assert "Traceback" not in proc.stderr
 
 
-def test_part_builds_then_merge(src: Path, tmp_path: Path, kit: Any, cli: Any) -> None:
+def test_part_builds_then_merge(src: Path, tmp_path: Path, cli: Any) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     common = ["--num-shards", "3", "--seed", "4"]
     assert cli("shard", str(src), str(whole), *common).returncode == 0
@@ -241,7 +242,7 @@ def test_part_builds_then_merge(src: Path, tmp_path: Path, kit: Any, cli: Any) -
     assert cli("shard", str(src), str(parts), *common, "--part", "1/3").returncode == 0
     proc = cli("shard", "--merge", str(parts), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["samples"] == 12, proc.stderr
-    assert kit.file_hashes(parts) == kit.file_hashes(whole)
+    assert file_hashes(parts) == file_hashes(whole)
 
 
 def test_sample_then_shard_then_verify(tmp_path: Path, cli: Any) -> None:
@@ -295,11 +296,11 @@ def _run_and_kill(args: list[str], out: Path, rng: random.Random, seen: dict[str
     return count
 
 
-def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path, kit: Any, cli: Any) -> None:
+def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path, cli: Any) -> None:
     src, ref, out = tmp_path / "src", tmp_path / "ref", tmp_path / "out"
-    kit.make_plain(src, 300, 6)
-    build_shards(src, ref, kit.quick_options(sizing=SizingOptions(max_samples=10)))
-    final = kit.file_hashes(ref)
+    make_plain(src, 300, 6)
+    build_shards(src, ref, quick_options(sizing=SizingOptions(max_samples=10)))
+    final = file_hashes(ref)
     assert sum(name.endswith(".tar") for name in final) == 30
 
     seed = random.randrange(1 << 30)
@@ -319,14 +320,12 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path, kit: Any, cli: A
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["shards_kept"] + summary["shards_written"] == 30
-    assert kit.file_hashes(out) == final, f"random seed {seed}, kills at {kills}"
+    assert file_hashes(out) == final, f"random seed {seed}, kills at {kills}"
     assert not [p for p in out.rglob("*.tmp")]
     assert cli("verify", str(out)).returncode == 0
 
 
-def test_plan_only_then_parts_from_the_plan_then_merge(
-    src: Path, tmp_path: Path, kit: Any, cli: Any
-) -> None:
+def test_plan_only_then_parts_from_the_plan_then_merge(src: Path, tmp_path: Path, cli: Any) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli("shard", str(src), str(whole), "--num-shards", "3", "--seed", "4").returncode == 0
     proc = cli("shard", str(src), str(parts), "--num-shards", "3", "--seed", "4", "--plan-only",
@@ -343,7 +342,7 @@ def test_plan_only_then_parts_from_the_plan_then_merge(
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["plan_hash"] == plan_hash
     assert cli("shard", "--merge", str(parts)).returncode == 0
-    assert kit.file_hashes(parts) == kit.file_hashes(whole)
+    assert file_hashes(parts) == file_hashes(whole)
 
 
 def test_a_changed_source_stops_the_part_with_one_line(src: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from shards.build import build_shards
 from shards.format import shard_name
 from shards.plan import SizingOptions
+from tests.shards.helpers import file_hashes, quick_options
 
 
 def _fd_path(fd: int) -> str:
@@ -19,7 +20,7 @@ def _fd_path(fd: int) -> str:
 
 
 def test_every_rename_is_fsynced_before_and_its_folder_after(
-    kit: Any, plain_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    plain_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -35,7 +36,7 @@ def test_every_rename_is_fsynced_before_and_its_folder_after(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     out = tmp_path / "out"
-    build_shards(plain_folder, out, kit.quick_options(sizing=SizingOptions(num_shards=2)))
+    build_shards(plain_folder, out, quick_options(sizing=SizingOptions(num_shards=2)))
     renames = [(i, e[1].split(" -> ")) for i, e in enumerate(events) if e[0] == "replace"]
     names = {Path(dst).name for _, (_, dst) in renames}
     assert {shard_name(0), shard_name(1), "manifest.json"} <= names
@@ -48,12 +49,12 @@ def test_every_rename_is_fsynced_before_and_its_folder_after(
 
 @pytest.mark.parametrize("damage", ["truncate", "zero-tail", "drop-sidecar"])
 def test_resume_rebuilds_a_shard_whose_file_does_not_match_its_report(
-    kit: Any, plain_folder: Path, tmp_path: Path, damage: str
+    plain_folder: Path, tmp_path: Path, damage: str
 ) -> None:
     out = tmp_path / "out"
-    options = kit.quick_options(sizing=SizingOptions(num_shards=3))
+    options = quick_options(sizing=SizingOptions(num_shards=3))
     build_shards(plain_folder, out, options)
-    clean = kit.file_hashes(out)
+    clean = file_hashes(out)
     shard = out / shard_name(1)
     data = shard.read_bytes()
     if damage == "truncate":
@@ -62,8 +63,6 @@ def test_resume_rebuilds_a_shard_whose_file_does_not_match_its_report(
         shard.write_bytes(data[:-1024] + b"\x01" * 1024)
     else:
         (out / "shard-000001.idx.npy").unlink()
-    summary = build_shards(
-        plain_folder, out, kit.quick_options(**{**vars(options), "resume": True})
-    )
+    summary = build_shards(plain_folder, out, quick_options(**{**vars(options), "resume": True}))
     assert summary["shards_written"] == 1 and summary["shards_kept"] == 2
-    assert kit.file_hashes(out) == clean
+    assert file_hashes(out) == clean

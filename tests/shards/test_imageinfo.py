@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import cv2
 import numpy as np
 import pytest
 
 from shards.imageinfo import ImageInfo, image_info, is_complete
+from tests.shards.helpers import DATA, encode, make_pixels
 
 W, H = 37, 23  # not square and not equal, so a width/height swap shows
 
 
-def _encode(kit: Any, ext: str, channels: int, params: list[int] | None = None) -> bytes:
-    return bytes(kit.encode(ext, kit.make_pixels(7, channels, W, H), params))
+def _encode(ext: str, channels: int, params: list[int] | None = None) -> bytes:
+    return bytes(encode(ext, make_pixels(7, channels, W, H), params))
 
 
 @pytest.mark.parametrize(
@@ -33,31 +32,29 @@ def _encode(kit: Any, ext: str, channels: int, params: list[int] | None = None) 
     ],
 )
 def test_image_info_reads_format_size_and_channels(
-    kit: Any, ext: str, channels: int, params: list[int] | None, expected: ImageInfo
+    ext: str, channels: int, params: list[int] | None, expected: ImageInfo
 ) -> None:
-    data = _encode(kit, ext, channels, params)
+    data = _encode(ext, channels, params)
     assert image_info(data) == expected
     assert image_info(memoryview(data)) == expected
 
 
-def test_image_info_of_cmyk_jpeg_says_four_channels(kit: Any) -> None:
-    data = (kit.data / "cmyk.jpg").read_bytes()
+def test_image_info_of_cmyk_jpeg_says_four_channels() -> None:
+    data = (DATA / "cmyk.jpg").read_bytes()
     assert image_info(data) == ImageInfo("jpg", 40, 30, 4)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert decoded is not None and decoded.shape == (30, 40, 3)
 
 
-def test_image_info_reads_sample_precision_and_baseline_frames(kit: Any) -> None:
-    pixels16 = (kit.make_pixels(3, 3, W, H).astype(np.uint16) * 257).astype(np.uint16)
-    assert image_info(bytes(kit.encode(".png", pixels16, None))) == ImageInfo(
-        "png", W, H, 3, bits=16
-    )
-    baseline = image_info(_encode(kit, ".jpg", 3))
+def test_image_info_reads_sample_precision_and_baseline_frames() -> None:
+    pixels16 = (make_pixels(3, 3, W, H).astype(np.uint16) * 257).astype(np.uint16)
+    assert image_info(bytes(encode(".png", pixels16, None))) == ImageInfo("png", W, H, 3, bits=16)
+    baseline = image_info(_encode(".jpg", 3))
     assert baseline is not None and not baseline.progressive and baseline.bits == 8
 
 
-def test_image_info_sniffs_bytes_not_names(kit: Any) -> None:
-    assert image_info(_encode(kit, ".png", 3)) == ImageInfo("png", W, H, 3)
+def test_image_info_sniffs_bytes_not_names() -> None:
+    assert image_info(_encode(".png", 3)) == ImageInfo("png", W, H, 3)
 
 
 @pytest.mark.parametrize(
@@ -71,17 +68,17 @@ def test_image_info_sniffs_bytes_not_names(kit: Any) -> None:
     ],
 )
 def test_is_complete_on_whole_and_cut_files(
-    kit: Any, ext: str, channels: int, params: list[int] | None
+    ext: str, channels: int, params: list[int] | None
 ) -> None:
-    data = _encode(kit, ext, channels, params)
+    data = _encode(ext, channels, params)
     assert is_complete(data)
     assert is_complete(memoryview(data))
     for cut in (len(data) // 3, len(data) // 2, len(data) - 13):
         assert not is_complete(data[:cut]), f"{ext} cut to {cut} of {len(data)} bytes"
 
 
-def test_is_complete_jpeg_cut_before_scan(kit: Any) -> None:
-    data = _encode(kit, ".jpg", 3)
+def test_is_complete_jpeg_cut_before_scan() -> None:
+    data = _encode(".jpg", 3)
     sos = data.index(b"\xff\xda")
     assert image_info(data[:sos]) == ImageInfo("jpg", W, H, 3)
     assert not is_complete(data[:sos])
@@ -107,14 +104,14 @@ def test_garbage_gives_none_and_incomplete(garbage: bytes) -> None:
     assert not is_complete(garbage)
 
 
-def test_png_with_zero_width_is_rejected(kit: Any) -> None:
-    data = bytearray(_encode(kit, ".png", 3))
+def test_png_with_zero_width_is_rejected() -> None:
+    data = bytearray(_encode(".png", 3))
     data[16:20] = b"\0\0\0\0"
     assert image_info(bytes(data)) is None
 
 
-def test_jpeg_with_zero_height_is_rejected(kit: Any) -> None:
-    data = bytearray(_encode(kit, ".jpg", 3))
+def test_jpeg_with_zero_height_is_rejected() -> None:
+    data = bytearray(_encode(".jpg", 3))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 7] = b"\0\0"
     assert image_info(bytes(data)) is None

@@ -22,6 +22,7 @@ from shards.writer import report_path
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'shardfeed[ray]')")
 
 from shards.raybuild import build_on_ray  # noqa: E402
+from tests.shards.helpers import file_hashes, make_plain, quick_options  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +34,22 @@ def local_ray() -> Iterator[None]:
         ray.shutdown()
 
 
-def opts(kit: Any, **kw: Any) -> Any:
+def opts(**kw: Any) -> Any:
     kw.setdefault("sizing", SizingOptions(num_shards=6))
-    return kit.quick_options(**kw)
+    return quick_options(**kw)
 
 
 def test_ray_build_equals_one_machine_build(
-    kit: Any, quirky: Any, tmp_path: Path, local_ray: None, caplog: pytest.LogCaptureFixture
+    quirky: Any, tmp_path: Path, local_ray: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     whole, out = tmp_path / "whole", tmp_path / "ray"
-    build_shards(quirky.root, whole, opts(kit, against=str(quirky.against)))
+    build_shards(quirky.root, whole, opts(against=str(quirky.against)))
     with caplog.at_level(logging.INFO, logger="shardfeed.ray"):
         summary = build_on_ray(
-            quirky.root, out, opts(kit, against=str(quirky.against)), parts=3, poll_s=0.2
+            quirky.root, out, opts(against=str(quirky.against)), parts=3, poll_s=0.2
         )
     assert summary["parts"] == 3 and summary["shards"] == 6
-    assert kit.file_hashes(out) == kit.file_hashes(whole)
+    assert file_hashes(out) == file_hashes(whole)
     done = sorted(r.getMessage().split(":")[0] for r in caplog.records if "done" in r.getMessage())
     assert done == ["part 1/3 done", "part 2/3 done", "part 3/3 done"]
 
@@ -75,26 +76,24 @@ def _kill_first_attempt_of_part_2(marks: Path, out: Path) -> Any:
     return hook
 
 
-def test_a_killed_task_is_retried_to_the_same_bytes(
-    kit: Any, tmp_path: Path, local_ray: None
-) -> None:
+def test_a_killed_task_is_retried_to_the_same_bytes(tmp_path: Path, local_ray: None) -> None:
     src, whole, out, marks = (tmp_path / n for n in ("src", "whole", "ray", "marks"))
-    kit.make_plain(src, 90, 3)
+    make_plain(src, 90, 3)
     marks.mkdir()
-    build_shards(src, whole, opts(kit))
+    build_shards(src, whole, opts())
     hook = _kill_first_attempt_of_part_2(marks, out)
-    summary = build_on_ray(src, out, opts(kit), parts=2, retries=2, poll_s=0.2, on_attempt=hook)
+    summary = build_on_ray(src, out, opts(), parts=2, retries=2, poll_s=0.2, on_attempt=hook)
     assert sorted(p.name for p in marks.iterdir()) == ["part1-1", "part2-1", "part2-2"]
     assert summary["samples"] == 90
-    assert kit.file_hashes(out) == kit.file_hashes(whole)
+    assert file_hashes(out) == file_hashes(whole)
     assert not list(out.rglob("*.tmp"))
 
 
 def test_a_changed_source_is_not_retried_and_names_the_file(
-    kit: Any, tmp_path: Path, local_ray: None
+    tmp_path: Path, local_ray: None
 ) -> None:
     src, out, marks = tmp_path / "src", tmp_path / "ray", tmp_path / "marks"
-    kit.make_plain(src, 12, 3)
+    make_plain(src, 12, 3)
     marks.mkdir()
 
     def remove_a_file(part: tuple[int, int]) -> None:
@@ -102,15 +101,15 @@ def test_a_changed_source_is_not_retried_and_names_the_file(
         (src / "n00000001" / "img_00004.jpg").unlink(missing_ok=True)
 
     with pytest.raises(ValueError, match=r"n00000001/img_00004\.jpg is gone"):
-        build_on_ray(src, out, opts(kit), parts=1, retries=2, on_attempt=remove_a_file)
+        build_on_ray(src, out, opts(), parts=1, retries=2, on_attempt=remove_a_file)
     assert len(list(marks.iterdir())) == 1
 
 
 def test_a_part_that_keeps_dying_stops_the_build_after_its_retries(
-    kit: Any, tmp_path: Path, local_ray: None
+    tmp_path: Path, local_ray: None
 ) -> None:
     src, out, marks = tmp_path / "src", tmp_path / "ray", tmp_path / "marks"
-    kit.make_plain(src, 6, 2)
+    make_plain(src, 6, 2)
     marks.mkdir()
 
     def always_die(part: tuple[int, int]) -> None:
@@ -118,6 +117,6 @@ def test_a_part_that_keeps_dying_stops_the_build_after_its_retries(
         os._exit(1)
 
     with pytest.raises(BuildError, match=r"part 1/1 failed on Ray after its retries"):
-        build_on_ray(src, out, opts(kit), parts=1, retries=1, on_attempt=always_die)
+        build_on_ray(src, out, opts(), parts=1, retries=1, on_attempt=always_die)
     assert len(list(marks.iterdir())) == 2  # the first attempt and one retry
     assert not (out / "manifest.json").exists()

@@ -15,10 +15,11 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+
+from tests.shards.helpers import file_hashes, make_plain
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BIN = Path(sys.executable).parent
@@ -95,9 +96,9 @@ def stand_in(folder: Path, name: str, code: str) -> None:
 
 
 @pytest.fixture
-def folders(tmp_path: Path, kit: Any) -> dict[str, Path]:
+def folders(tmp_path: Path) -> dict[str, Path]:
     src, ref, work = tmp_path / "imagenet" / "train", tmp_path / "ref", tmp_path / "work"
-    kit.make_plain(src, 30, 3)
+    make_plain(src, 30, 3)
     work.mkdir()
     (tmp_path / "state").mkdir()
     stand_in(work, "sbatch", SBATCH)
@@ -120,7 +121,7 @@ def run_driver(block: str, folders: dict[str, Path]) -> subprocess.CompletedProc
     )
 
 
-def test_slurm_array_recipe_builds_the_same_bytes(folders: dict[str, Path], kit: Any) -> None:
+def test_slurm_array_recipe_builds_the_same_bytes(folders: dict[str, Path]) -> None:
     out = folders["root"] / "shared-shards"
     paths = {"/shared/imagenet/train": str(folders["src"]), "/shared/shards": str(out)}
     driver = localise(recipe("slurm driver"), {**paths, "--max-samples 1000": "--max-samples 4"})
@@ -129,17 +130,15 @@ def test_slurm_array_recipe_builds_the_same_bytes(folders: dict[str, Path], kit:
     (folders["work"] / "parts.sbatch").write_text(script, encoding="utf-8")
     proc = run_driver(driver, folders)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sum(n.endswith(".tar") for n in kit.file_hashes(out)) == 8  # 30 images, 4 per shard
-    assert kit.file_hashes(out) == kit.file_hashes(folders["ref"])
+    assert sum(n.endswith(".tar") for n in file_hashes(out)) == 8  # 30 images, 4 per shard
+    assert file_hashes(out) == file_hashes(folders["ref"])
     parts = {p.read_text() for p in (out / ".build").glob("shard-*.json")}
     assert {re.search(r'"part": "(\d/\d)"', t).group(1) for t in parts} == {  # type: ignore[union-attr]
         "1/4", "2/4", "3/4", "4/4",
     }  # fmt: skip
 
 
-def test_kubernetes_indexed_job_recipe_builds_the_same_bytes(
-    folders: dict[str, Path], kit: Any
-) -> None:
+def test_kubernetes_indexed_job_recipe_builds_the_same_bytes(folders: dict[str, Path]) -> None:
     out = folders["root"] / "data" / "shards"
     paths = {"/data/imagenet/train": str(folders["src"]), "/data/shards": str(out)}
     driver = localise(recipe("k8s driver"), {**paths, "--max-samples 1000": "--max-samples 4"})
@@ -150,4 +149,4 @@ def test_kubernetes_indexed_job_recipe_builds_the_same_bytes(
     (folders["work"] / "parts-job.yaml").write_text(manifest, encoding="utf-8")
     proc = run_driver(driver, folders)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert kit.file_hashes(out) == kit.file_hashes(folders["ref"])
+    assert file_hashes(out) == file_hashes(folders["ref"])

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from shards.scan import Candidate, scan_folder
+from tests.shards.helpers import jpeg, png
 
 # Skips that need the bytes (decided by the writer, not the scan).
 CONTENT_SKIPS = ("truncated", "corrupt", "not an image:")
@@ -48,14 +49,14 @@ def test_file_symlink_is_followed_and_keeps_its_own_name(quirky: Any) -> None:
     assert not any("outside" in r or "target" in r for r in rels)
 
 
-def test_order_is_sorted_and_does_not_depend_on_creation_order(tmp_path: Path, kit: Any) -> None:
+def test_order_is_sorted_and_does_not_depend_on_creation_order(tmp_path: Path) -> None:
     names = ["b.jpg", "a.jpg", "C.jpg", "sub/z.jpg", "a b.jpg", "é.jpg"]
     for root, order in ((tmp_path / "x", names), (tmp_path / "y", names[::-1])):
         for k in ("n2", "n1"):
             (root / k / "sub").mkdir(parents=True)
         for k in ("n2", "n1"):
             for name in order:
-                (root / k / name).write_bytes(kit.jpeg(len(name)))
+                (root / k / name).write_bytes(jpeg(len(name)))
     x, y = scan_folder(tmp_path / "x"), scan_folder(tmp_path / "y")
     assert x.candidates == y.candidates
     rels = [c.rel for c in x.candidates]
@@ -64,10 +65,10 @@ def test_order_is_sorted_and_does_not_depend_on_creation_order(tmp_path: Path, k
     assert scan_folder(tmp_path / "x") == x
 
 
-def test_symlink_loops_of_several_shapes_terminate(tmp_path: Path, kit: Any) -> None:
+def test_symlink_loops_of_several_shapes_terminate(tmp_path: Path) -> None:
     root = tmp_path / "src"
     (root / "n1" / "a" / "b").mkdir(parents=True)
-    (root / "n1" / "a" / "b" / "img.jpg").write_bytes(kit.jpeg(1))
+    (root / "n1" / "a" / "b" / "img.jpg").write_bytes(jpeg(1))
     os.symlink("../..", root / "n1" / "a" / "b" / "up")  # -> n1: an ancestor
     os.symlink(".", root / "n1" / "self_dir")  # -> n1 itself
     os.symlink("self_link", root / "n1" / "self_link")  # ELOOP on stat
@@ -81,11 +82,11 @@ def test_symlink_loops_of_several_shapes_terminate(tmp_path: Path, kit: Any) -> 
     assert reasons["n1/self_link"] == "broken symlink"
 
 
-def test_symlinked_folder_that_is_not_a_loop_is_walked(tmp_path: Path, kit: Any) -> None:
+def test_symlinked_folder_that_is_not_a_loop_is_walked(tmp_path: Path) -> None:
     root = tmp_path / "src"
     (root / "n1").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "x.png").write_bytes(kit.png(3))
+    (tmp_path / "elsewhere" / "x.png").write_bytes(png(3))
     os.symlink(tmp_path / "elsewhere", root / "n1" / "linked")
     os.symlink(tmp_path / "elsewhere", root / "n2")
     result = scan_folder(root)
