@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from loader.bench.peers import _Collate
-from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable, loader_options
+from loader.bench.setup import (
+    BuiltMode,
+    ModeSetup,
+    ModeUnavailable,
+    loader_options,
+    publish_converted,
+)
 from loader.reader import ShardReader
 from loader.sources import DatasetSource
 
@@ -77,13 +83,7 @@ def ensure_mds(source: DatasetSource, shards_dir: str) -> Path:
             with ShardReader(entry) as reader:
                 for s in reader.read(0, entry.nsamples):
                     out.write({"image": bytes(s.data), "label": int(s.label), "id": int(s.gid)})
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "index.json").is_file():
-            raise
-    return target
+    return publish_converted(tmp, target)
 
 
 def _dataset_class(mds: Any, latency_s: float) -> Any:

@@ -39,7 +39,13 @@ import numpy as np
 from torch.utils.data import get_worker_info
 
 from loader.batch import Batch, BatchBuilder
-from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable, loader_options
+from loader.bench.setup import (
+    BuiltMode,
+    ModeSetup,
+    ModeUnavailable,
+    loader_options,
+    publish_converted,
+)
 from loader.decode import Decoder, ImageDecoder, NoDecode
 from loader.reader import ShardReader
 from loader.sources import DatasetSource
@@ -175,13 +181,7 @@ def ensure_litdata(source: DatasetSource, shards_dir: str, workers: int) -> Path
             start_method="fork",
             verbose=False,
         )
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "index.json").is_file():
-            raise
-    return target
+    return publish_converted(tmp, target)
 
 
 def _latency_item_loader(latency_s: float) -> Any:

@@ -7,15 +7,25 @@ settings ``make_loader`` uses, from ``loader_options``.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from loader.batch import Batch
 from loader.dataloader import PREFETCH_FACTOR, WorkerInit
 from loader.sources import DatasetSource
 
-__all__ = ["BuiltMode", "ModeSetup", "ModeUnavailable", "loader_options", "storage_label"]
+__all__ = [
+    "BuiltMode",
+    "ModeSetup",
+    "ModeUnavailable",
+    "loader_options",
+    "publish_converted",
+    "storage_label",
+]
 
 
 class ModeUnavailable(Exception):
@@ -83,3 +93,18 @@ def storage_label(setup: ModeSetup, what: str) -> str:
     where = "HTTP on 127.0.0.1" if setup.http else "local files"
     latency = f", +{setup.latency_ms:g} ms per {what}" if setup.latency_ms else ""
     return f"{where}{latency}"
+
+
+def publish_converted(tmp: Path, target: Path) -> Path:
+    """Rename a peer's finished converted copy ``tmp`` (a LitData or MDS folder) to ``target``.
+
+    Two runs may convert at once: the one that loses the rename drops its copy and uses the
+    winner's, which is complete (it has its ``index.json``); anything else re-raises.
+    """
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "index.json").is_file():
+            raise
+    return target
