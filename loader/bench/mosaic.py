@@ -30,7 +30,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from loader.bench.peers import _Collate
+from loader.bench.peers import DecodeCollate
 from loader.bench.setup import (
     BuiltMode,
     ModeSetup,
@@ -123,7 +123,7 @@ def mosaic_mode(setup: ModeSetup) -> BuiltMode:
     options = loader_options(setup.workers)
     options.pop("persistent_workers", None)
     loader = mds.StreamingDataLoader(
-        dataset, batch_size=setup.batch_size, collate_fn=_Collate(setup), **options
+        dataset, batch_size=setup.batch_size, collate_fn=DecodeCollate(setup), **options
     )
     storage = "local copy (Streaming reads local folders here)" if setup.http else "local files"
     if setup.latency_ms:

@@ -51,7 +51,13 @@ from loader.reader import ShardReader
 from loader.sources import DatasetSource
 from shards.format import MANIFEST_NAME
 
-__all__ = ["ensure_litdata", "litdata_cache_dir", "litdata_mode", "webdataset_mode"]
+__all__ = [
+    "DecodeCollate",
+    "ensure_litdata",
+    "litdata_cache_dir",
+    "litdata_mode",
+    "webdataset_mode",
+]
 
 log = logging.getLogger("shardfeed.bench")
 
@@ -59,7 +65,7 @@ _IMAGE_KEYS = ("jpg", "png", "webp")
 _LITDATA_FORMAT = "shardfeed-litdata-v1"
 
 
-class _Collate:
+class DecodeCollate:
     """A peer's ``collation_fn``/``collate_fn``: decodes one list of items into one ``Batch``.
 
     Items are ``(image bytes, label, id)`` tuples or LitData's ``{"image", "label", "id"}``.
@@ -129,7 +135,7 @@ def webdataset_mode(setup: ModeSetup) -> BuiltMode:
         tariterators.tar_file_expander,
         tariterators.group_by_keys,
         _wds_items,
-        wds.batched(setup.batch_size, collation_fn=_Collate(setup), partial=True),
+        wds.batched(setup.batch_size, collation_fn=DecodeCollate(setup), partial=True),
     )
     loader = ClosingDataLoader(pipeline, batch_size=None, **loader_options(setup.workers))
     where = "HTTP on 127.0.0.1 via curl" if setup.http else "local files"
@@ -217,7 +223,7 @@ def litdata_mode(setup: ModeSetup) -> BuiltMode:
     options = loader_options(setup.workers)
     options.pop("persistent_workers", None)
     loader = StreamingDataLoader(
-        dataset, batch_size=setup.batch_size, collate_fn=_Collate(setup), **options
+        dataset, batch_size=setup.batch_size, collate_fn=DecodeCollate(setup), **options
     )
     storage = (
         "local copy (LitData reads local folders, not plain HTTP)"
