@@ -19,9 +19,12 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from loader.bench.http_server import RangeRequestHandler
+from loader.dataloader import make_loader
+from loader.tracker import DuplicateTracker, EpochCounts
 from shards.format import (
     INDEX_DTYPE,
     end_of_archive,
@@ -142,3 +145,33 @@ class HttpServers:
         for server in self._servers:
             server.shutdown()
             server.server_close()
+
+
+def jpeg_bytes(gid: int) -> bytes:
+    """A real 20x24 JPEG whose colours depend on ``gid`` (decodable image bytes for a sample)."""
+    image = np.zeros((20, 24, 3), np.uint8)
+    image[:, :, 0] = gid * 5 % 256
+    image[:, :12, 1] = 255 - gid * 3 % 256
+    image[10:, :, 2] = gid * 11 % 256
+    ok, data = cv2.imencode(".jpg", image)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode the test image of gid={gid}")
+    return data.tobytes()
+
+
+def track(loader: Any, num_samples: int) -> tuple[EpochCounts, int]:
+    """One epoch's counts and its number of batches."""
+    tracker = DuplicateTracker(num_samples)
+    batches = 0
+    for batch in loader:
+        tracker.update(batch.ids, batch.padded)
+        batches += 1
+    return tracker.end_epoch(), batches
+
+
+def loader_over(source: Any, num_workers: int = 2, **options: Any) -> Any:
+    """A small ``make_loader`` for tests: batch 4, 8 px, shuffle buffer 4, one item in flight."""
+    options = {"batch_size": 4, "image_size": 8, "shuffle_buffer": 4, **options}
+    if num_workers:
+        options["prefetch_factor"] = 1
+    return make_loader(source, num_workers=num_workers, **options)

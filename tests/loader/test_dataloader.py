@@ -8,13 +8,10 @@ global id exactly once per epoch (``DuplicateTracker``), a new order every epoch
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
-import numpy as np
 import psutil
 import pytest
 import torch
@@ -24,25 +21,7 @@ from loader.batch import Batch, BatchGroup
 from loader.dataloader import WorkerInit, make_loader, transfer_batches_for
 from loader.dataset import ShardDataset
 from loader.tracker import DuplicateTracker, EpochCounts
-from tests.loader.helpers import label_of, write_test_shards
-
-
-def jpeg_bytes(gid: int) -> bytes:
-    """A real 20x24 JPEG whose colour depends on ``gid``."""
-    image = np.zeros((20, 24, 3), np.uint8)
-    image[:, :, 0] = gid * 5 % 256
-    image[:, :12, 1] = 255 - gid * 3 % 256
-    image[10:, :, 2] = gid * 11 % 256
-    ok, data = cv2.imencode(".jpg", image)
-    assert ok
-    return data.tobytes()
-
-
-@pytest.fixture(autouse=True)
-def _quiet_worker_count_warning() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*worker processes in total.*")
-        yield
+from tests.loader.helpers import jpeg_bytes, label_of, write_test_shards
 
 
 def dataset_of(loader: DataLoader[Batch]) -> ShardDataset:

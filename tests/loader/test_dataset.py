@@ -7,13 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pytest
 import webdataset as wds
 
@@ -22,45 +19,19 @@ from loader.dataset import ShardDataset
 from loader.ranks import rank_and_world
 from loader.tracker import DuplicateTracker, EpochCounts
 from shards.format import make_key
-from tests.loader.helpers import default_image_bytes, write_test_shards
+from tests.loader.helpers import (
+    default_image_bytes,
+    jpeg_bytes,
+    loader_over,
+    track,
+    write_test_shards,
+)
 
 GARBAGE = b"\x00 this is not an image \x00" * 4
 
 
-def jpeg_bytes(gid: int) -> bytes:
-    image = np.full((12, 14, 3), gid * 7 % 256, np.uint8)
-    image[:6, :, 1] = 200
-    ok, data = cv2.imencode(".jpg", image)
-    assert ok
-    return data.tobytes()
-
-
 def with_bad(*bad: int) -> Callable[[int], bytes]:
     return lambda gid: GARBAGE if gid in bad else jpeg_bytes(gid)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_worker_count_warning() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*worker processes in total.*")
-        yield
-
-
-def track(loader: Any, num_samples: int) -> tuple[EpochCounts, int]:
-    """One epoch's counts and its number of batches."""
-    tracker = DuplicateTracker(num_samples)
-    batches = 0
-    for batch in loader:
-        tracker.update(batch.ids, batch.padded)
-        batches += 1
-    return tracker.end_epoch(), batches
-
-
-def loader_over(source: Any, num_workers: int = 2, **options: Any) -> Any:
-    options = {"batch_size": 4, "image_size": 8, "shuffle_buffer": 4, **options}
-    if num_workers:
-        options["prefetch_factor"] = 1
-    return make_loader(source, num_workers=num_workers, **options)
 
 
 # --- bad samples ---------------------------------------------------------------------------

@@ -12,8 +12,7 @@ import pytest
 from loader.decode import DecodeError, ImageDecoder
 from shards.imageinfo import MAX_PIXELS, image_info
 from tests.helpers import png_bomb
-from tests.loader.helpers import write_test_shards
-from tests.loader.test_dataset import jpeg_bytes, loader_over, track
+from tests.loader.helpers import jpeg_bytes, loader_over, track, write_test_shards
 
 
 def test_the_bomb_is_small_and_above_the_limit_yet_below_opencvs() -> None:

@@ -24,7 +24,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's "use httpx2" deprecation notice on import
     from fastapi.testclient import TestClient
 
+from server.models import BenchmarkRequest
 from server.settings import Settings
+from server.store import RunRecord, Store
 
 __all__ = ["TestClient"]
 
@@ -140,3 +142,35 @@ class ServedRun:
     server: LiveServer
     run_id: str
     run: dict[str, Any]
+
+
+def config(tiny: TinyData, **overrides: Any) -> dict[str, Any]:
+    """A validated bench config over ``tiny`` (the service's own request model makes it)."""
+    values: dict[str, Any] = {"folder": str(tiny.src), "shards": str(tiny.shards)}
+    values.update(overrides)
+    return BenchmarkRequest(**values).to_config()
+
+
+def slow_config(tiny: TinyData) -> dict[str, Any]:
+    """A config that runs for many seconds (300 ms per open, 20 epochs): for cancel tests."""
+    return config(
+        tiny,
+        modes=["tar-naive", "tar-aware"],
+        workers=2,
+        batch_size=2,
+        epochs=20,
+        image_size=32,
+        latency_ms=300.0,
+    )
+
+
+def wait_until(store: Store, run_id: str, ok: Any, timeout: float = 60.0) -> RunRecord:
+    """Poll ``store`` until run ``run_id``'s record satisfies ``ok``; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = store.get_run(run_id)
+        assert record is not None
+        if ok(record):
+            return record
+        assert time.monotonic() < deadline, f"timed out waiting on {record}"
+        time.sleep(0.05)

@@ -15,8 +15,7 @@ from server.app import create_app
 from server.events import EventBus
 from server.runner import Runner
 from server.store import Store
-from tests.server.helpers import TestClient, TinyData, make_settings
-from tests.server.test_runner import slow_config, wait_until
+from tests.server.helpers import TestClient, TinyData, make_settings, slow_config, wait_until
 
 
 @pytest.fixture

@@ -6,34 +6,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from server.events import EventBus
-from server.models import BenchmarkRequest
 from server.runner import Runner
-from server.store import RunRecord, Store
-from tests.server.helpers import TinyData
-
-
-def config(tiny: TinyData, **overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"folder": str(tiny.src), "shards": str(tiny.shards)}
-    values.update(overrides)
-    return BenchmarkRequest(**values).to_config()
-
-
-def slow_config(tiny: TinyData) -> dict[str, Any]:
-    return config(
-        tiny,
-        modes=["tar-naive", "tar-aware"],
-        workers=2,
-        batch_size=2,
-        epochs=20,
-        image_size=32,
-        latency_ms=300.0,
-    )
+from server.store import Store
+from tests.server.helpers import TinyData, config, slow_config, wait_until
 
 
 @pytest.fixture
@@ -44,17 +24,6 @@ def env(tmp_path: Path, tiny_data: TinyData) -> Iterator[tuple[Store, Runner]]:
     yield store, runner
     runner.stop()
     store.close()
-
-
-def wait_until(store: Store, run_id: str, ok: Any, timeout: float = 60.0) -> RunRecord:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = store.get_run(run_id)
-        assert record is not None
-        if ok(record):
-            return record
-        assert time.monotonic() < deadline, f"timed out waiting on {record}"
-        time.sleep(0.05)
 
 
 def group_alive(pgid: int) -> list[int]:

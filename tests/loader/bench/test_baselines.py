@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -21,21 +17,7 @@ from loader.bench.baselines import (
 from loader.dataloader import ClosingDataLoader
 from loader.tracker import DuplicateTracker, EpochCounts
 from shards.sample import make_sample
-from tests.loader.helpers import write_test_shards
-
-
-def jpeg_bytes(gid: int) -> bytes:
-    image = np.full((10, 12, 3), gid * 9 % 256, np.uint8)
-    ok, data = cv2.imencode(".jpg", image)
-    assert ok
-    return data.tobytes()
-
-
-@pytest.fixture(autouse=True)
-def _quiet_worker_count_warning() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*worker processes in total.*")
-        yield
+from tests.loader.helpers import jpeg_bytes, write_test_shards
 
 
 def count(loader: Any, num_samples: int) -> tuple[EpochCounts, list[int]]:
