@@ -1,18 +1,21 @@
-"""Loader: stream tar shards into training batches, exactly once per epoch, any workers/ranks."""
+"""Loader: stream tar shards into training batches, exactly once per epoch, any workers/ranks.
 
-from loader._stall import WorkerTimeoutError
+The core lives at this level (dataset, DataLoader wrapper, batches, decode, tracker, reporter);
+each concern has a subpackage: ``loader.plan`` (the epoch plan), ``loader.remote`` (remote
+reads), ``loader.resume``, ``loader.device`` (the GPU path), ``loader.worker`` (inside a
+worker), ``loader.bench`` and ``loader.train`` (docs/architecture.md, "Rooms")."""
+
+from loader._errors import ShardReadError
+from loader._workers import WorkerTimeoutError
+from loader.badsamples import BadSampleError
 from loader.batch import Batch, BatchBuilder
-from loader.bytebatch import ByteBatch
-from loader.cache import ShardCache
 from loader.dataloader import ClosingDataLoader, make_loader
-from loader.dataset import BadSampleError, ShardDataset
+from loader.dataset import ShardDataset
 from loader.decode import DecodeError, ImageDecoder, NoDecode
-from loader.device import DeviceBatch, DevicePrefetcher
-from loader.devicedecode import DeviceDecoder
-from loader.partition import plan_epoch, plan_worker
-from loader.reader import RemoteReadError, ShardReadError
+from loader.device import ByteBatch, DeviceBatch, DeviceDecoder, DevicePrefetcher
+from loader.plan import plan_epoch, plan_worker
+from loader.remote import RemoteReadError, RetryPolicy, ShardCache
 from loader.reporter import StatsReporter
-from loader.retry import RetryPolicy
 from loader.sources import resolve_source
 from loader.tracker import DuplicateTracker, EpochCounts
 

@@ -1,9 +1,10 @@
-"""The errors of reading shards, in one place so that the remote layer (``loader._remote``,
-``loader.cache``) and the reader (``loader.reader``) raise the same types."""
+"""The errors of reading shards, local or remote: the reader (``loader.reader``) and the remote
+layer (``loader.remote``, whose own ``RemoteReadError`` subclasses ``ShardReadError``) raise
+these types."""
 
 from __future__ import annotations
 
-__all__ = ["MissingShardError", "RemoteReadError", "ShardReadError"]
+__all__ = ["MissingShardError", "ShardReadError"]
 
 
 class ShardReadError(ValueError):
@@ -13,34 +14,3 @@ class ShardReadError(ValueError):
 
 class MissingShardError(ShardReadError, FileNotFoundError):
     """The shard file does not exist."""
-
-
-class RemoteReadError(ShardReadError):
-    """A remote request that failed for good: a permanent failure (403, a server that ignores
-    Range, a size or checksum that does not match the manifest), or transient failures past
-    the retry budget. ``url``, ``byte_range`` (``(first, last)`` inclusive, or ``None`` for a
-    whole-file request), ``attempts`` and ``cause`` (the last error, as text) say which."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str = "",
-        byte_range: tuple[int, int] | None = None,
-        attempts: int = 1,
-        cause: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.url = url
-        self.byte_range = byte_range
-        self.attempts = attempts
-        self.cause = cause
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (str(self), self.url, self.byte_range, self.attempts, self.cause))
-
-
-def _rebuild(
-    message: str, url: str, byte_range: tuple[int, int] | None, attempts: int, cause: str
-) -> RemoteReadError:
-    return RemoteReadError(message, url=url, byte_range=byte_range, attempts=attempts, cause=cause)

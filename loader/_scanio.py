@@ -1,4 +1,5 @@
-"""Header scans of whole shards: over a memory map, or as one chunked pass over a remote file."""
+"""A shard's index: header scans of whole shards (over a memory map, or as one chunked pass
+over a remote file), and the checks every index passes, scanned or loaded from a sidecar."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loader._location import is_local, local_path
-from loader._remote import CHUNK_BYTES, ChunkedStream, RemoteFile
-from loader.retry import RetryPolicy
+from loader._errors import ShardReadError
+from loader.remote.files import CHUNK_BYTES, ChunkedStream, RemoteFile
+from loader.remote.location import is_local, local_path
+from loader.remote.retry import RetryPolicy
 from shards.tarscan import (
     IMAGE_SUFFIXES,
     SampleGrouper,
     SampleMembers,
+    ShardFormatError,
     build_index,
     group_samples,
     iter_members,
@@ -24,7 +27,14 @@ from shards.tarscan import (
     split_key,
 )
 
-__all__ = ["Scanned", "StreamScan", "scan_location", "scan_mapped"]
+__all__ = [
+    "Scanned",
+    "StreamScan",
+    "check_rows",
+    "scan_location",
+    "scan_mapped",
+    "wrap_scan_error",
+]
 
 
 @dataclass(frozen=True)
@@ -146,3 +156,33 @@ def scan_location(url: str, retry: RetryPolicy | None = None) -> Scanned:
     if size is None:
         raise ValueError(f"cannot tell the size of shard {url}; the server hides it")
     return StreamScan(remote, size, url).run()
+
+
+def wrap_scan_error(exc: Exception, url: str) -> ShardReadError:
+    if isinstance(exc, ShardFormatError):
+        return ShardReadError(str(exc))
+    return ShardReadError(f"shard {url}: reading failed: {exc}")
+
+
+def check_rows(index: np.ndarray, size: int, url: str, what: str) -> None:
+    offset, end = index["offset"], index["end"]
+    image, image_size = index["image_offset"], index["image_size"]
+    past = np.flatnonzero(end > size)
+    if past.size:
+        p = int(past[0])
+        raise ShardReadError(
+            f"shard {url} is truncated: it has {size} bytes, but its {what} says sample {p} "
+            f"ends at byte {int(end[p])}"
+        )
+    has_image = image >= 0
+    bad = (
+        (offset[1:] < end[:-1]).any()
+        or (end <= offset).any()
+        or (has_image & ((image < offset) | (image + image_size > end))).any()
+        or (image_size < 0).any()
+    )
+    if bad:
+        raise ShardReadError(
+            f"shard {url}: {what} is inconsistent (rows overlap or images lie outside their "
+            "samples); rebuild the shard"
+        )

@@ -10,7 +10,7 @@ and to the receiver afterwards. ``finish()`` never reuses them: the next ``add()
 arrays. That matters because the DataLoader sends a yielded tensor to the main process by
 sharing its storage, not by copying it at yield time; a builder that wrote into a yielded buffer
 would change a batch the trainer may still be reading. Shared image buffers come from an
-``ImagePool`` (``loader._recycle``): one is written again only after the process that received
+``ImagePool`` (``loader.worker.pools``): one is written again only after the process that received
 its batch has dropped every reference to it, which spares a fresh buffer's page faults (about
 12 ms per ``[64, 224, 224, 3]`` batch here, an eighth of its decoding time).
 
@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import get_worker_info
 
-from loader._recycle import (
+from loader.worker.pools import (
     ImagePool,
     LentBufferError,
     is_received,
@@ -40,8 +40,10 @@ from loader._recycle import (
     receive_lent,
     uint8_view,
 )
-from loader.bytebatch import ByteBatch
-from loader.decode import Decoder
+
+if TYPE_CHECKING:
+    from loader.decode import Decoder
+    from loader.device.bytebatch import ByteBatch
 
 __all__ = ["Batch", "BatchBuilder", "BatchGroup", "grouped"]
 
@@ -72,7 +74,7 @@ def _reduce_for_transfer(batch: Batch) -> tuple[Any, ...]:
     file descriptor the receiver fetches over a socket (about 0.3 ms per tensor in the main
     process). Here the four per-sample columns go by value as one small ``[4, B]`` array, an
     image tensor with no pixels (``--decode none``) as its shape, and pooled images as the
-    handle of their buffer (``loader._recycle``): no socket round trip at all. A received batch
+    handle of their buffer (``loader.worker.pools``): no socket round trip at all. A received batch
     passed on to a further process sends a copy of its images, so its buffer still goes back
     to its worker when dropped here. The rebuilt batch is equal field by field; its columns are
     views of one int64 tensor (``padded`` a bool copy). Batches whose columns are not 1-D CPU

@@ -13,12 +13,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from loader._checks import check_int, check_non_negative
-from loader._recycle import forget_exited_lenders
-from loader._stall import stalled_worker_error, terminate_workers
+from loader._workers import stalled_worker_error, terminate_workers
 from loader.batch import Batch, BatchGroup
-from loader.bytebatch import ByteBatch
 from loader.dataset import ShardDataset
+from loader.device.bytebatch import ByteBatch
 from loader.sources import DatasetSource
+from loader.worker.pools import forget_exited_lenders
 
 __all__ = [
     "PREFETCH_FACTOR",
@@ -181,7 +181,7 @@ class ClosingDataLoader(DataLoader[_Item]):
     Over a ``ShardDataset`` it is stateful in the way of ``torchdata``'s
     ``StatefulDataLoader``: ``state_dict()`` says which batches the loop has received (not the
     ones prefetched), ``load_state_dict()`` before the first ``iter()`` resumes there, with any
-    number of ranks, workers and batch size (``loader.resume``).
+    number of ranks, workers and batch size (``loader.resume.state``).
 
     With a decoder that decodes on the device the items are ``ByteBatch``es (typed as
     ``Batch``, what every other loader yields); ``DevicePrefetcher`` takes either."""

@@ -11,7 +11,7 @@ Two decoders:
 - ``NoDecode`` (``--decode none``) only checks the magic bytes and touches every page of the
   buffer, so a benchmark measures the pipeline without decoding.
 
-A decoder may also decode on the device (``decodes_on_device``; ``loader.devicedecode``): the
+A decoder may also decode on the device (``decodes_on_device``; ``loader.device.decoder``): the
 worker then only draws the crop (``ImageDecoder.draw``) and ships the bytes, and the device, or
 its CPU fallback (``ImageDecoder.decode_crop``), decodes with that crop.
 
@@ -22,15 +22,21 @@ Given the generator's state, the output is deterministic.
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Final, NamedTuple, Protocol
+from typing import Final, Protocol
 
 import cv2
 import numpy as np
 
-from loader._jpeg_crop import available as jpeg_crop_available
-from loader._jpeg_crop import decode_crop
+from loader.crop import (
+    CropBox,
+    center_crop,
+    check_range,
+    decode_crop,
+    random_resized_crop,
+    rescale_box,
+)
+from loader.crop import available as jpeg_crop_available
 from shards.format import sniff_image_format
 from shards.imageinfo import image_info, pixel_bomb
 from shards.jpegturbo import JpegError
@@ -77,7 +83,6 @@ def _stop_opencv_threads_across_fork() -> None:
 
 _stop_opencv_threads_across_fork()
 
-EVAL_CROP_FRACTION: Final = 0.875
 _PAGE: Final = 4096
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 _FULL_FLAGS: Final = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
@@ -90,15 +95,6 @@ _REDUCED_FLAGS: Final = (
 
 class DecodeError(ValueError):
     """The bytes are not an image this decoder can read."""
-
-
-class CropBox(NamedTuple):
-    """A source-pixel rectangle: rows ``top:top+height``, columns ``left:left+width``."""
-
-    top: int
-    left: int
-    height: int
-    width: int
 
 
 class Decoder(Protocol):
@@ -119,54 +115,6 @@ class Decoder(Protocol):
     ) -> int: ...
 
 
-def random_resized_crop(
-    width: int,
-    height: int,
-    rng: np.random.Generator,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> CropBox:
-    """torchvision's ``RandomResizedCrop.get_params``, drawing from ``rng``.
-
-    Ten tries at an area fraction uniform in ``scale`` and an aspect ratio log-uniform in
-    ``ratio``; if none fits, the largest centred crop whose aspect ratio lies in ``ratio``.
-    """
-    area = width * height
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return CropBox(top, left, h, w)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    return CropBox((height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1))
-
-
-def center_crop(width: int, height: int, image_size: int) -> CropBox:
-    """The source square that ImageNet evaluation keeps: ``Resize(int(S / 0.875))`` then
-    ``CenterCrop(S)``, expressed as one crop of the source (exact up to sub-pixel placement)."""
-    resize_to = int(image_size / EVAL_CROP_FRACTION)
-    side = max(1, min(round(image_size * min(width, height) / resize_to), width, height))
-    return CropBox(int(round((height - side) / 2)), int(round((width - side) / 2)), side, side)
-
-
-def _check_range(name: str, value: tuple[float, float], upper: float | None) -> None:
-    lo, hi = value
-    if not (0 < lo <= hi and (upper is None or hi <= upper)):
-        bound = f" <= {upper}" if upper is not None else ""
-        raise ValueError(f"expected 0 < {name}[0] <= {name}[1]{bound}, got {name}={value}")
-
-
 class ImageDecoder:
     """Decodes JPEG/PNG/WebP bytes with OpenCV into a uint8 ``[S, S, 3]`` RGB array.
 
@@ -175,7 +123,7 @@ class ImageDecoder:
     a JPEG whose crop is at least 2, 4 or 8 times the output side (in both dimensions) is decoded
     at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, which is faster and still downscales.
     With ``partial_decode`` too (and ``shards/_jpegturbo`` built), a JPEG is decoded at that
-    same scale but only over the crop's rows and iMCU columns (``loader._jpeg_crop``); the box
+    same scale but only over the crop's rows and iMCU columns (``loader.crop``); the box
     is drawn from the header before either path runs, so it does not depend on which one does.
     It keeps no per-call state, so one instance may serve many threads.
     """
@@ -193,8 +141,8 @@ class ImageDecoder:
     ) -> None:
         if image_size < 1:
             raise ValueError(f"expected image_size >= 1, got image_size={image_size}")
-        _check_range("scale", scale, 1.0)
-        _check_range("ratio", ratio, None)
+        check_range("scale", scale, 1.0)
+        check_range("ratio", ratio, None)
         self._size = image_size
         self.train = train
         self.scale = scale
@@ -309,7 +257,7 @@ class ImageDecoder:
     def _partial(
         self, data: bytes | memoryview, size: tuple[int, int], box: CropBox
     ) -> np.ndarray | None:
-        """The crop's RGB pixels from ``loader._jpeg_crop`` (same scale as the OpenCV path), or
+        """The crop's RGB pixels from ``loader.crop`` (same scale as the OpenCV path), or
         ``None`` when it is off, not built, or libjpeg declines (CMYK, damaged headers)."""
         if not self.partial_decode or not jpeg_crop_available():
             return None
@@ -332,17 +280,6 @@ def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray:
             f"got {buf.size} bytes starting {head!r}"
         )
     return image
-
-
-def rescale_box(box: CropBox, size: tuple[int, int], width: int, height: int) -> CropBox:
-    """Map a box in a ``size`` (width, height) image onto the same region of a ``width x height``
-    image (a reduced-scale decode of it), at least one pixel each way."""
-    sx, sy = width / size[0], height / size[1]
-    top = min(int(round(box.top * sy)), height - 1)
-    left = min(int(round(box.left * sx)), width - 1)
-    bottom = min(max(int(round((box.top + box.height) * sy)), top + 1), height)
-    right = min(max(int(round((box.left + box.width) * sx)), left + 1), width)
-    return CropBox(top, left, bottom - top, right - left)
 
 
 class NoDecode:

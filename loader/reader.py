@@ -7,9 +7,9 @@ requested samples in chunks of ``chunk_bytes``, so memory stays bounded and noth
 byte by byte. A shard without a sidecar has its headers scanned (locally over the map, remotely
 as a chunked stream); the scan gives the same in-memory index a sidecar would.
 
-Remote requests are retried within ``RemoteOptions.retry`` (``loader.retry``); with
+Remote requests are retried within ``RemoteOptions.retry`` (``loader.remote.retry``); with
 ``RemoteOptions.cache`` a remote shard and its sidecar are first copied whole into the
-node-local cache (``loader.cache``) and then memory-mapped like a local file. With an
+node-local cache (``loader.remote.cache``) and then memory-mapped like a local file. With an
 ``executor`` the reader reads ahead: ``prefetch`` opens the shard in the background, and a
 ranged read fetches its next chunk while the current one is consumed (one chunk ahead).
 
@@ -25,71 +25,29 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from loader._checks import check_int, check_non_negative
-from loader._errors import MissingShardError, RemoteReadError, ShardReadError
-from loader._location import is_local, local_path
-from loader._remote import CHUNK_BYTES, RemoteFile
-from loader._scanio import StreamScan, scan_mapped
-from loader.retry import RetryPolicy
+from loader._errors import MissingShardError, ShardReadError
+from loader._scanio import StreamScan, check_rows, scan_mapped, wrap_scan_error
+from loader.remote.errors import RemoteReadError
+from loader.remote.files import CHUNK_BYTES, RemoteFile, checked_size
+from loader.remote.location import is_local, local_path
+from loader.remote.options import RemoteOptions
+from loader.remote.ranged import RangedRead
 from loader.sources import ShardSource
 from shards.format import BLOCK, read_index
-from shards.tarscan import ShardFormatError, header_name
+from shards.tarscan import header_name
 
 if TYPE_CHECKING:
-    from loader._netstats import NetCounters
-    from loader.cache import CachedFile, ShardCache
+    from loader.remote.cache import CachedFile
 
-__all__ = [
-    "MissingShardError",
-    "RawSample",
-    "RemoteOptions",
-    "RemoteReadError",
-    "ShardReadError",
-    "ShardReader",
-]
+__all__ = ["RawSample", "ShardReader"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RemoteOptions:
-    """How a reader reaches remote shards: the retry policy of every request, the shared
-    counters they are counted in, the node-local ``cache`` (``None``: ranged reads straight
-    from the source), and whether the next chunk of a ranged read is fetched in the
-    background while the current one is consumed (``readahead``)."""
-
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    counters: NetCounters | None = None
-    cache: ShardCache | None = None
-    readahead: bool = True
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        retry: RetryPolicy | None,
-        cache_dir: str | os.PathLike[str] | None,
-        cache_limit: int | None,
-        counters: NetCounters | None,
-        readahead: bool = True,
-    ) -> RemoteOptions:
-        """The options ``ShardDataset``'s arguments describe (``ValueError`` for bad ones)."""
-        from loader.cache import ShardCache
-
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ValueError(f"expected a RetryPolicy or None, got retry={retry!r}")
-        if cache_limit is not None and cache_dir is None:
-            raise ValueError(f"expected cache_dir with cache_limit, got cache_limit={cache_limit}")
-        cache = None
-        if cache_dir is not None:
-            cache = ShardCache(os.fspath(cache_dir), limit=cache_limit)
-        return cls(retry or RetryPolicy(), counters, cache, readahead)
 
 
 class RawSample(NamedTuple):
@@ -280,28 +238,8 @@ class ShardReader:
         url = self.shard.url
         cache = self._options.cache
         if not self._local and cache is None:
-            remote = self._remote_file(url)
-            try:
-                size = remote.size()
-            except FileNotFoundError:
-                raise MissingShardError(f"shard {url} not found") from None
-            except ShardReadError:
-                raise
-            except (OSError, ValueError) as exc:
-                raise ShardReadError(f"cannot open shard {url}: {exc}") from exc
-            expected = self.shard.filesize
-            if size is not None and expected is not None and size != expected:
-                raise RemoteReadError(
-                    f"shard {url} has {size} bytes, its manifest says {expected}: the file "
-                    "changed or the manifest is stale; rebuild the manifest (not retried)",
-                    url=url,
-                    cause="size mismatch",
-                )
-            if size is None:
-                size = expected
-            if size is None:
-                raise ShardReadError(f"cannot tell the size of shard {url}; the server hides it")
-            self._remote, self._size = remote, size
+            self._remote = self._remote_file(url)
+            self._size = checked_size(self._remote, self.shard.filesize)
             return
         if self._local:
             path = local_path(url)
@@ -362,7 +300,7 @@ class ShardReader:
         except ShardReadError:
             raise
         except (OSError, ValueError) as exc:
-            raise _wrap(exc, url) from exc
+            raise wrap_scan_error(exc, url) from exc
         self._set_index(scanned.index, scanned.keys, scanned.names, "header scan")
 
     def _set_index(
@@ -374,7 +312,7 @@ class ShardReader:
                 f"shard {url}: {what} has {len(index)} samples, expected nsamples={n}"
             )
         if n:
-            _check_rows(index, self._size, url, what)
+            check_rows(index, self._size, url, what)
         self._index, self._keys, self._names = index, keys, names
         image = index["image_offset"]
         where = np.where(image >= 0, image, index["offset"])
@@ -397,55 +335,23 @@ class ShardReader:
             yield RawSample(first + pos, pos, key, label, view[o : o + s], at)
 
     def _read_ranged(self, start: int, stop: int) -> Iterator[RawSample]:
-        remote = self._remote
-        assert remote is not None and self._index is not None
-        first, url = self.shard.first_index, self.shard.url
-        offsets, sizes, labels, where = (c[start:stop] for c in self._columns)
+        assert self._remote is not None and self._index is not None
+        first = self.shard.first_index
         keys = repeat("") if self._keys is None else self._keys[start:stop]
-        hi = int(self._index["end"][stop - 1])
-        buf_start = buf_end = int(self._index["offset"][start])
-        buf = memoryview(b"")
-        ahead: tuple[int, Future[bytes]] | None = None
-        if self._head is not None and self._head[0] == buf_end:
-            ahead = (buf_end, _done(self._head[1]))
-        self._head = None
-        for pos, o, s, label, at, key in zip(
-            range(start, stop), offsets, sizes, labels, where, keys, strict=False
+        head, self._head = self._head, None
+        ranged = RangedRead(
+            self._remote,
+            self.shard.url,
+            (int(self._index["offset"][start]), int(self._index["end"][stop - 1])),
+            chunk_bytes=self._chunk,
+            executor=self._executor,
+            head=head,
+        )
+        columns = (c[start:stop] for c in self._columns)
+        for pos, (data, label, at), key in zip(
+            range(start, stop), ranged.samples(*columns), keys, strict=False
         ):
-            if o < 0:
-                yield RawSample(first + pos, pos, key, label, b"", at)
-                continue
-            if o + s > buf_end:
-                want_end = min(hi, max(o + s, buf_end + self._chunk))
-                try:
-                    if ahead is not None and ahead[0] == buf_end:
-                        got = ahead[1].result()
-                        want_end = max(want_end, buf_end + len(got))
-                        if buf_end + len(got) < want_end:
-                            got += remote.fetch(buf_end + len(got), want_end)
-                    else:
-                        got = remote.fetch(buf_end, want_end)
-                    ahead = None
-                    if self._executor is not None and want_end < hi:
-                        nxt = min(hi, want_end + self._chunk)
-                        ahead = (want_end, self._executor.submit(remote.fetch, want_end, nxt))
-                except ShardReadError:
-                    raise
-                except (OSError, ValueError) as exc:
-                    raise ShardReadError(
-                        f"shard {url}: reading bytes {buf_end}-{want_end - 1} failed: {exc}"
-                    ) from exc
-                if len(got) != want_end - buf_end:
-                    raise ShardReadError(
-                        f"shard {url} is truncated: it ends at byte {buf_end + len(got)}, "
-                        f"sample {pos} needs bytes up to {o + s}"
-                    )
-                tail = buf[o - buf_start :] if o < buf_end else b""
-                skip = max(o - buf_end, 0)
-                buf = memoryview(bytes(tail) + got[skip:] if tail else got[skip:])
-                buf_start, buf_end = o, want_end
-            lo = o - buf_start
-            yield RawSample(first + pos, pos, key, label, buf[lo : lo + s], at)
+            yield RawSample(first + pos, pos, key, label, data, at)
 
     def _read_stream(self, start: int, stop: int) -> Iterator[RawSample]:
         assert self._remote is not None
@@ -465,42 +371,6 @@ class ShardReader:
         except ShardReadError:
             raise
         except (OSError, ValueError) as exc:
-            raise _wrap(exc, self.shard.url) from exc
+            raise wrap_scan_error(exc, self.shard.url) from exc
         if scan.result is not None:
             self._set_index(scan.result.index, scan.result.keys, scan.result.names, "header scan")
-
-
-def _done(value: bytes) -> Future[bytes]:
-    future: Future[bytes] = Future()
-    future.set_result(value)
-    return future
-
-
-def _wrap(exc: Exception, url: str) -> ShardReadError:
-    if isinstance(exc, ShardFormatError):
-        return ShardReadError(str(exc))
-    return ShardReadError(f"shard {url}: reading failed: {exc}")
-
-
-def _check_rows(index: np.ndarray, size: int, url: str, what: str) -> None:
-    offset, end = index["offset"], index["end"]
-    image, image_size = index["image_offset"], index["image_size"]
-    past = np.flatnonzero(end > size)
-    if past.size:
-        p = int(past[0])
-        raise ShardReadError(
-            f"shard {url} is truncated: it has {size} bytes, but its {what} says sample {p} "
-            f"ends at byte {int(end[p])}"
-        )
-    has_image = image >= 0
-    bad = (
-        (offset[1:] < end[:-1]).any()
-        or (end <= offset).any()
-        or (has_image & ((image < offset) | (image + image_size > end))).any()
-        or (image_size < 0).any()
-    )
-    if bad:
-        raise ShardReadError(
-            f"shard {url}: {what} is inconsistent (rows overlap or images lie outside their "
-            "samples); rebuild the shard"
-        )

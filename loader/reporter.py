@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from loader.jsonsafe import dumps
-from loader.ranks import rank_and_world
+from loader.plan.ranks import rank_and_world
 
 __all__ = ["StatsReporter", "queue_depth"]
 

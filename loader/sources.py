@@ -18,6 +18,7 @@ are kept as given.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 
 import braceexpand
 
-from loader._location import is_local, is_url, join, local_path, parent, sidecar_url
-from loader._remote import RemoteFile
 from loader._scanio import scan_location
-from loader.retry import RetryPolicy
+from loader.remote.files import RemoteFile
+from loader.remote.location import is_local, is_url, join, local_path, parent, sidecar_url
+from loader.remote.retry import RetryPolicy
 from shards.format import MANIFEST_NAME, read_index
 from shards.manifest import Manifest, ManifestError
 
@@ -59,6 +60,11 @@ class DatasetSource:
     classes: tuple[str, ...]
     num_samples: int
     origin: str
+
+    def shard_of(self, gid: int) -> int:
+        """The index in ``shards`` of the shard that holds global id ``gid``."""
+        firsts = [s.first_index for s in self.shards]
+        return bisect.bisect_right(firsts, gid) - 1
 
 
 def resolve_source(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loader._location import join, local_path
+from loader.remote.location import join, local_path
 from shards.format import MANIFEST_NAME
 from shards.scan import scan_folder
 

@@ -1,7 +1,7 @@
 """Two decode measurements the bench does not make, each as ratios within one run (rounds
 interleaved, because these machines are shared and their speed drifts). Prints one JSON line.
 
-``crop SRC``: the training decoder with the partial JPEG decode (``loader._jpeg_crop``) against
+``crop SRC``: the training decoder with the partial JPEG decode (``loader.crop``) against
 the decoder without it (OpenCV, reduced-size decode where the crop allows), on the same files
 with the same generator seeds, ``S`` px ``RandomResizedCrop`` + flip. Figure: images per CPU
 second of this one process (``time.process_time``, OpenCV limited to one thread), i.e. images/s

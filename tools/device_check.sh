@@ -78,7 +78,7 @@ for name in ("torchcodec", "torchvision", "cv2", "numpy", "webdataset"):
         print(name, importlib.import_module(name).__version__)
     except Exception as exc:
         print(name, "missing:", exc)
-from loader._jpegbackends import jpeg_backend
+from loader.device._jpegbackends import jpeg_backend
 backend = jpeg_backend(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 print("device decode backend:", backend.name)
 EOF

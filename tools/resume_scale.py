@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loader._consumed import Progress  # noqa: E402
-from loader._shuffle import batch_ids, plan_ids, worker_seed  # noqa: E402
-from loader.partition import plan_epoch, plan_rank  # noqa: E402
-from loader.resume import LoaderState, Topology, merge_states  # noqa: E402
+from loader.plan.partition import plan_epoch, plan_rank  # noqa: E402
+from loader.plan.shuffle import batch_ids, plan_ids, worker_seed  # noqa: E402
+from loader.resume.consumed import Progress  # noqa: E402
+from loader.resume.state import LoaderState, Topology, merge_states  # noqa: E402
 
 SAMPLES, SHARDS, SEED, EPOCH = 1_281_167, 1024, 0, 0
 log = logging.getLogger("resume_scale")

@@ -1,7 +1,7 @@
 """The access patterns ``ShardDataset`` is measured against, each named for what it is.
 
 All three share the real loader's decoder, ``BatchBuilder`` and pooled image buffers (one pool
-per worker process and batch size, ``loader._reuse``), so a comparison measures only the
+per worker process and batch size, ``loader.worker.reuse``), so a comparison measures only the
 access pattern:
 
 - ``FolderDataset``: map-style, one file per sample, batches chosen by a DataLoader sampler.
@@ -31,12 +31,12 @@ from torch.utils.data import (
 )
 
 from loader._checks import check_int, check_non_negative
-from loader._reuse import Reuse
 from loader.batch import Batch, BatchBuilder
 from loader.dataloader import ClosingDataLoader, WorkerInit
 from loader.decode import Decoder, ImageDecoder, NoDecode
 from loader.reader import ShardReader
 from loader.sources import DatasetSource, resolve_source
+from loader.worker.reuse import Reuse
 from shards.scan import scan_folder
 
 __all__ = ["FolderDataset", "NaiveTarDataset", "PerWorkerTarDataset", "folder_loader"]

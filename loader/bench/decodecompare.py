@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from loader.dataloader import make_loader, stop_workers
-from loader.device import DevicePrefetcher, resolve_device
+from loader.device.prefetcher import DevicePrefetcher, resolve_device
 
 __all__ = ["compare", "main", "measure"]
 

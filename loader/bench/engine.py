@@ -28,7 +28,6 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loader._netstats import NetCounters
 from loader.bench.http_server import serve_http
 from loader.bench.limit import MIN_RUN_S, LimitRun, LimitRunner
 from loader.bench.measure import (
@@ -43,6 +42,7 @@ from loader.bench.report import machine_info
 from loader.bench.setup import ModeSetup, ModeUnavailable
 from loader.dataloader import stop_workers
 from loader.jsonsafe import json_safe
+from loader.remote.netstats import NetCounters
 from loader.sources import resolve_source
 from loader.tracker import DuplicateTracker
 from shards.format import MANIFEST_NAME

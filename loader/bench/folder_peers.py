@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from loader.batch import Batch
 from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable
-from loader.decode import ImageDecoder, random_resized_crop
+from loader.crop import random_resized_crop
+from loader.decode import ImageDecoder
 from shards.scan import scan_folder
 
 __all__ = ["PilFolderDataset", "pil_folder_mode", "spdl_mode"]

@@ -9,7 +9,7 @@ less than ``MIN_RUN_S`` reads it again until that much time has passed, so a run
 off is long enough to time.
 
 The processes are forked once and kept, like persistent DataLoader workers, and so are their
-open shard readers (``loader._reuse``): a run after the first reads warm memory maps, as the
+open shard readers (``loader.worker.reuse``): a run after the first reads warm memory maps, as the
 loader does from its second epoch on. Each run starts all processes together at a barrier and
 ends when the last one is done, so it excludes process start-up, as the modes' steady-state
 rates do.
@@ -26,10 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from loader._reuse import Reuse
 from loader.bench.measure import BenchCancelled
 from loader.decode import Decoder, ImageDecoder, NoDecode
 from loader.sources import DatasetSource
+from loader.worker.reuse import Reuse
 
 __all__ = ["LimitRun", "LimitRunner", "split_ranges"]
 

@@ -41,7 +41,7 @@ __all__ = [
 
 COUNTS = ("samples", "unique", "duplicates", "missing", "padded")
 NET = ("retries", "requests", "bytes_fetched", "cache_hits", "cache_fills", "cache_evictions")
-"""Remote-read counts per epoch (``loader._netstats``), for loaders that keep them."""
+"""Remote-read counts per epoch (``loader.remote.netstats``), for loaders that keep them."""
 FIGURES = (
     "samples_per_s",
     "mb_per_s",

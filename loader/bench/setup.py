@@ -46,7 +46,7 @@ class ModeSetup:
     always read locally), ``folder_url`` its base URL with ``--http``. ``shards_dir`` is the
     local shard folder (where LitData's converted copy is cached), or ``None``.
     ``cache_root``: with ``--cache``, the folder under which each run of ``tar-aware`` gets a
-    fresh node-local shard cache (``loader.cache``), so its first epoch always fills it.
+    fresh node-local shard cache (``loader.remote.cache``), so its first epoch always fills it.
     """
 
     shards: str

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from loader.dataloader import make_loader
-from loader.device import DevicePrefetcher, resolve_device
-from loader.ranks import rank_and_world
+from loader.device.prefetcher import DevicePrefetcher, resolve_device
+from loader.plan.ranks import rank_and_world
 from loader.reporter import queue_depth
 from loader.tracker import DuplicateTracker
 from loader.train.checkpoint import CheckpointSteps, latest_checkpoint, load_checkpoint

@@ -52,9 +52,9 @@ def _buffer_bytes(body: BenchmarkRequest) -> int:
     process decodes when there are none). No decoding, no buffers."""
     if not body.decode:
         return 0
-    from loader._recycle import CAPACITY
     from loader.dataloader import transfer_batches_for
-    from loader.dataset import IN_FLIGHT_ITEMS
+    from loader.worker.pools import CAPACITY
+    from loader.worker.stream import IN_FLIGHT_ITEMS
 
     group = transfer_batches_for(body.batch_size, body.image_size)
     buffers = max(CAPACITY, IN_FLIGHT_ITEMS * group)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from loader._recycle import CAPACITY
+from loader.worker.pools import CAPACITY
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20}

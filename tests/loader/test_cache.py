@@ -1,4 +1,4 @@
-"""The node-local shard cache (``loader.cache``) with real processes: one download per shard
+"""The node-local shard cache (``loader.remote.cache``) with real processes: one download per shard
 for 2 ranks x 2 workers, no shard bytes fetched in the second epoch, the limit kept, a killed
 fill never trusted, a corrupted copy fetched again, and local sources read in place."""
 
@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from loader._remote import RemoteFile
-from loader.cache import ShardCache
 from loader.dataloader import make_loader
-from loader.reader import RemoteOptions, ShardReader
-from loader.retry import RetryPolicy
+from loader.reader import ShardReader
+from loader.remote.cache import ShardCache
+from loader.remote.files import RemoteFile
+from loader.remote.options import RemoteOptions
+from loader.remote.retry import RetryPolicy
 from loader.sources import resolve_source
 from tests.loader.faults_http import FaultyServer
 from tests.loader.helpers import default_image_bytes, write_test_shards

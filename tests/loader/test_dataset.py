@@ -16,7 +16,7 @@ import webdataset as wds
 
 from loader.dataloader import make_loader
 from loader.dataset import ShardDataset
-from loader.ranks import rank_and_world
+from loader.plan.ranks import rank_and_world
 from loader.tracker import DuplicateTracker, EpochCounts
 from shards.format import make_key
 from tests.loader.helpers import (

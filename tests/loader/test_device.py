@@ -1,4 +1,5 @@
-"""Tests for loader/device.py: conversion, ordering and stream hand-over of DevicePrefetcher."""
+"""Tests for loader/device/prefetcher.py: conversion, ordering and stream hand-over of
+DevicePrefetcher."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from loader.batch import Batch, BatchBuilder
 from loader.decode import eval_transform
-from loader.device import DeviceBatch, DevicePrefetcher, resolve_device
+from loader.device.prefetcher import DeviceBatch, DevicePrefetcher, resolve_device
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -1,5 +1,6 @@
-"""Tests for decode="device": the byte batch (loader/bytebatch.py), the device decoder and its
-routing and fallbacks (loader/devicedecode.py, loader/_jpegbackends.py) and their use by
+"""Tests for decode="device": the byte batch (loader/device/bytebatch.py), the device decoder
+and its routing and fallbacks (loader/device/decoder.py, loader/device/_jpegbackends.py) and
+their use by
 ShardDataset, make_loader and DevicePrefetcher.
 
 Without CUDA the device half runs with the CPU stand-in backend; only the nvJPEG tests at the
@@ -24,16 +25,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader._jpegbackends import CpuJpegStandIn, jpeg_backend
-from loader._recycle import ImagePool
 from loader.batch import BatchGroup
-from loader.bytebatch import ByteBatch, ByteBatchBuilder, CropPlan, sample_bytes
+from loader.crop import CropBox, center_crop, random_resized_crop
 from loader.dataloader import make_loader
 from loader.dataset import BadSampleError, ShardDataset
-from loader.decode import CropBox, DecodeError, ImageDecoder, center_crop, random_resized_crop
-from loader.device import DevicePrefetcher
-from loader.devicedecode import DeviceDecoder, crop_resize, needs_cpu
+from loader.decode import DecodeError, ImageDecoder
+from loader.device._jpegbackends import CpuJpegStandIn, jpeg_backend
+from loader.device.bytebatch import ByteBatch, ByteBatchBuilder, CropPlan, sample_bytes
+from loader.device.decoder import DeviceDecoder, crop_resize, needs_cpu
+from loader.device.prefetcher import DevicePrefetcher
 from loader.tracker import DuplicateTracker
+from loader.worker.pools import ImagePool
 from shards.imageinfo import image_info
 from tests.loader.helpers import label_of, write_test_shards
 
@@ -154,7 +156,7 @@ def test_a_byte_batch_travels_as_one_buffer_handle_and_one_array() -> None:
 
 
 def _reduced(batch: ByteBatch) -> tuple[Any, tuple[Any, ...]]:
-    from loader.bytebatch import _reduce_for_transfer
+    from loader.device.bytebatch import _reduce_for_transfer
 
     function, args = _reduce_for_transfer(batch)
     return function, args
@@ -473,7 +475,7 @@ def test_bad_backend_settings_are_rejected() -> None:
 def test_without_a_gpu_library_the_cuda_backend_says_what_to_install() -> None:
     import importlib.util
 
-    from loader._jpegbackends import GpuDecodeUnavailable, _import_decode_jpeg
+    from loader.device._jpegbackends import GpuDecodeUnavailable, _import_decode_jpeg
 
     if any(importlib.util.find_spec(name) for name in ("torchcodec", "torchvision")):
         pytest.skip("checks the message where neither TorchCodec nor torchvision is installed")

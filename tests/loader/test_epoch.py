@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
-from loader._epoch import MAX_READERS, SharedEpoch
+from loader.plan.epoch import MAX_READERS, SharedEpoch
 
 
 def test_epochs_advance_per_reader_without_set_epoch() -> None:

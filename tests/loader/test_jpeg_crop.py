@@ -1,4 +1,4 @@
-"""Tests for the partial JPEG decode (loader/_jpeg_crop.py over shards/jpegturbo.py).
+"""Tests for the partial JPEG decode (loader/crop.py over shards/jpegturbo.py).
 
 The promise: the crop box drawn for a generator state does not change, and the output matches
 a full decode closely. The reference is the OpenCV path (``partial_decode=False``), which
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from loader._jpeg_crop import decode_crop, pick_scale
+from loader.crop import decode_crop, pick_scale
 from loader.decode import DecodeError, ImageDecoder
 from shards.jpegturbo import JpegError, available, decode_region, scaled_size
 

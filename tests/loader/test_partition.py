@@ -1,4 +1,4 @@
-"""Tests for loader.partition: the split is exact, balanced, even across ranks and stable."""
+"""Tests for loader.plan.partition: the split is exact, balanced, even across ranks and stable."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from loader.partition import (
+from loader.plan.partition import (
     EVEN_POLICIES,
     Segment,
     WorkerPlan,

@@ -1,10 +1,10 @@
-"""The one rank resolver (``loader.ranks``) and its users."""
+"""The one rank resolver (``loader.plan.ranks``) and its users."""
 
 from __future__ import annotations
 
 import pytest
 
-from loader.ranks import rank_and_world
+from loader.plan.ranks import rank_and_world
 from loader.reporter import StatsReporter
 
 

@@ -1,4 +1,4 @@
-"""Tests for loader/_recycle.py: image buffers reused only after the receiver let go of them.
+"""Tests for loader/worker/pools.py: image buffers reused only after the receiver let go of them.
 
 Real DataLoader workers build batches whose pixels all equal a per-batch value; the main
 process holds some batches and drops others, and every held batch must still show its own
@@ -21,8 +21,10 @@ import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from loader import _recycle
-from loader._recycle import (
+from loader.batch import Batch, BatchBuilder, BatchGroup
+from loader.dataloader import ClosingDataLoader
+from loader.worker import pools as _recycle
+from loader.worker.pools import (
     _LENT_MAPS,
     CAPACITY,
     FREE,
@@ -35,8 +37,6 @@ from loader._recycle import (
     lend,
     receive_lent,
 )
-from loader.batch import Batch, BatchBuilder, BatchGroup
-from loader.dataloader import ClosingDataLoader
 
 B, S = 3, 8
 NBYTES = B * S * S * 3

@@ -13,12 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader._errors import RemoteReadError
-from loader._remote import RangeNotSupportedError, RemoteFile
-from loader._reuse import Reuse
-from loader.reader import MissingShardError, RemoteOptions, ShardReader
-from loader.retry import RetryPolicy, is_transient
+from loader._errors import MissingShardError
+from loader.reader import ShardReader
+from loader.remote.errors import RemoteReadError
+from loader.remote.files import RangeNotSupportedError, RemoteFile
+from loader.remote.options import RemoteOptions
+from loader.remote.retry import RetryPolicy, is_transient
 from loader.sources import resolve_source
+from loader.worker.reuse import Reuse
 from tests.loader.faults_http import FaultyServer
 from tests.loader.helpers import default_image_bytes, write_test_shards
 

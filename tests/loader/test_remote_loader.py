@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from loader._errors import RemoteReadError
-from loader._stall import WorkerTimeoutError
+from loader._workers import WorkerTimeoutError
 from loader.dataloader import make_loader
-from loader.retry import RetryPolicy
+from loader.remote.errors import RemoteReadError
+from loader.remote.retry import RetryPolicy
 from tests.loader.faults_http import FaultyServer
 from tests.loader.helpers import write_test_shards
 

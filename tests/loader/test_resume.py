@@ -19,7 +19,7 @@ import torch.multiprocessing as tmp
 
 from loader.dataloader import ClosingDataLoader, make_loader
 from loader.dataset import ShardDataset
-from loader.resume import STATE_VERSION, ResumeError
+from loader.resume.state import STATE_VERSION, ResumeError
 from loader.tracker import DuplicateTracker
 from tests.loader.helpers import write_test_shards
 

@@ -4,7 +4,7 @@ topology B. What A received and what B delivers are disjoint and together the wh
 (less what B's even policy drops); B's shares and batches follow the rule of a fresh epoch; with
 B = A the remaining batches are the uninterrupted run's. A second stop chains a third topology.
 
-The batches are those ``ShardDataset`` yields (``loader._shuffle.batch_ids`` over the same plans
+The batches are those ``ShardDataset`` yields (``loader.plan.shuffle.batch_ids`` over the same plans
 and shuffle seeds); tests/loader/test_resume.py checks the real loader against the same rules.
 """
 
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader._consumed import Progress
-from loader._shuffle import batch_ids, worker_seed
-from loader.partition import EVEN_POLICIES, WorkerPlan, plan_epoch
-from loader.resume import LoaderState, Topology, merge_states, resume_point
+from loader.plan.partition import EVEN_POLICIES, WorkerPlan, plan_epoch
+from loader.plan.shuffle import batch_ids, worker_seed
+from loader.resume.consumed import Progress
+from loader.resume.state import LoaderState, Topology, merge_states, resume_point
 
 SEED, EPOCH, PRINT = 5, 3, "f" * 64
 Batches = list[tuple[np.ndarray, np.ndarray]]

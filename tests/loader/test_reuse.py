@@ -1,4 +1,5 @@
-"""Tests for loader/_reuse.py: readers kept open across epochs, per process, and image pools."""
+"""Tests for loader/worker/reuse.py: readers kept open across epochs, per process, and image
+pools."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import pytest
 from torch.utils.data import DataLoader, IterableDataset
 
-from loader._reuse import Reuse
 from loader.dataset import ShardDataset
 from loader.sources import resolve_source
+from loader.worker.reuse import Reuse
 from tests.loader.helpers import write_test_shards
 
 

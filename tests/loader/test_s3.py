@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loader.dataloader import make_loader
-from loader.retry import RetryPolicy
+from loader.remote.retry import RetryPolicy
 from tests.loader.helpers import write_test_shards
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[dev]')")

@@ -12,8 +12,9 @@ A ``LoaderState`` says, for one epoch of one dataset (its ``fingerprint``) and `
 
 A loader resumed with the same topology replays its plan and each worker skips the batches it
 already handed over, so the same batches follow as in an uninterrupted run. With any other
-topology the plan is cut afresh over the samples not taken (``loader.partition``, ``taken``), by
-the rule of a fresh epoch. Later epochs never depend on the stop. See docs/architecture.md,
+topology the plan is cut afresh over the samples not taken (``loader.plan.partition``,
+``taken``), by the rule of a fresh epoch. Later epochs never depend on the stop. See
+docs/architecture.md,
 section "Resume".
 
 Rank modes: under ``torch.distributed`` a state is gathered and covers every rank; with ranks

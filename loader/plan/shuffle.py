@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from loader.partition import Segment, WorkerPlan
+    from loader.plan.partition import Segment, WorkerPlan
     from loader.reader import RawSample
 
 __all__ = [
@@ -69,7 +69,7 @@ def plan_ids(plan: WorkerPlan) -> np.ndarray:
 def kept_segments(plan: WorkerPlan, skipped: np.ndarray) -> list[Segment]:
     """``plan``'s segments less the samples whose plan index is marked in ``skipped`` (bool,
     one per sample), split into runs that are read one after the other."""
-    from loader.partition import Segment
+    from loader.plan.partition import Segment
 
     out: list[Segment] = []
     offset = 0

@@ -8,7 +8,7 @@ One object, two halves:
   (``ImageDecoder.draw``), and flags what the GPU decoder cannot take (``needs_cpu``: CMYK and
   other non-RGB JPEGs, 12-bit, progressive, PNG, WebP). ``ByteBatchBuilder`` calls it;
 - the device half, ``decode_batch``: decodes a whole ``ByteBatch`` at once with a batched JPEG
-  backend (nvJPEG on CUDA, an OpenCV stand-in on the CPU: ``loader._jpegbackends``), crops,
+  backend (nvJPEG on CUDA, an OpenCV stand-in on the CPU: ``loader.device._jpegbackends``), crops,
   resizes and flips each image on the device, and writes a uint8 ``[B, S, S, 3]`` batch there.
   ``DevicePrefetcher`` calls it, then normalises as for any batch.
 
@@ -35,9 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loader._jpegbackends import JpegBackend, jpeg_backend
-from loader.bytebatch import ByteBatch, CropPlan, sample_bytes
-from loader.decode import CropBox, DecodeError, ImageDecoder, rescale_box
+from loader.crop import CropBox, rescale_box
+from loader.decode import DecodeError, ImageDecoder
+from loader.device._jpegbackends import JpegBackend, jpeg_backend
+from loader.device.bytebatch import ByteBatch, CropPlan, sample_bytes
 from shards.imageinfo import image_info
 
 if TYPE_CHECKING:

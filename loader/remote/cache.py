@@ -37,12 +37,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loader._errors import RemoteReadError, ShardReadError
-from loader._remote import CHUNK_BYTES
+from loader._errors import ShardReadError
+from loader.remote.errors import RemoteReadError
+from loader.remote.files import CHUNK_BYTES
 
 if TYPE_CHECKING:
-    from loader._netstats import NetCounters
-    from loader._remote import RemoteFile
+    from loader.remote.files import RemoteFile
+    from loader.remote.netstats import NetCounters
 
 __all__ = ["CacheError", "CachedFile", "ShardCache"]
 

@@ -1,6 +1,6 @@
 """Ranged reads of one remote (fsspec) file with retries, and a forward-only chunked stream.
 
-Every request goes through the file's ``RetryPolicy`` (``loader.retry``): transient failures
+Every request goes through the file's ``RetryPolicy`` (``loader.remote.retry``): transient failures
 are retried with backoff and jitter within its budget, a body cut short is resumed by asking
 only for the missing bytes, and a permanent failure or a spent budget raises
 ``RemoteReadError`` naming the URL, the byte range and the last cause. aiohttp's own errors
@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from loader._errors import RemoteReadError
-from loader.retry import RetryPolicy, ShortReadError, is_transient
+from loader._errors import MissingShardError, ShardReadError
+from loader.remote.errors import RemoteReadError
+from loader.remote.retry import RetryPolicy, ShortReadError, is_transient
 
 if TYPE_CHECKING:
-    from loader._netstats import NetCounters
+    from loader.remote.netstats import NetCounters
 
 __all__ = ["CHUNK_BYTES", "ChunkedStream", "RangeNotSupportedError", "RemoteFile", "open_fs"]
 
@@ -216,3 +217,30 @@ class ChunkedStream:
         data = self._buf[lo : lo + end - self._pos]
         self._pos += len(data)
         return data
+
+
+def checked_size(remote: RemoteFile, expected: int | None) -> int:
+    """``remote``'s size, checked against ``expected`` (the manifest's) when both are known.
+    ``MissingShardError`` when it does not exist; ``RemoteReadError`` (not retried) when the
+    sizes differ; ``ShardReadError`` when neither side knows the size."""
+    url = remote.url
+    try:
+        size = remote.size()
+    except FileNotFoundError:
+        raise MissingShardError(f"shard {url} not found") from None
+    except ShardReadError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ShardReadError(f"cannot open shard {url}: {exc}") from exc
+    if size is not None and expected is not None and size != expected:
+        raise RemoteReadError(
+            f"shard {url} has {size} bytes, its manifest says {expected}: the file "
+            "changed or the manifest is stale; rebuild the manifest (not retried)",
+            url=url,
+            cause="size mismatch",
+        )
+    if size is None:
+        size = expected
+    if size is None:
+        raise ShardReadError(f"cannot tell the size of shard {url}; the server hides it")
+    return size

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from loader.partition import plan_rank
-from loader.resume import LoaderState, ResumeError, Topology
+from loader.plan.partition import plan_rank
+from loader.resume.state import LoaderState, ResumeError, Topology
 
 if TYPE_CHECKING:
     import torch

@@ -13,7 +13,7 @@ decoded ``Batch`` (``loader.batch``): the byte buffer as one shared-memory segme
 one, lent by handle, inside a DataLoader worker), the columns by value; no per-sample Python
 objects cross. Ownership: the staging array belongs to the builder and is never handed over;
 a handed-over buffer belongs to the receiver, and a pooled one goes back to its worker's pool
-only when the receiver has dropped every reference to it (``loader._recycle``).
+only when the receiver has dropped every reference to it (``loader.worker.pools``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import get_worker_info
 
-from loader._recycle import (
+from loader.crop import CropBox
+from loader.worker.pools import (
     ImagePool,
     LentBufferError,
     is_received,
@@ -36,7 +37,6 @@ from loader._recycle import (
     receive_lent,
     uint8_view,
 )
-from loader.decode import CropBox
 
 __all__ = ["ByteBatch", "ByteBatchBuilder", "CropPlan", "Planner", "sample_bytes"]
 

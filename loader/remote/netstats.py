@@ -1,6 +1,6 @@
 """Counts of remote requests, retries and cache traffic, summed over a dataset's processes.
 
-``NetCounters`` lives in shared memory like ``loader._epoch.SharedEpoch``: one row per reader
+``NetCounters`` lives in shared memory like ``loader.plan.epoch.SharedEpoch``: one row per reader
 (row 0 the main process, row ``1 + w % (ROWS - 1)`` DataLoader worker ``w``), each written
 only by its own process (whose threads take turns on a process-local lock), and the totals are
 the column sums. Only loaders of more than ``ROWS - 1`` workers share rows, and may then lose

@@ -9,7 +9,7 @@ used readers open instead (``keep_open`` of them, least recently used closed fir
 ``ImagePool`` per buffer size. For remote shards it also owns the read-ahead threads
 (``READAHEAD_THREADS``): while the current shard is read, ``prefetch`` opens the next one
 (its index and first chunk, or its whole file into the cache) and each ranged read fetches its
-next chunk, so at most about two chunks (``loader._remote.CHUNK_BYTES``) per process are
+next chunk, so at most about two chunks (``loader.remote.files.CHUNK_BYTES``) per process are
 fetched ahead (docs/architecture.md, section "Remote reads").
 
 The state belongs to one process: a pickled copy (a spawned worker) and a forked copy (checked
@@ -25,10 +25,11 @@ from typing import Any
 
 from torch.utils.data import get_worker_info
 
-from loader._location import is_local
-from loader._recycle import CAPACITY, ImagePool
-from loader.reader import RemoteOptions, ShardReader
+from loader.reader import ShardReader
+from loader.remote.location import is_local
+from loader.remote.options import RemoteOptions
 from loader.sources import ShardSource
+from loader.worker.pools import CAPACITY, ImagePool
 
 __all__ = ["Reuse"]
 

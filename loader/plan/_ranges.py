@@ -1,4 +1,4 @@
-"""Private helpers for ``loader.partition``: position-range cutting.
+"""Private helpers for ``loader.plan.partition``: position-range cutting.
 
 A *position* is an index into an epoch's permuted sample sequence: the shards concatenated in
 ``order``. ``cum`` holds the permuted shards' cumulative sizes with a leading 0, so permuted

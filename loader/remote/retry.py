@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from loader._checks import check_int, check_non_negative
-from loader._errors import RemoteReadError
+from loader.remote.errors import RemoteReadError
 
 __all__ = ["TRANSIENT_STATUS", "RetryPolicy", "ShortReadError", "is_transient", "status_of"]
 
@@ -61,7 +61,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class ShortReadError(OSError):
-    """A response body shorter than the bytes it promised (raised by ``loader._remote``)."""
+    """A response body shorter than the bytes it promised (raised by ``loader.remote.files``)."""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ and some ranks hold one more sample; the ``even`` policy settles that case:
 Everything here is a pure function of its arguments: every worker of every rank computes its own
 plan with no communication. Cutting works on positions through a cumulative sum and
 ``np.searchsorted``, and the same code cuts a filtered sequence: with ``taken`` (a bool array
-over global ids, the samples a stopped run already consumed, ``loader.resume``) the positions of
-taken samples are left out and the rest, still in the epoch's order, is cut by the rules above
+over global ids, the samples a stopped run already consumed, ``loader.resume.state``) the
+positions of taken samples are left out and the rest, still in the epoch's order, is cut by
+the rules above
 (docs/architecture.md, section "Resume"). Only there may a rank share be empty: a pad sample of
 an empty share repeats the last sample before it.
 """
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from loader._checks import check_int
-from loader._ranges import (
+from loader.plan._ranges import (
     as_sizes,
     cut_many,
     cut_positions,

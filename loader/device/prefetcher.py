@@ -34,11 +34,12 @@ consumer gets batch ``k``. A loader's iterator that records what the training lo
 (``ClosingDataLoader``'s, for resuming) offers ``defer_records()``; the prefetcher then records
 each batch as it hands it over, so a prefetched batch is never counted as received.
 
-Byte batches (``loader.bytebatch``, ``decode="device"``): the prefetcher hands each
+Byte batches (``loader.device.bytebatch``, ``decode="device"``): the prefetcher hands each
 ``ByteBatch`` to its decoder's ``decode_batch`` (by default the loader's dataset's decoder;
-``loader.devicedecode``), on the side stream on CUDA, and converts the uint8 batch that comes
+``loader.device.decoder``), on the side stream on CUDA, and converts the uint8 batch that comes
 back like any other. Samples decoded nowhere meet the dataset's bad-sample policy here
-(``bad_samples``, ``skip_budget``; the budget counts per pass): ``"raise"`` raises
+(``loader.badsamples``; the budget counts the skips of one pass, that is one epoch, in this
+process): ``"raise"`` raises
 ``BadSampleError``; ``"skip"`` warns and replaces the row with a copy of the batch's first good
 sample marked ``padded``, as a worker does for a sample it cannot decode, so delivery counts are
 those of the CPU path.
@@ -52,10 +53,10 @@ from typing import NamedTuple
 
 import torch
 
+from loader.badsamples import BadSampleError, BadSamplePolicy, SkipCounter
 from loader.batch import Batch
-from loader.bytebatch import ByteBatch
-from loader.dataset import BAD_SAMPLE_POLICIES, BadSampleError
-from loader.devicedecode import BatchDecoder, DecodedBatch
+from loader.device.bytebatch import ByteBatch
+from loader.device.decoder import BatchDecoder, DecodedBatch
 
 __all__ = ["DeviceBatch", "DevicePrefetcher", "resolve_device"]
 
@@ -130,9 +131,9 @@ class DevicePrefetcher:
         if decoder is None and getattr(own, "decodes_on_device", False):
             decoder = own
         self.decoder = decoder
-        self._policy = _policy_of(dataset)
+        self.bad_sample_policy = BadSamplePolicy.of(dataset)
         self._locate: Callable[[int], str] | None = getattr(dataset, "locate", None)
-        self._skipped = 0
+        self._skips: SkipCounter = self.bad_sample_policy.counter()
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -143,7 +144,7 @@ class DevicePrefetcher:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[DeviceBatch]:
-        self._skipped = 0
+        self._skips = self.bad_sample_policy.counter()
         if self.device.type == "cuda":
             return self._iter_cuda()
         return (self._convert(self._decoded(item)) for item in self.loader)
@@ -163,23 +164,14 @@ class DevicePrefetcher:
 
     def _bad_samples(self, batch: Batch, decoded: DecodedBatch) -> Batch:
         """Apply the bad-sample policy to the rows decoded nowhere (see the module doc)."""
-        policy, budget = self._policy
         for row, reason in sorted(decoded.failures.items()):
             gid = int(batch.ids[row])
             where = self._locate(gid) if self._locate is not None else f"sample id {gid}"
-            message = (
-                f"bad sample in {where}: decoded neither by the device decoder ({self.device}) "
-                "nor by its CPU fallback"
+            self._skips.bad(
+                f"{where} (decoded neither by the device decoder on {self.device} nor by its "
+                "CPU fallback)",
+                reason,
             )
-            if policy == "raise":
-                raise BadSampleError(f"{message}: {reason}")
-            self._skipped += 1
-            log.warning("skipping %s: %s", message, reason)
-            if self._skipped > budget:
-                raise BadSampleError(
-                    f"more than skip_budget={budget} samples decoded nowhere in this pass over "
-                    f"the loader; last: {message}: {reason}"
-                )
         good = [r for r in range(len(batch.ids)) if r not in decoded.failures]
         if not good:
             raise BadSampleError(
@@ -263,11 +255,3 @@ class DevicePrefetcher:
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.is_pinned() else tensor.pin_memory()
-
-
-def _policy_of(dataset: object) -> tuple[str, int]:
-    policy = getattr(dataset, "bad_samples", "skip")
-    budget = getattr(dataset, "skip_budget", 100)
-    if policy not in BAD_SAMPLE_POLICIES or not isinstance(budget, int):
-        return "skip", 100
-    return policy, budget

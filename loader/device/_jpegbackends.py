@@ -1,4 +1,4 @@
-"""Batched JPEG decoders behind ``loader.devicedecode``: nvJPEG on CUDA, and its CPU stand-in.
+"""Batched JPEG decoders behind ``loader.device.decoder``: nvJPEG on CUDA, and its CPU stand-in.
 
 A backend turns a list of 1-D uint8 CPU tensors (JPEG streams) into RGB uint8 ``[3, H, W]``
 tensors on its device, all or nothing: like nvJPEG's batched decode, a stream it rejects fails
