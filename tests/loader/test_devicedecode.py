@@ -25,10 +25,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loader.badsamples import BadSampleError
 from loader.batch import BatchGroup
 from loader.crop import CropBox, center_crop, random_resized_crop
 from loader.dataloader import make_loader
-from loader.dataset import BadSampleError, ShardDataset
+from loader.dataset import ShardDataset
 from loader.decode import DecodeError, ImageDecoder
 from loader.device._jpegbackends import CpuJpegStandIn, jpeg_backend
 from loader.device.bytebatch import ByteBatch, ByteBatchBuilder, CropPlan, sample_bytes
