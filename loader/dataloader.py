@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from loader._checks import check_int, check_non_negative
-from loader._workers import stalled_worker_error, terminate_workers
+from loader._workers import shutdown_workers, stalled_worker_error, terminate_workers
 from loader.batch import Batch, BatchGroup
 from loader.dataset import ShardDataset
 from loader.device.bytebatch import ByteBatch
@@ -159,16 +159,9 @@ def stop_workers(loader: object, iterator: object | None = None) -> None:
     ``loader`` keeps between epochs), so the next ``iter(loader)`` starts new ones, and drop this
     process's maps of their buffers.
 
-    The one place that reaches into the DataLoader's private ``_iterator`` and
-    ``_shutdown_workers``; anything that is not a DataLoader with workers is left alone.
+    Torch's private attributes are read in ``loader._workers`` only.
     """
-    if iterator is None:
-        iterator = getattr(loader, "_iterator", None)
-    shutdown = getattr(iterator, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-    if iterator is not None and getattr(loader, "_iterator", None) is iterator:
-        loader._iterator = None  # type: ignore[attr-defined]
+    shutdown_workers(loader, iterator)
     forget_exited_lenders()
 
 

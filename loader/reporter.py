@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from loader._workers import queued_items
 from loader.jsonsafe import dumps
 from loader.plan.ranks import rank_and_world
 
@@ -252,19 +253,10 @@ def queue_depth(loader_or_iterator: object) -> int | None:
     persistent workers or the iterator of one. None when it
     cannot tell (no worker processes, or a platform without ``Queue.qsize``).
 
-    Reads the DataLoader iterator's private ``_data_queue`` and ``_task_info``: a figure for
-    telemetry only, never used to decide anything.
+    A figure for telemetry only, never used to decide anything (torch's private attributes are
+    read in ``loader._workers``).
     """
     ready = len(getattr(loader_or_iterator, "_pending", ()))
     inner = getattr(loader_or_iterator, "_iterator", None)
-    if inner is None:
-        inner = loader_or_iterator
-    data_queue = getattr(inner, "_data_queue", None)
-    if data_queue is None:
-        return None
-    try:
-        ready += int(data_queue.qsize())
-    except (NotImplementedError, OSError, AttributeError):
-        return None
-    stored = getattr(inner, "_task_info", {})
-    return ready + sum(1 for info in stored.values() if len(info) == 2)
+    queued = queued_items(loader_or_iterator if inner is None else inner)
+    return None if queued is None else ready + queued
