@@ -1,4 +1,5 @@
-"""Byte batches (design section 8): workers read and batch, the device decodes.
+"""Byte batches: workers read and batch, the device decodes (docs/architecture.md,
+"Device decode").
 
 When the decoder decodes on the device (``decodes_on_device``), a worker builds a
 ``ByteBatchBuilder`` instead of a ``BatchBuilder``. Per sample it copies the compressed bytes

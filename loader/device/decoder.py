@@ -1,4 +1,4 @@
-"""Decoding on the device (design section 8): ``DeviceDecoder`` plans in the worker, decodes on
+"""Decoding on the device: ``DeviceDecoder`` plans in the worker, decodes on
 the GPU (docs/architecture.md, section "Device decode").
 
 One object, two halves:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -25,12 +25,14 @@ from loader.reader import RawSample, ShardReader
 from loader.worker.pools import CAPACITY
 
 if TYPE_CHECKING:
-    from loader.dataset import ShardDataset
+    from loader.badsamples import BadSamplePolicy
+    from loader.decode import Decoder
     from loader.plan.partition import Segment, WorkerPlan
-    from loader.sources import ShardSource
+    from loader.remote.options import RemoteOptions
+    from loader.sources import DatasetSource, ShardSource
     from loader.worker.reuse import Reuse
 
-__all__ = ["IN_FLIGHT_ITEMS", "WorkerStream"]
+__all__ = ["IN_FLIGHT_ITEMS", "StreamSettings", "WorkerStream"]
 
 log = logging.getLogger("shardfeed.loader")
 IN_FLIGHT_ITEMS = 4  # items a worker's buffers serve at once: queued, built, held by the trainer
@@ -43,10 +45,28 @@ def _label_problem(label: int, classes: int) -> str:
     return f"label {label} is outside the manifest's {classes} classes (expected 0..{classes - 1})"
 
 
+class StreamSettings(Protocol):
+    """What a ``WorkerStream`` reads of its dataset (``ShardDataset`` has all of it)."""
+
+    source: DatasetSource
+    decoder: Decoder
+    remote: RemoteOptions
+    bad_sample_policy: BadSamplePolicy
+    batch_size: int
+    shuffle_buffer: int
+    train: bool
+    decode: bool
+    latency_s: float
+    transfer_batches: int
+
+    @property
+    def bad_samples(self) -> str: ...
+
+
 class WorkerStream:
     """The batches of ``dataset`` that this process yields, reading through ``reuse``."""
 
-    def __init__(self, dataset: ShardDataset, reuse: Reuse) -> None:
+    def __init__(self, dataset: StreamSettings, reuse: Reuse) -> None:
         self.dataset = dataset
         self.reuse = reuse
 

@@ -63,4 +63,3 @@ def test_no_other_module_reads_torch_private_dataloader_attributes() -> None:
         text = path.read_text()
         offenders += [f"{path.relative_to(root)}: {n}" for n in names if f'"{n}"' in text]
     assert offenders == [], offenders
-

@@ -1,7 +1,8 @@
 """Shard builder test helpers: image bytes, a "quirky" ImageNet-style folder, small clean ones.
 
-The quirky folder holds every oddity of issue 2 as real bytes, each with the outcome the build
-must give it (sharded with known metadata, or skipped with a known reason). ``data/cmyk.jpg`` is
+The quirky folder holds every oddity a folder can hold as real bytes, each with the outcome
+the build must give it (sharded with known metadata, or skipped with a known reason).
+``data/cmyk.jpg`` is
 a 40x30 four-component (Adobe CMYK) baseline JPEG written once with libjpeg's
 ``jpeg_set_defaults`` + ``in_color_space = JCS_CMYK``; OpenCV cannot encode CMYK itself.
 
