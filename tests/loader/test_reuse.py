@@ -3,6 +3,8 @@ pools."""
 
 from __future__ import annotations
 
+import functools
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -82,9 +84,40 @@ def test_bad_arguments() -> None:
         Reuse(latency_s=-1)
 
 
-def test_persistent_workers_keep_shards_open_across_epochs(source: Any) -> None:
+def _note_pid(folder: Path, worker: int) -> None:
+    (folder / f"worker-{worker}").write_text(str(os.getpid()))
+
+
+def _shard_maps(pid: int) -> set[str]:
+    """The memory maps of shard files in process ``pid``: address range and path."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {f"{line.split()[0]} {line.split()[-1]}" for line in lines if line.endswith(".tar")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/<pid>/maps")
+def test_persistent_workers_keep_shards_open_across_epochs(source: Any, tmp_path: Path) -> None:
+    """A shard a worker mapped stays mapped in that worker, at the same address range, through
+    the later epochs (each epoch may hand it other shards too): shards are not opened again."""
     dataset = ShardDataset(source, batch_size=2, decode=False, shuffle_buffer=0)
-    loader = DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=2,
+        persistent_workers=True,
+        worker_init_fn=functools.partial(_note_pid, pids),
+    )
+    seen: list[dict[int, set[str]]] = []
     for _ in range(3):
         ids = sorted(int(i) for batch in loader for i in batch.ids)
         assert ids == list(range(12))
+        workers = [int(f.read_text()) for f in sorted(pids.iterdir())]
+        assert len(workers) == 2, "persistent workers start once"
+        seen.append({pid: _shard_maps(pid) for pid in workers})
+    assert all(maps for maps in seen[0].values()), f"every worker maps a shard: {seen[0]}"
+    for before, after in zip(seen, seen[1:], strict=False):
+        for pid, maps in before.items():
+            assert maps <= after[pid], f"worker {pid} dropped {maps - after[pid]}"
+
+
