@@ -150,7 +150,9 @@ class WorkerStream:
                     nxt = segments[i + 1]
                     self.reuse.prefetch(self.dataset.source.shards[nxt.shard], nxt.start, nxt.stop)
                 yield from samples
-            except BaseException:
+            # A reader that failed is dropped. GeneratorExit (the shuffle stopped pulling once it
+            # had the plan's samples, every epoch) is not a failure: the reader stays open.
+            except Exception:
                 self.reuse.forget(shard)
                 raise
 
