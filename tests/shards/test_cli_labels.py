@@ -296,13 +296,14 @@ def test_bad_labels_inputs_give_one_line_errors(
     twice.mkdir()
     doc = json.loads((sets.shards / "manifest.json").read_text())
     (twice / "manifest.json").write_text(json.dumps(doc | {"classes": ["a", "b", "a", "c"]}))
-    extra = {
+    extras: dict[str, list[Any]] = {
         "labels_missing": ["--labels", tmp_path / "nope.csv"],
         "classes_from_missing": ["--labels", labels, "--classes-from", tmp_path / "nope"],
         "classes_from_twice": ["--labels", labels, "--classes-from", twice],
         "strict_alone": ["--strict"],
         "flat_without_labels": [],
-    }.get(case, ["--labels", labels])
+    }
+    extra = extras.get(case, ["--labels", labels])
     out = tmp_path / "out"
     one_line_error(cli("shard", sets.flat, out, *extra), match)
     assert not list(tmp_path.rglob("shard-*.tar"))
