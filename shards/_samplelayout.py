@@ -76,19 +76,19 @@ def plan_items(
     rng = np.random.default_rng(np.random.SeedSequence([seed, _VAL_NAME_STREAM]))
     numbers = rng.permutation(len(labels)) + 1
     return [
-        Item(VAL_BASE + i, label, str(_val_folder(root, wnids[label], layout) / _val_name(n)))
+        Item(VAL_BASE + i, label, str(_folder(root, wnids[label], layout) / _val_name(n)))
         for i, (label, n) in enumerate(zip(labels, numbers.tolist(), strict=True))
     ]
 
 
 def image_folders(root: Path, wnids: Sequence[str], layout: str) -> list[Path]:
     """The folders the images go into."""
-    return [root / FLAT_DIR] if layout == "imagenet-val" else [root / w for w in wnids]
+    return sorted({_folder(root, wnid, layout) for wnid in wnids})
 
 
 def image_root(root: Path, layout: str) -> Path:
     """The folder to give ``shardfeed shard`` as SRC."""
-    return root / FLAT_DIR if layout == "imagenet-val" else root
+    return _folder(root, None, layout)
 
 
 def labels_csv(items: Sequence[Item], wnids: Sequence[str], seed: int, size: str) -> bytes:
@@ -102,8 +102,11 @@ def labels_csv(items: Sequence[Item], wnids: Sequence[str], seed: int, size: str
     return ("ImageId,PredictionString\n" + "\n".join(sorted(rows)) + "\n").encode("ascii")
 
 
-def _val_folder(root: Path, wnid: str, layout: str) -> Path:
-    return root / FLAT_DIR if layout == "imagenet-val" else root / wnid
+def _folder(root: Path, wnid: str | None, layout: str) -> Path:
+    """Where an image of class ``wnid`` goes (``root`` itself for None in class folders)."""
+    if layout == "imagenet-val":
+        return root / FLAT_DIR
+    return root if wnid is None else root / wnid
 
 
 def _val_name(number: int) -> str:
