@@ -1,7 +1,11 @@
-"""Shard builder: turn ``root/<class>/<image>`` into reproducible tar shards plus a manifest."""
+"""Shard builder: turn ``root/<class>/<image>``, or a flat folder plus a labels file, into
+reproducible tar shards plus a manifest."""
 
-from shards.build import BuildError, BuildOptions, build_shards, merge_build
+from shards.build import build_shards
+from shards.labelreport import LabelsError
 from shards.manifest import Manifest, ManifestError, ShardEntry
+from shards.merge import merge_build
+from shards.options import BuildError, BuildOptions
 from shards.plan import SizingOptions
 from shards.sample import make_sample
 from shards.verify import inspect_build, verify_build
@@ -9,6 +13,7 @@ from shards.verify import inspect_build, verify_build
 __all__ = [
     "BuildError",
     "BuildOptions",
+    "LabelsError",
     "Manifest",
     "ManifestError",
     "ShardEntry",

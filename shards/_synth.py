@@ -24,7 +24,15 @@ from typing import Final
 import cv2
 import numpy as np
 
-__all__ = ["SIZES", "Canvas", "ClassStyle", "class_style", "image_rng", "render_jpeg"]
+__all__ = [
+    "SIZES",
+    "Canvas",
+    "ClassStyle",
+    "class_style",
+    "image_rng",
+    "image_shape",
+    "render_jpeg",
+]
 
 SIZES: Final = ("imagenet", "small", "tiny")
 GOLDEN: Final = 0.6180339887498949
@@ -91,8 +99,9 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _IMAGE_STREAM, index]))
 
 
-def _dimensions(rng: np.random.Generator, size: str) -> tuple[int, int]:
-    """(height, width) drawn from the size family."""
+def image_shape(rng: np.random.Generator, size: str) -> tuple[int, int]:
+    """(height, width) drawn from the size family: the first draw of an image's generator
+    (``image_rng``), so ``image_shape(image_rng(seed, i), size)`` is image ``i``'s shape."""
     if size == "imagenet":
         pick = rng.random()
         if pick < 0.55:
@@ -226,7 +235,7 @@ def render_jpeg(
     ``canvas`` only saves allocations; the bytes do not depend on it.
     """
     rng = image_rng(seed, image_index)
-    h, w = _dimensions(rng, size)
+    h, w = image_shape(rng, size)
     quality = int(rng.integers(85, 96))
     image = _render(style, rng, h, w, canvas if canvas is not None else Canvas())
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])

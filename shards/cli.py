@@ -8,7 +8,9 @@ import logging
 import sys
 from typing import Any
 
-from shards.build import BuildOptions, build_shards, merge_build
+from shards.build import build_shards
+from shards.merge import merge_build
+from shards.options import BuildOptions
 from shards.plan import SizingOptions, parse_part
 from shards.planfile import stored_config
 from shards.validate import VERIFY_LEVELS
@@ -30,8 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("shard", help="turn root/<class>/<image> into tar shards + manifest")
-    p.add_argument("src", nargs="?", help="source folder root/<class>/<image>")
+    p = sub.add_parser(
+        "shard",
+        help="turn root/<class>/<image>, or a flat folder + --labels, into tar shards + manifest",
+    )
+    p.add_argument("src", nargs="?", help="source folder root/<class>/<image> (flat with --labels)")
     p.add_argument("out", help="output folder for shards and manifest.json")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--num-shards", type=int, help="number of shards (sizes differ by <= 1)")
@@ -62,6 +67,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-parts", type=int, metavar="K", help="Ray tasks (default: CPUs/workers)")
     p.add_argument("--resume", action="store_true", help="keep complete shards of a killed build")
     p.add_argument("--against", metavar="OTHER_ROOT", help="report images also found there")
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="SRC is a flat folder of images labelled by FILE: ImageNet's LOC_val_solution.csv "
+        "or 'filename label' lines (space, tab or comma)",
+    )
+    p.add_argument(
+        "--classes-from",
+        metavar="MANIFEST",
+        help="label with the class list of this build (its manifest.json or its folder), "
+        "e.g. the train shards, so val labels are the same integers",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if labelling leaves out an image, a labels-file row or a class folder",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
     p.set_defaults(func=_shard)
 
@@ -69,7 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="folder holding manifest.json")
     p.set_defaults(func=_verify)
 
-    p = sub.add_parser("inspect", help="shards, samples, classes, skipped and duplicates")
+    p = sub.add_parser(
+        "inspect", help="shards, samples, classes and their counts, skipped and duplicates"
+    )
     p.add_argument("out", help="folder holding manifest.json")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_inspect)
@@ -88,7 +112,7 @@ def _size(text: str) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from shards._progress import Progress
-    from shards.sample import make_sample
+    from shards.sample import make_sample, split_for
 
     with Progress(args.images, "sample", enabled=not args.json) as progress:
         summary = make_sample(
@@ -99,6 +123,8 @@ def _sample(args: argparse.Namespace) -> int:
             size=args.size,
             workers=args.workers,
             progress=progress.update,
+            split=split_for(args.split, args.layout),
+            layout=args.layout,
         )
     doc = {k: v for k, v in vars(summary).items() if k != "class_names"}
     _emit(doc, args.json)
@@ -114,6 +140,15 @@ def _shard(args: argparse.Namespace) -> int:
     if args.src is None and planned is None:
         raise ValueError("expected SRC OUT (or --merge OUT, or --part I/K OUT with a plan)")
     byte_options = _byte_options(args, planned)
+    if (
+        args.strict
+        and byte_options.get("labels") is None
+        and byte_options.get("classes_from") is None
+    ):
+        raise ValueError(
+            "expected --labels or --classes-from with --strict, got neither: --strict checks "
+            "what labelling leaves out"
+        )
     if args.ray is not None and (part is not None or args.plan_only or args.src is None):
         raise ValueError("expected --ray with SRC OUT and without --part or --plan-only")
     options = BuildOptions(
@@ -124,6 +159,7 @@ def _shard(args: argparse.Namespace) -> int:
         against=args.against,
         show_progress=not args.json,
         plan_only=args.plan_only,
+        strict=args.strict,
     )
     if args.ray is not None:
         from shards.raybuild import build_on_ray
@@ -161,6 +197,8 @@ def _byte_options(args: argparse.Namespace, planned: dict[str, Any] | None) -> d
         "verify": pick("verify", "decode"),
         "resize_max_side": pick("resize_max_side", None),
         "quality": pick("quality", 90),
+        "labels": pick("labels", None),
+        "classes_from": pick("classes_from", None),
     }
 
 
@@ -176,7 +214,16 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    _emit(inspect_build(args.out), args.json)
+    doc = inspect_build(args.out)
+    if args.json:
+        _emit(doc, True)
+        return 0
+    counts = doc.pop("class_counts")
+    _emit(doc, False)
+    width = max((len(name) for name in counts), default=0)
+    sys.stdout.write(f"per class ({len(counts)}): label  name  samples\n")
+    for label, (name, count) in enumerate(counts.items()):
+        sys.stdout.write(f"  {label:>5}  {name:<{width}}  {count}\n")
     return 0
 
 
@@ -184,7 +231,26 @@ def _emit(doc: dict[str, Any], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
         return
-    width = max(len(k) for k in doc)
+    rows = []
     for key, value in doc.items():
+        if key == "labels" and isinstance(value, dict):
+            rows.extend(_label_rows(value))
+        else:
+            rows.append((key, value))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
         shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
         sys.stdout.write(f"{key:<{width}}  {shown}\n")
+
+
+def _label_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A labelling report as one line per field: ``count (first names, ...)`` for each kind."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in report.items():
+        if isinstance(value, dict) and "count" in value:
+            more = ", ..." if value["count"] > len(value["first"]) else ""
+            names = f" ({', '.join(value['first'])}{more})" if value["first"] else ""
+            rows.append((key, f"{value['count']}{names}"))
+        else:
+            rows.append((key, value))
+    return rows

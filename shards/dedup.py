@@ -2,7 +2,7 @@
 
 Three findings: exact duplicates (two or more sharded images with the same bytes), the subset
 whose copies carry different labels (label noise), and images that also occur in a second
-folder given with ``--against`` (a train/val leak).
+folder given with ``--against``, with class folders or flat (a train/val leak).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from shards.scan import scan_folder
+from shards.scan import list_images
 
 __all__ = ["duplicate_report", "hash_folder"]
 
@@ -73,11 +73,12 @@ def hash_folder(
     workers: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[str]]:
-    """sha256 of every image file ``scan_folder`` keeps in ``root`` -> relative paths.
+    """sha256 of every image file under ``root`` -> relative paths.
 
-    Files that cannot be read are left out; this index is only used to find leaks.
+    ``root`` may hold class folders or be a flat folder of images (``shards.scan.list_images``);
+    files that cannot be read are left out; this index is only used to find leaks.
     """
-    scan = scan_folder(root)
+    images = list_images(root)
     base = Path(root)
 
     def digest(rel: str) -> tuple[str, str | None]:
@@ -89,7 +90,7 @@ def hash_folder(
 
     index: dict[str, list[str]] = defaultdict(list)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for rel, sha in pool.map(digest, (c.rel for c in scan.candidates)):
+        for rel, sha in pool.map(digest, (c.rel for c in images)):
             if sha is not None:
                 index[sha].append(rel)
             if progress is not None:

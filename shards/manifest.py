@@ -8,8 +8,13 @@ Layout::
                     "sha256": hex, "first_index": gid_of_first_sample,
                     "index_url": "shard-000000.idx.npy", "index_sha256": hex}, ...],
      "classes": [class names in label order], "num_samples": total,
+     "class_counts": [samples of each class, in label order],
      "skipped": [{"path": rel, "reason": str}, ...],
-     "duplicates": {...}, "build": {...}}
+     "duplicates": {...}, "build": {...},
+     "labels": {...}}
+
+``labels`` (what labelling left out, ``shards.labelreport``) is present only for a build given
+``--labels`` or ``--classes-from``; ``class_counts`` may be missing in manifests of older builds.
 
 ``url`` values are relative to the manifest's own location. A sample's global id is its shard's
 ``first_index`` plus its position in the shard.
@@ -62,6 +67,8 @@ class Manifest:
     empty_classes: list[str] = field(default_factory=list)
     duplicates: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
+    class_counts: list[int] | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -73,7 +80,7 @@ class Manifest:
         return dict(sorted(counts.items()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "__kind__": WIDS_KIND,
             "wids_version": 1,
             "name": self.name,
@@ -86,6 +93,11 @@ class Manifest:
             "duplicates": self.duplicates,
             "build": self.build,
         }
+        if self.class_counts is not None:
+            doc["class_counts"] = list(self.class_counts)
+        if self.labels:
+            doc["labels"] = self.labels
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "manifest") -> Manifest:
@@ -127,6 +139,16 @@ class Manifest:
             raise ManifestError(
                 f"{source}: num_samples={total} but the shardlist sums to {expected_first}"
             )
+        counts = data.get("class_counts")
+        if counts is not None and (
+            not isinstance(counts, list)
+            or not all(isinstance(c, int) and c >= 0 for c in counts)
+            or len(counts) != len(data.get("classes", []))
+        ):
+            raise ManifestError(
+                f"{source}: expected class_counts to give one count >= 0 per class, "
+                f"got class_counts={counts!r}"
+            )
         return cls(
             shards=shards,
             classes=list(data.get("classes", [])),
@@ -135,6 +157,8 @@ class Manifest:
             empty_classes=list(data.get("empty_classes", [])),
             duplicates=dict(data.get("duplicates", {})),
             build=dict(data.get("build", {})),
+            class_counts=None if counts is None else [int(c) for c in counts],
+            labels=dict(data.get("labels") or {}),
         )
 
     @classmethod

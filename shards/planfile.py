@@ -2,9 +2,11 @@
 
 The file holds everything a part needs to write its shards without listing the source: the
 classes, every candidate (``[rel, label, size]`` in scan order), the shuffled order and the
-shard sizes, plus what ``--merge`` needs (options, scan skips). ``plan_hash`` is the sha256 of
-the file's canonical JSON without that field, so two plans are the same plan exactly when their
-hashes are equal, and an edited or truncated file is refused on load.
+shard sizes, plus what ``--merge`` needs (options, scan skips, and for a build given
+``--labels`` or ``--classes-from`` the labelling report, ``shards.labelreport``).
+``plan_hash`` is the sha256 of the file's canonical JSON without that field, so two plans are
+the same plan exactly when their hashes are equal, and an edited or truncated file is refused
+on load.
 
 Invariants: the file is written to a temporary name and renamed (a reader sees no plan or a
 whole one); writing the same plan again is harmless, which is what lets parts that race to
@@ -72,6 +74,8 @@ def plan_doc(
         "order": plan.order.tolist(),
         "shard_sizes": [len(s) for s in plan.shards],
     }
+    if scan.labels is not None:
+        doc["labels"] = scan.labels.to_dict()
     doc["plan_hash"] = _hash(doc)
     return doc
 

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shards._progress import Progress
-from shards.build import BuildError, BuildOptions, build_shards, merge_build
+from shards.build import build_shards
+from shards.merge import merge_build
+from shards.options import BuildError, BuildOptions
 from shards.planfile import PLAN_FILE, SavedPlan
 from shards.writer import BUILD_DIR, report_path
 

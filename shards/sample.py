@@ -1,5 +1,9 @@
 """A synthetic ImageNet-like folder: ``root/<wnid>/<wnid>_<n>.JPEG``, for tests and benchmarks.
 
+``split="val"`` makes other images of the same classes (same seed: same wnids, disjoint
+images), and ``layout="imagenet-val"`` lays them out as ImageNet ships its val set: a flat
+folder plus ``LOC_val_solution.csv`` (``shards._samplelayout``).
+
 Images are photo-like textures (see ``shards._synth``) whose palette and grating geometry depend
 on the class, so a small CNN can learn them, and whose dimensions, JPEG quality and file sizes
 follow ImageNet's (``size="imagenet"``) or are shrunk for scaling and unit tests (``"small"``,
@@ -23,40 +27,51 @@ from typing import Final, NamedTuple
 import cv2
 import numpy as np
 
+from shards._atomic import write_bytes_atomic
+from shards._samplelayout import (
+    LABELS_NAME,
+    LAYOUTS,
+    SPLITS,
+    Item,
+    class_sizes,
+    image_folders,
+    image_root,
+    labels_csv,
+    plan_items,
+)
 from shards._synth import SIZES, Canvas, ClassStyle, class_style, render_jpeg
 
-__all__ = ["SampleSummary", "add_sample_arguments", "make_sample", "wordnet_ids"]
+__all__ = ["SampleSummary", "add_sample_arguments", "make_sample", "split_for", "wordnet_ids"]
 
 logger = logging.getLogger(__name__)
 
 WNID_LOW: Final = 1_000_000
 WNID_HIGH: Final = 15_000_000
 _WNID_STREAM: Final = 2
-_NUMBER_STREAM: Final = 3
 MAX_CHUNK: Final = 32
 
 
 @dataclass(frozen=True)
 class SampleSummary:
-    """What ``make_sample`` wrote: the folder, counts, total file bytes, wnids in label order."""
+    """What ``make_sample`` wrote: the folder, counts, total image bytes, wnids in label order,
+    the split and layout, the folder to shard (``image_root``) and the labels file (``labels``,
+    None without one)."""
 
     root: str
     images: int
     classes: int
     bytes: int
     class_names: list[str]
-
-
-class _Item(NamedTuple):
-    image_index: int  # global position: seeds the image's generator
-    label: int  # class index into the sorted wnids
-    path: str  # final file path
+    split: str = "train"
+    layout: str = "folders"
+    image_root: str = ""
+    labels: str | None = None
 
 
 class _Chunk(NamedTuple):
     seed: int
     size: str
-    items: tuple[_Item, ...]
+    items: tuple[Item, ...]
 
 
 def wordnet_ids(count: int, seed: int) -> list[str]:
@@ -76,29 +91,7 @@ def _check_seed(seed: int) -> None:
         raise ValueError(f"expected seed >= 0, got seed={seed}")
 
 
-def _class_sizes(images: int, classes: int) -> list[int]:
-    """Images per class: ``images // classes``, plus one for the first ``images % classes``."""
-    base, extra = divmod(images, classes)
-    return [base + (1 if c < extra else 0) for c in range(classes)]
-
-
-def _file_numbers(seed: int, label: int, count: int) -> list[int]:
-    """Distinct ImageNet-style file numbers for one class, ascending."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _NUMBER_STREAM, label]))
-    span = max(50_000, 10 * count)
-    return [int(v) + 1 for v in np.sort(rng.choice(span, size=count, replace=False))]
-
-
-def _plan(root: Path, wnids: Sequence[str], sizes: Sequence[int], seed: int) -> list[_Item]:
-    items: list[_Item] = []
-    for label, (wnid, count) in enumerate(zip(wnids, sizes, strict=True)):
-        for number in _file_numbers(seed, label, count):
-            path = root / wnid / f"{wnid}_{number}.JPEG"
-            items.append(_Item(len(items), label, str(path)))
-    return items
-
-
-def _chunks(items: Sequence[_Item], seed: int, size: str, workers: int) -> list[_Chunk]:
+def _chunks(items: Sequence[Item], seed: int, size: str, workers: int) -> list[_Chunk]:
     """Consecutive runs of items: about eight per worker, at most ``MAX_CHUNK`` images each."""
     per = max(1, min(MAX_CHUNK, math.ceil(len(items) / (workers * 8))))
     return [
@@ -153,16 +146,21 @@ def make_sample(
     size: str = "imagenet",
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    split: str = "train",
+    layout: str = "folders",
 ) -> SampleSummary:
     """Write ``images`` JPEGs over ``classes`` wnid folders under ``out`` and summarise them.
 
     Class ``i`` (the ``i``-th wnid in sorted order) gets ``images // classes`` images, one more
-    for ``i < images % classes``. The same ``(images, classes, seed, size)`` give byte-identical
-    files on one machine, whatever ``workers`` is. ``workers > 1`` renders in a pool of spawned
-    processes (so a calling script needs the usual ``if __name__ == "__main__":`` guard), each
-    writing whole files; ``progress(n)`` is called in the calling thread only, with the number
-    of images newly written, and the calls add up to ``images``. ``out`` must be missing or
-    empty; a failure part-way leaves the files written so far.
+    for ``i < images % classes``. ``split="val"`` draws other images of the same classes;
+    ``layout="imagenet-val"`` (val only) puts them in ``out/val/`` beside
+    ``out/LOC_val_solution.csv`` (``shards._samplelayout``). The same ``(images, classes, seed,
+    size, split, layout)`` give byte-identical files on one machine, whatever ``workers`` is.
+    ``workers > 1`` renders in a pool of spawned processes (so a calling script needs the usual
+    ``if __name__ == "__main__":`` guard), each writing whole files; ``progress(n)`` is called
+    in the calling thread only, with the number of images newly written, and the calls add up
+    to ``images``. ``out`` must be missing or empty; a failure part-way leaves the files
+    written so far.
     """
     if images < 1:
         raise ValueError(f"expected images >= 1, got images={images}")
@@ -177,18 +175,32 @@ def make_sample(
         raise ValueError(f"expected size in {SIZES}, got size={size!r}")
     if workers < 1:
         raise ValueError(f"expected workers >= 1, got workers={workers}")
+    if split not in SPLITS:
+        raise ValueError(f"expected split in {SPLITS}, got split={split!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"expected layout in {LAYOUTS}, got layout={layout!r}")
+    if layout == "imagenet-val" and split != "val":
+        raise ValueError(
+            f"expected split='val' with layout='imagenet-val' (ImageNet ships its val set flat), "
+            f"got split={split!r}"
+        )
     _check_seed(seed)
     root = Path(out)
     _check_out(root)
 
     wnids = wordnet_ids(classes, seed)
-    items = _plan(root, wnids, _class_sizes(images, classes), seed)
-    for wnid in wnids:
-        (root / wnid).mkdir(parents=True, exist_ok=True)
+    items = plan_items(root, wnids, class_sizes(images, classes), seed, split, layout)
+    for folder in image_folders(root, wnids, layout):
+        folder.mkdir(parents=True, exist_ok=True)
+    labels = None
+    if layout == "imagenet-val":
+        labels = root / LABELS_NAME
+        write_bytes_atomic(labels, labels_csv(items, wnids, seed, size))
     logger.info(
-        "writing %d %s images over %d classes to %s with %d worker(s)",
+        "writing %d %s %s images over %d classes to %s with %d worker(s)",
         images,
         size,
+        split,
         classes,
         root,
         workers,
@@ -216,13 +228,19 @@ def make_sample(
         classes=classes,
         bytes=total,
         class_names=list(wnids),
+        split=split,
+        layout=layout,
+        image_root=str(image_root(root, layout).resolve()),
+        labels=None if labels is None else str(labels.resolve()),
     )
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``OUT``, ``--images``, ``--classes``, ``--seed``, ``--size`` and ``--workers``.
+    """Add ``OUT``, ``--images``, ``--classes``, ``--seed``, ``--size``, ``--workers``,
+    ``--split`` and ``--layout``.
 
     Destinations match ``make_sample``'s parameters; values are checked by ``make_sample``.
+    ``--split`` is left None when not given: ``split_for`` resolves it from ``--layout``.
     """
     parser.add_argument("out", metavar="OUT", help="folder to create; must be missing or empty")
     parser.add_argument("--images", type=int, default=1000, help="number of images (default 1000)")
@@ -242,3 +260,23 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="processes rendering images; output is the same for any value (default 1)",
     )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="train, or val: other images of the same classes for the same seed "
+        "(default train; val with --layout imagenet-val)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="folders",
+        help="folders: OUT/<wnid>/<image>; imagenet-val: OUT/val/<image> plus "
+        f"OUT/{LABELS_NAME}, as ImageNet ships its val set (default folders)",
+    )
+
+
+def split_for(split: str | None, layout: str) -> str:
+    """The split ``--split`` names, or the one ``--layout`` implies when it was left out."""
+    if split is not None:
+        return split
+    return "val" if layout == "imagenet-val" else "train"

@@ -1,19 +1,35 @@
-"""Walk an ImageNet-style folder (``root/<class>/<image>``) into candidates and skips.
+"""List a source folder into candidates and skips: class folders, a flat folder, any tree.
 
-The scan only lists and stats: it never reads image bytes, so it is cheap at 1.28M files.
-Every entry it does not keep is returned as a ``Skipped`` with its reason; nothing is dropped
-silently. Class labels are the sorted names of the visible class folders, empty ones included,
-so a train and a val folder with the same classes get the same labels.
+``scan_folder`` walks ``root/<class>/<image>``; ``list_flat`` lists the images directly in a
+folder (a val set whose labels come from a file, ``shards.source``); ``list_images`` lists every
+image under a folder of either layout (the ``--against`` index). A scan only lists and stats: it
+never reads image bytes, so it is cheap at 1.28M files. Every entry it does not keep is returned
+as a ``Skipped`` with its reason; nothing is dropped silently. Class labels are the sorted names
+of the visible class folders, empty ones included, so a train and a val folder with the same
+classes get the same labels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Candidate", "ScanResult", "Skipped", "scan_folder"]
+if TYPE_CHECKING:
+    from shards.labelreport import LabelReport
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Candidate",
+    "ScanResult",
+    "Skipped",
+    "list_flat",
+    "list_images",
+    "scan_folder",
+]
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".webp"})
 
@@ -43,6 +59,7 @@ class ScanResult:
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    labels: LabelReport | None = None
 
 
 def scan_folder(root: str | os.PathLike[str]) -> ScanResult:
@@ -53,11 +70,7 @@ def scan_folder(root: str | os.PathLike[str]) -> ScanResult:
     files, broken links and non-regular files become ``Skipped``. Raises ``FileNotFoundError``
     or ``NotADirectoryError`` for a bad root and ``ValueError`` when it holds no class folder.
     """
-    base = Path(root)
-    if not base.exists():
-        raise FileNotFoundError(f"source folder {base} does not exist")
-    if not base.is_dir():
-        raise NotADirectoryError(f"source {base} is not a folder: expected root/<class>/<image>")
+    base = _check_root(root, "root/<class>/<image>")
     result = ScanResult(root=base.resolve(), classes=[])
     class_dirs: list[os.DirEntry[str]] = []
     for entry in _sorted_entries(base):
@@ -68,7 +81,10 @@ def scan_folder(root: str | os.PathLike[str]) -> ScanResult:
         else:
             result.skipped.append(Skipped(entry.name, "not in a class folder"))
     if not class_dirs:
-        raise ValueError(f"expected class folders in {base} (root/<class>/<image>), found none")
+        raise ValueError(
+            f"expected class folders in {base} (root/<class>/<image>), found none; for a flat "
+            "folder of images give its labels with --labels FILE"
+        )
     result.classes = [d.name for d in class_dirs]
     for label, entry in enumerate(class_dirs):
         before = len(result.candidates)
@@ -94,27 +110,71 @@ def _walk(
         return
     for entry in entries:
         path = f"{rel}/{entry.name}"
-        if entry.name.startswith("."):
-            result.skipped.append(Skipped(path, "hidden file"))
-            continue
-        try:
-            st = os.stat(entry.path)
-        except OSError as exc:
-            reason = "broken symlink" if entry.is_symlink() else f"cannot stat: {exc.strerror}"
-            result.skipped.append(Skipped(path, reason))
-            continue
-        if stat.S_ISDIR(st.st_mode):
+        found = _examine(entry, path, hidden="hidden file")
+        if isinstance(found, Skipped):
+            result.skipped.append(found)
+        elif found is None:
             _walk(Path(entry.path), path, label, result, seen)
-        elif not stat.S_ISREG(st.st_mode):
-            result.skipped.append(Skipped(path, "not a regular file"))
-        elif os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
-            suffix = os.path.splitext(entry.name)[1] or "(none)"
-            result.skipped.append(Skipped(path, f"not an image file name (extension {suffix})"))
-        elif st.st_size == 0:
-            result.skipped.append(Skipped(path, "empty file (0 bytes)"))
         else:
-            result.candidates.append(Candidate(path, label, st.st_size))
+            result.candidates.append(Candidate(path, label, found))
     seen.discard(ident)
+
+
+def list_flat(root: str | os.PathLike[str]) -> tuple[list[Candidate], list[Skipped]]:
+    """The image files directly in ``root`` as ``Candidate``s of label -1, sorted by name, and
+    every other entry as a ``Skipped`` (a sub-folder is not walked: it is reported)."""
+    base = _check_root(root, "a folder of images")
+    candidates: list[Candidate] = []
+    skipped: list[Skipped] = []
+    for entry in _sorted_entries(base):
+        found = _examine(entry, entry.name, hidden="hidden entry")
+        if isinstance(found, Skipped):
+            skipped.append(found)
+        elif found is None:
+            skipped.append(Skipped(entry.name, "folder in a flat source: only SRC's own files"))
+        else:
+            candidates.append(Candidate(entry.name, -1, found))
+    return candidates, skipped
+
+
+def list_images(root: str | os.PathLike[str]) -> list[Candidate]:
+    """Every image file under ``root`` at any depth (flat or ``root/<class>/<image>``), as
+    ``Candidate``s of label -1 sorted by path; what ``scan_folder`` would skip is left out."""
+    base = _check_root(root, "a folder of images")
+    result = ScanResult(root=base, classes=[])
+    _walk(base, "", -1, result, set())
+    return [dataclasses.replace(c, rel=c.rel.lstrip("/")) for c in result.candidates]
+
+
+def _check_root(root: str | os.PathLike[str], layout: str) -> Path:
+    base = Path(root)
+    if not base.exists():
+        raise FileNotFoundError(f"source folder {base} does not exist")
+    if not base.is_dir():
+        raise NotADirectoryError(f"source {base} is not a folder: expected {layout}")
+    return base
+
+
+def _examine(entry: os.DirEntry[str], path: str, hidden: str) -> Skipped | int | None:
+    """One folder entry: its size when it is an image file to keep, None for a folder to walk,
+    or why it is skipped."""
+    if entry.name.startswith("."):
+        return Skipped(path, hidden)
+    try:
+        st = os.stat(entry.path)
+    except OSError as exc:
+        reason = "broken symlink" if entry.is_symlink() else f"cannot stat: {exc.strerror}"
+        return Skipped(path, reason)
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return Skipped(path, "not a regular file")
+    suffix = os.path.splitext(entry.name)[1]
+    if suffix.lower() not in IMAGE_SUFFIXES:
+        return Skipped(path, f"not an image file name (extension {suffix or '(none)'})")
+    if st.st_size == 0:
+        return Skipped(path, "empty file (0 bytes)")
+    return st.st_size
 
 
 def _sorted_entries(folder: Path) -> list[os.DirEntry[str]]:

@@ -12,6 +12,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shards.format import read_index
 from shards.manifest import Manifest
 
@@ -86,7 +88,9 @@ def _check_index(
 
 
 def inspect_build(out: str | Path) -> dict[str, Any]:
-    """The build at a glance: shards, samples, classes, bytes, skipped and duplicates."""
+    """The build at a glance: shards, samples, classes, bytes, skipped and duplicates, the
+    samples of each class by name (``class_counts``, in label order) and what labelling left
+    out (``labels``: None for a build without ``--labels`` or ``--classes-from``)."""
     base = Path(out)
     manifest = Manifest.load(base)
     sizes = [s.nsamples for s in manifest.shards]
@@ -105,5 +109,21 @@ def inspect_build(out: str | Path) -> dict[str, Any]:
         "duplicate_extra_copies": dup.get("extra_copies", 0),
         "conflicting_label_groups": dup.get("conflicting_label_groups", 0),
         "against_matches": dup.get("against", {}).get("matches"),
+        "labels": manifest.labels or None,
+        "class_counts": dict(zip(manifest.classes, _class_counts(base, manifest), strict=True)),
         "build": manifest.build,
     }
+
+
+def _class_counts(base: Path, manifest: Manifest) -> list[int]:
+    """The manifest's ``class_counts``; for an older manifest without them, counted from the
+    sidecars' label column (a shard without a sidecar counts for no class)."""
+    if manifest.class_counts is not None:
+        return manifest.class_counts
+    counts = np.zeros(len(manifest.classes), dtype=np.int64)
+    for entry in manifest.shards:
+        if entry.index_url and (base / entry.index_url).is_file():
+            labels = read_index((base / entry.index_url).read_bytes())["label"]
+            labels = labels[(labels >= 0) & (labels < len(counts))]
+            counts += np.bincount(labels, minlength=len(counts))
+    return [int(c) for c in counts]

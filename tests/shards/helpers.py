@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import struct
 import subprocess
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import numpy as np
 import pytest
 
 from shards.build import BuildOptions
+from shards.manifest import Manifest
 
 DATA = Path(__file__).parent / "data"
 W, H = 40, 30
@@ -258,3 +261,41 @@ def run_unprivileged(args: list[str], **kw: Any) -> subprocess.CompletedProcess[
         raise
     except subprocess.SubprocessError as exc:
         pytest.skip(f"cannot drop file-permission capabilities here: {exc}")
+
+
+def make_flat(root: Path, names: list[str], seed: int = 0) -> list[str]:
+    """A flat folder of tiny distinct JPEGs with the given file names; returns the names."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        (root / name).write_bytes(jpeg(seed * 100_000 + 50_000 + i, width=16, height=12))
+    return names
+
+
+def imagenet_csv(rows: dict[str, str]) -> str:
+    """``LOC_val_solution.csv`` text: ``ImageId`` -> class, each with one made-up box."""
+    lines = ["ImageId,PredictionString"]
+    lines += [f"{stem},{cls} 1 2 30 20 {cls} 3 4 10 11 " for stem, cls in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def stored_samples(out: Path) -> dict[str, tuple[int, str]]:
+    """Every stored sample's source path -> (label, class), read from the tars themselves;
+    checks that ``KEY.cls`` agrees with the label in ``KEY.json``."""
+    found: dict[str, tuple[int, str]] = {}
+    for entry in Manifest.load(out).shards:
+        with tarfile.open(out / entry.url, "r:") as tar:
+            members = {m.name: m for m in tar}
+            for name, member in members.items():
+                if not name.endswith(".json"):
+                    continue
+                meta = json.loads(_read_member(tar, member))
+                cls = int(_read_member(tar, members[name[: -len("json")] + "cls"]))
+                assert cls == meta["label"], (name, cls, meta)
+                found[meta["path"]] = (meta["label"], meta["class"])
+    return found
+
+
+def _read_member(tar: Any, member: Any) -> bytes:
+    f = tar.extractfile(member)
+    assert f is not None
+    return bytes(f.read())

@@ -34,12 +34,12 @@ SHARD_FIELDS = {
     "out", "shards_written", "shards_kept", "images_read", "bytes_read", "elapsed_s",
     "images_per_s", "mb_per_s", "path", "shards", "samples", "samples_per_shard", "classes",
     "empty_classes", "bytes", "skipped", "skipped_by_reason", "duplicate_groups",
-    "duplicate_extra_copies", "conflicting_label_groups", "against_matches",
+    "duplicate_extra_copies", "conflicting_label_groups", "against_matches", "labels",
 }  # fmt: skip
 INSPECT_FIELDS = (SHARD_FIELDS - {
     "out", "shards_written", "shards_kept", "images_read", "bytes_read", "elapsed_s",
     "images_per_s", "mb_per_s",
-}) | {"build"}  # fmt: skip
+}) | {"build", "class_counts"}  # fmt: skip
 
 
 def shardfeed(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -204,14 +204,20 @@ def test_shard_and_inspect_json_print_one_document(src: Path, tmp_path: Path, cl
     assert proc.returncode == 0 and proc.stdout.count("\n") == 1, proc.stderr
     info = json.loads(proc.stdout)
     assert set(info) == INSPECT_FIELDS
-    assert {k: info[k] for k in INSPECT_FIELDS - {"build"}} == {
-        k: doc[k] for k in INSPECT_FIELDS - {"build"}
+    assert {k: info[k] for k in INSPECT_FIELDS - {"build", "class_counts"}} == {
+        k: doc[k] for k in INSPECT_FIELDS - {"build", "class_counts"}
     }
-    assert info["build"]["seed"] == 0
+    assert info["build"]["seed"] == 0 and info["labels"] is None
+    assert info["class_counts"] == {f"n{k:08d}": 4 for k in range(3)}
 
     proc = cli("inspect", str(out))
     assert proc.returncode == 0
-    assert any(line.split()[:2] == ["samples", "12"] for line in proc.stdout.splitlines())
+    lines = proc.stdout.splitlines()
+    assert any(line.split()[:2] == ["samples", "12"] for line in lines)
+    table = lines.index("per class (3): label  name  samples")
+    assert [line.split() for line in lines[table + 1 :]] == [
+        [str(k), f"n{k:08d}", "4"] for k in range(3)
+    ]
 
 
 def test_verify_exit_codes_and_named_shard(src: Path, tmp_path: Path, cli: Any) -> None:

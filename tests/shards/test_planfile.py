@@ -44,7 +44,7 @@ def test_plan_once_then_parts_without_listing_equal_one_build(
     assert (
         build_shards(quirky.root, out, opts(plan_only=True))["plan_hash"] == (summary["plan_hash"])
     )
-    monkeypatch.setattr(shards.build, "scan_folder", no_listing)
+    monkeypatch.setattr(shards.build, "scan_source", no_listing)
     written = 0
     for part in (3, 1, 2):
         done = build_shards(None, out, opts(part=(part, 3)))

@@ -22,7 +22,7 @@ from shards.writer import report_path
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'shardfeed[ray]')")
 
 from shards.raybuild import build_on_ray  # noqa: E402
-from tests.shards.helpers import file_hashes, make_plain, quick_options  # noqa: E402
+from tests.shards.helpers import file_hashes, make_flat, make_plain, quick_options  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,19 @@ def test_a_part_that_keeps_dying_stops_the_build_after_its_retries(
         build_on_ray(src, out, opts(), parts=1, retries=1, on_attempt=always_die)
     assert len(list(marks.iterdir())) == 2  # the first attempt and one retry
     assert not (out / "manifest.json").exists()
+
+
+def test_ray_build_of_a_labelled_flat_folder_equals_one_machine_build(
+    tmp_path: Path, local_ray: None
+) -> None:
+    train, val = tmp_path / "train", tmp_path / "val"
+    make_plain(train, 6, 3)
+    build_shards(train, tmp_path / "train_shards", opts(sizing=SizingOptions(num_shards=1)))
+    names = make_flat(val, [f"v_{i:03d}.jpg" for i in range(24)])
+    labels = tmp_path / "val.txt"
+    labels.write_text("".join(f"{n} n{i % 3:08d}\n" for i, n in enumerate(names[::-1])))
+    labelled = opts(labels=str(labels), classes_from=str(tmp_path / "train_shards"), strict=True)
+    build_shards(val, tmp_path / "whole", labelled)
+    summary = build_on_ray(val, tmp_path / "ray", labelled, parts=2, poll_s=0.2)
+    assert summary["samples"] == 24 and summary["labels"]["rows_without_image"]["count"] == 0
+    assert file_hashes(tmp_path / "ray") == file_hashes(tmp_path / "whole")

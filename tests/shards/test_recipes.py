@@ -1,4 +1,5 @@
-"""The README's Slurm and Kubernetes recipes, run as written, byte-compared with one machine.
+"""The README's recipes run as written: Slurm and Kubernetes byte-compared with one machine,
+and the val set built from a labels file.
 
 The blocks are read from README.md (so they cannot drift from what is tested); only the
 example paths and the shard size are replaced by the test's, and each replaced text must occur
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shards.manifest import Manifest
 from tests.shards.helpers import file_hashes, make_plain
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -150,3 +152,27 @@ def test_kubernetes_indexed_job_recipe_builds_the_same_bytes(folders: dict[str, 
     proc = run_driver(driver, folders)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert file_hashes(out) == file_hashes(folders["ref"])
+
+
+def test_val_labels_recipe_runs_as_written(tmp_path: Path) -> None:
+    block = localise(
+        recipe("val labels"),
+        {"--images 4000": "--images 40 --size tiny", "--images 500": "--images 20 --size tiny"},
+    )
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = tmp_path / "data"
+    train, val = Manifest.load(data / "shards"), Manifest.load(data / "val-shards")
+    assert val.classes == train.classes and val.num_samples == 20
+    assert val.duplicates["against"]["matches"] == 0
+    assert val.class_counts == [2] * 10
+    table = proc.stdout[proc.stdout.index("per class (10): label  name  samples") :]
+    assert [line.split()[1:] for line in table.splitlines()[1:]] == [[c, "2"] for c in val.classes]

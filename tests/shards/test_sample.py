@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
 from shards.format import sniff_image_format
-from shards.sample import SampleSummary, add_sample_arguments, make_sample, wordnet_ids
+from shards.labelsfile import read_labels
+from shards.sample import (
+    SampleSummary,
+    add_sample_arguments,
+    make_sample,
+    split_for,
+    wordnet_ids,
+)
 
 WNID = re.compile(r"^n\d{8}$")
 FILE = re.compile(r"^(n\d{8})_(\d+)\.JPEG$")
@@ -270,3 +278,84 @@ def test_unknown_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         _parser().parse_args(["out", "--size", "huge"])
     assert info.value.code == 2
     assert "huge" in capsys.readouterr().err
+
+
+# --- make_sample: the val split and the ImageNet-val layout ----------------------------------
+
+VAL_FILE = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
+
+
+def test_val_split_has_the_train_classes_and_other_images(tmp_path: Path) -> None:
+    train = make_sample(tmp_path / "train", images=24, classes=4, seed=6, size="tiny")
+    val = make_sample(tmp_path / "val", images=12, classes=4, seed=6, size="tiny", split="val")
+    assert val.class_names == train.class_names and val.split == "val"
+    assert sorted(p.name for p in (tmp_path / "val").iterdir()) == val.class_names
+    assert [len(list((tmp_path / "val" / w).iterdir())) for w in val.class_names] == [3] * 4
+    files = _files(tmp_path / "val")
+    matches = [VAL_FILE.match(rel.split("/")[1]) for rel in files]
+    assert sorted(int(m.group(1)) for m in matches if m) == list(range(1, 13))
+    assert not set(files.values()) & set(_files(tmp_path / "train").values())
+    assert val.image_root == str((tmp_path / "val").resolve()) and val.labels is None
+
+
+def test_imagenet_val_layout_is_the_val_split_flat_plus_its_csv(tmp_path: Path) -> None:
+    folders = make_sample(tmp_path / "f", images=10, classes=3, seed=2, size="tiny", split="val")
+    flat = make_sample(
+        tmp_path / "v", images=10, classes=3, seed=2, size="tiny", split="val",
+        layout="imagenet-val",
+    )  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["LOC_val_solution.csv", "val"]
+    assert flat.class_names == folders.class_names
+    assert flat.image_root == str((tmp_path / "v" / "val").resolve())
+    assert flat.labels == str((tmp_path / "v" / "LOC_val_solution.csv").resolve())
+    labels = read_labels(flat.labels)
+    assert labels.format == "imagenet-csv" and list(labels.rows) == sorted(labels.rows)
+    by_name = {rel.split("/")[1]: (rel.split("/")[0], data)
+               for rel, data in _files(tmp_path / "f").items()}  # fmt: skip
+    flat_files = _files(tmp_path / "v" / "val")
+    assert set(flat_files) == set(by_name)
+    for name, data in flat_files.items():
+        wnid, same = by_name[name]
+        assert data == same and labels.rows[Path(name).stem].label == wnid
+        h, w = _decode(tmp_path / "v" / "val" / name).shape[:2]
+        box = (tmp_path / "v" / "LOC_val_solution.csv").read_text().split(f"{Path(name).stem},")[1]
+        assert box.splitlines()[0] == f"{wnid} 0 0 {w - 1} {h - 1}"
+
+
+def test_val_split_is_the_same_for_any_worker_count(tmp_path: Path) -> None:
+    for i, workers in enumerate((1, 2)):
+        make_sample(tmp_path / f"v{i}", images=20, classes=2, seed=4, size="tiny",
+                    split="val", layout="imagenet-val", workers=workers)  # fmt: skip
+    assert _files(tmp_path / "v0") == _files(tmp_path / "v1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"split": "test"}, "split='test'"),
+        ({"layout": "kaggle"}, "layout='kaggle'"),
+        ({"layout": "imagenet-val"}, "expected split='val' with layout='imagenet-val'"),
+    ],
+)
+def test_bad_split_or_layout_raise_and_write_nothing(
+    tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_sample(tmp_path / "never", images=3, classes=1, size="tiny", **kwargs)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ([], ("train", "folders")),
+        (["--split", "val"], ("val", "folders")),
+        (["--layout", "imagenet-val"], ("val", "imagenet-val")),
+        (["--split", "train", "--layout", "imagenet-val"], ("train", "imagenet-val")),
+    ],
+)
+def test_split_follows_the_layout_when_left_out(
+    given: list[str], expected: tuple[str, str]
+) -> None:
+    args = _parser().parse_args(["out", *given])
+    assert (split_for(args.split, args.layout), args.layout) == expected

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shards.scan import Candidate, scan_folder
+from shards.scan import Candidate, list_flat, list_images, scan_folder
 from tests.shards.helpers import jpeg, png
 
 # Skips that need the bytes (decided by the writer, not the scan).
@@ -129,3 +129,41 @@ def test_classes_only_hidden_or_non_images_are_empty(tmp_path: Path) -> None:
     result = scan_folder(root)
     assert result.candidates == []
     assert result.empty_classes == ["n1", "n2"]
+
+
+# --- list_flat, list_images ------------------------------------------------------------------
+
+
+def test_list_flat_keeps_the_images_directly_in_the_folder(tmp_path: Path) -> None:
+    root = tmp_path / "val"
+    (root / "sub").mkdir(parents=True)
+    for name in ("b.JPEG", "a.png", ".hidden.jpg", "notes.txt", "sub/inner.jpg"):
+        (root / name).write_bytes(jpeg(len(name)))
+    (root / "zero.jpg").write_bytes(b"")
+    os.symlink(root / "missing.jpg", root / "broken.jpg")
+    candidates, skipped = list_flat(root)
+    assert [(c.rel, c.label) for c in candidates] == [("a.png", -1), ("b.JPEG", -1)]
+    assert candidates[0].size == (root / "a.png").stat().st_size
+    reasons = {s.path: s.reason for s in skipped}
+    assert set(reasons) == {".hidden.jpg", "notes.txt", "sub", "zero.jpg", "broken.jpg"}
+    assert reasons["sub"].startswith("folder in a flat source")
+    assert reasons["broken.jpg"] == "broken symlink"
+    assert reasons["zero.jpg"].startswith("empty file")
+
+
+def test_list_images_takes_any_layout(tmp_path: Path) -> None:
+    root = tmp_path / "any"
+    (root / "n1" / "deep").mkdir(parents=True)
+    for name in ("top.jpg", "n1/a.jpg", "n1/deep/b.png", "n1/.hidden.jpg", "n1/readme.md"):
+        (root / name).write_bytes(jpeg(len(name)))
+    os.symlink(".", root / "n1" / "loop")
+    assert [c.rel for c in list_images(root)] == ["n1/a.jpg", "n1/deep/b.png", "top.jpg"]
+
+
+@pytest.mark.parametrize("listing", [list_flat, list_images])
+def test_listing_a_missing_folder_or_a_file(tmp_path: Path, listing: Any) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        listing(tmp_path / "nope")
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        listing(tmp_path / "f")
