@@ -61,13 +61,18 @@ def cut_many(
     lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
     if not len(lo):
         return []
+    # Run i spans permuted shards k0[i] .. k1[i]-1 (it starts inside k0, ends inside k1 - 1).
     k0 = np.searchsorted(cum, lo, side="right") - 1
     k1 = np.searchsorted(cum, hi, side="left")
     pieces = k1 - k0
+    # One row per (run, shard) piece without a Python loop: ``owner`` is the run of each piece
+    # and ``k`` its shard, k0[owner] plus the piece's rank within its run.
     owner = np.repeat(np.arange(len(lo)), pieces)
     k = np.repeat(k0, pieces) + (
         np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
     )
+    # Clip each piece to its run, in shard-local coordinates; a run ending on a shard edge
+    # yields an empty piece there, dropped below.
     edge = cum[k]
     begin = np.maximum(edge, lo[owner]) - edge
     end = np.minimum(cum[k + 1], hi[owner]) - edge
@@ -91,8 +96,10 @@ def free_runs(
     not marked in ``taken``, a bool array indexed by global id."""
     total = int(cum[-1])
     sizes = np.diff(cum)
+    # The global id at every position: position + (shard's first id - shard's first position).
     ids = np.arange(total, dtype=np.int64)
     ids += np.repeat(first_index[order] - cum[:-1], sizes)
+    # Zero-padded free mask: its rises and falls pair up as the [start, stop) of each free run.
     free = np.zeros(total + 2, dtype=np.int8)
     free[1:-1] = ~taken[ids]
     edges = np.flatnonzero(np.diff(free))

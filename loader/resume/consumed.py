@@ -98,6 +98,8 @@ class Progress:
         )
 
     def _worker_of(self, gid: int) -> int:
+        # A batch comes from one worker, whose plan holds its ids in runs (segments): the run
+        # that starts at or before ``gid`` owns it, unless ``gid`` lies past that run's end.
         i = int(np.searchsorted(self._starts, gid, side="right")) - 1
         if i < 0 or gid >= self._stops[i]:
             raise ResumeError(
