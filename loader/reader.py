@@ -38,7 +38,7 @@ from loader._remote import CHUNK_BYTES, RemoteFile
 from loader._scanio import StreamScan, scan_mapped
 from loader.retry import RetryPolicy
 from loader.sources import ShardSource
-from shards.format import BLOCK, read_index
+from shards.format import BLOCK, check_index_rows, read_index
 from shards.tarscan import ShardFormatError, header_name
 
 if TYPE_CHECKING:
@@ -373,8 +373,10 @@ class ShardReader:
             raise ShardReadError(
                 f"shard {url}: {what} has {len(index)} samples, expected nsamples={n}"
             )
-        if n:
-            _check_rows(index, self._size, url, what)
+        try:
+            check_index_rows(index, self._size, url, what)
+        except ValueError as exc:
+            raise ShardReadError(str(exc)) from None
         self._index, self._keys, self._names = index, keys, names
         image = index["image_offset"]
         where = np.where(image >= 0, image, index["offset"])
@@ -480,27 +482,3 @@ def _wrap(exc: Exception, url: str) -> ShardReadError:
     if isinstance(exc, ShardFormatError):
         return ShardReadError(str(exc))
     return ShardReadError(f"shard {url}: reading failed: {exc}")
-
-
-def _check_rows(index: np.ndarray, size: int, url: str, what: str) -> None:
-    offset, end = index["offset"], index["end"]
-    image, image_size = index["image_offset"], index["image_size"]
-    past = np.flatnonzero(end > size)
-    if past.size:
-        p = int(past[0])
-        raise ShardReadError(
-            f"shard {url} is truncated: it has {size} bytes, but its {what} says sample {p} "
-            f"ends at byte {int(end[p])}"
-        )
-    has_image = image >= 0
-    bad = (
-        (offset[1:] < end[:-1]).any()
-        or (end <= offset).any()
-        or (has_image & ((image < offset) | (image + image_size > end))).any()
-        or (image_size < 0).any()
-    )
-    if bad:
-        raise ShardReadError(
-            f"shard {url}: {what} is inconsistent (rows overlap or images lie outside their "
-            "samples); rebuild the shard"
-        )

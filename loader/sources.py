@@ -30,7 +30,7 @@ from loader._location import is_local, is_url, join, local_path, parent, sidecar
 from loader._remote import RemoteFile
 from loader._scanio import scan_location
 from loader.retry import RetryPolicy
-from shards.format import MANIFEST_NAME, read_index
+from shards.format import MANIFEST_NAME, check_index_rows, read_index
 from shards.manifest import Manifest, ManifestError
 
 __all__ = ["DatasetSource", "ShardSource", "resolve_source"]
@@ -184,23 +184,30 @@ def _describe_shard(url: str, first: int, retry: RetryPolicy | None) -> ShardSou
             filesize = RemoteFile(url, retry=retry).size()
     except FileNotFoundError:
         raise FileNotFoundError(f"shard {url} not found") from None
-    rows = _sidecar_rows(sidecar, retry)
+    rows = _sidecar_rows(sidecar, url, filesize, retry)
     nsamples = len(scan_location(url, retry).index) if rows is None else rows
     log.debug("shard %s: %d samples (%s)", url, nsamples, "scan" if rows is None else "sidecar")
     return ShardSource(url, nsamples, first, None if rows is None else sidecar, None, filesize)
 
 
-def _sidecar_rows(sidecar: str, retry: RetryPolicy | None) -> int | None:
-    """Row count of the sidecar index at ``sidecar``, or ``None`` when there is none."""
+def _sidecar_rows(
+    sidecar: str, url: str, filesize: int | None, retry: RetryPolicy | None
+) -> int | None:
+    """Row count of the sidecar index at ``sidecar``, or ``None`` when there is none; its rows
+    are checked against the shard's ``filesize`` (``check_index_rows``) when it is known."""
     try:
         if is_local(sidecar):
             if not os.path.isfile(local_path(sidecar)):
                 return None
             with open(local_path(sidecar), "rb") as f:
-                return len(read_index(f))
-        remote = RemoteFile(sidecar, retry=retry)
-        if not remote.exists():
-            return None
-        return len(read_index(remote.read_all()))
+                index = read_index(f)
+        else:
+            remote = RemoteFile(sidecar, retry=retry)
+            if not remote.exists():
+                return None
+            index = read_index(remote.read_all())
+        if filesize is not None:
+            check_index_rows(index, filesize, url, f"sidecar {sidecar}")
     except (ValueError, EOFError) as exc:
         raise ValueError(f"unreadable sidecar index {sidecar}: {exc}; rebuild it") from exc
+    return len(index)

@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from shards.format import read_index
+from shards.format import check_index_rows, read_index
 from shards.manifest import Manifest
 
 __all__ = ["inspect_build", "verify_build"]
@@ -43,7 +43,7 @@ def verify_build(out: str | Path) -> list[str]:
             problems.append(f"{entry.url}: {len(keys)} samples, manifest says {entry.nsamples}")
         if entry.index_url:
             problems.extend(
-                _check_index(base, entry.url, entry.index_url, entry.index_sha256, offsets)
+                _check_index(base, entry.url, entry.index_url, entry.index_sha256, offsets, size)
             )
     return problems
 
@@ -68,7 +68,7 @@ def _walk_tar(path: Path) -> tuple[list[str], list[int], str | None]:
 
 
 def _check_index(
-    base: Path, url: str, index_url: str, index_sha: str | None, offsets: list[int]
+    base: Path, url: str, index_url: str, index_sha: str | None, offsets: list[int], size: int
 ) -> list[str]:
     path = base / index_url
     if not path.is_file():
@@ -78,6 +78,7 @@ def _check_index(
         return [f"{index_url}: sha256 does not match the manifest"]
     try:
         rows = read_index(data)
+        check_index_rows(rows, size, url, f"sidecar {index_url}")
     except ValueError as exc:
         return [f"{index_url}: {exc}"]
     if rows["offset"].tolist() != offsets:
