@@ -18,7 +18,6 @@ are kept as given.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -30,8 +29,14 @@ from loader._location import is_local, is_url, join, local_path, parent, sidecar
 from loader._remote import RemoteFile
 from loader._scanio import scan_location
 from loader.retry import RetryPolicy
-from shards.format import MANIFEST_NAME, check_index_rows, read_index
-from shards.manifest import Manifest, ManifestError
+from shards.format import (
+    MANIFEST_NAME,
+    MIN_SAMPLE_BYTES,
+    check_index_rows,
+    read_index,
+    read_index_rows,
+)
+from shards.manifest import Manifest, ManifestError, repeated_shard
 
 __all__ = ["DatasetSource", "ShardSource", "resolve_source"]
 
@@ -68,8 +73,10 @@ def resolve_source(
     requests are retried by ``retry`` (default ``RetryPolicy()``).
 
     Raises ``FileNotFoundError`` naming a missing local manifest or shard (or any missing
-    shard of a list), ``ManifestError`` for a malformed manifest, ``ShardFormatError`` for a
-    listed shard whose tar is corrupt, and ``ValueError`` for an empty or repeated list.
+    shard of a list), ``ManifestError`` for a malformed manifest (one that lists a shard twice,
+    or claims more samples for a shard than it can hold: see ``_bound_claims``),
+    ``ShardFormatError`` for a listed shard whose tar is corrupt, and ``ValueError`` for an
+    empty or repeated list.
     """
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -140,7 +147,68 @@ def _from_manifest(location: str, retry: RetryPolicy | None) -> DatasetSource:
                 index_sha256=entry.index_sha256 or None,
             )
         )
+    repeated = repeated_shard((_same_file(s.url), s.sha256 or "") for s in shards)
+    if repeated is not None:
+        raise ManifestError(
+            f"{source}: expected each shard once, got {repeated} twice (two entries name the "
+            "same file): its samples would be delivered twice; remove the repeat"
+        )
+    _bound_claims(shards, source, retry)
     return DatasetSource(tuple(shards), tuple(manifest.classes), manifest.num_samples, location)
+
+
+def _same_file(url: str) -> str:
+    return os.path.realpath(local_path(url)) if is_local(url) else url
+
+
+def _bound_claims(
+    shards: Sequence[ShardSource], source: str, retry: RetryPolicy | None = None
+) -> None:
+    """Refuse, before any plan is sized by them, sample counts no shard could hold: a shard of
+    ``n`` bytes holds at most ``n // MIN_SAMPLE_BYTES`` samples, and no more than its local
+    sidecar index's row count (read from the ``.npy`` header alone). The size is the local
+    file's; for a remote shard the manifest's ``filesize`` (the reader refuses a file of
+    another size when it opens it), else one HEAD request. Raises ``ManifestError`` naming the
+    shard, the claim and the bound; costs a ``stat`` and one small read per local shard."""
+    for shard in shards:
+        size = _shard_size(shard, retry)
+        if size is not None and shard.nsamples > size // MIN_SAMPLE_BYTES:
+            raise ManifestError(
+                f"{source}: expected at most {size // MIN_SAMPLE_BYTES} samples in shard "
+                f"{shard.url} ({size} bytes, at least {MIN_SAMPLE_BYTES} per sample), got "
+                f"nsamples={shard.nsamples}; the manifest is wrong or the shard was replaced: "
+                "rebuild them together"
+            )
+        rows = _index_rows(shard.index_url)
+        if rows is not None and shard.nsamples > rows:
+            raise ManifestError(
+                f"{source}: expected at most {rows} samples in shard {shard.url} (rows of its "
+                f"index {shard.index_url}), got nsamples={shard.nsamples}; the manifest is "
+                "wrong or the shard was replaced: rebuild them together"
+            )
+
+
+def _shard_size(shard: ShardSource, retry: RetryPolicy | None) -> int | None:
+    if is_local(shard.url):
+        return os.path.getsize(local_path(shard.url))
+    if shard.filesize is not None:
+        return shard.filesize
+    try:
+        return RemoteFile(shard.url, retry=retry).size()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard {shard.url} not found") from None
+
+
+def _index_rows(index_url: str | None) -> int | None:
+    """Rows a local sidecar declares; ``None`` for none, a remote one or one the reader will
+    refuse (it names the damage when it opens the shard)."""
+    if index_url is None or not is_local(index_url):
+        return None
+    try:
+        with open(local_path(index_url), "rb") as f:
+            return read_index_rows(f, os.fstat(f.fileno()).st_size)
+    except (OSError, ValueError):
+        return None
 
 
 def _load_remote_manifest(url: str, retry: RetryPolicy | None) -> Manifest:
@@ -148,13 +216,7 @@ def _load_remote_manifest(url: str, retry: RetryPolicy | None) -> Manifest:
         raw = RemoteFile(url, retry=retry).read_all()
     except FileNotFoundError:
         raise FileNotFoundError(f"no manifest at {url}") from None
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{url}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ManifestError(f"{url}: expected a JSON object, got {type(data).__name__}")
-    return Manifest.from_dict(data, source=url)
+    return Manifest.from_json(raw, source=url)
 
 
 def _from_shards(urls: list[str], origin: str, retry: RetryPolicy | None) -> DatasetSource:
