@@ -41,6 +41,10 @@ from shards.manifest import Manifest, ManifestError, repeated_shard
 __all__ = ["DatasetSource", "ShardSource", "resolve_source"]
 
 log = logging.getLogger(__name__)
+_CLAIM_TO_DO = (
+    "the shard is truncated or was replaced, or the manifest is wrong: check the folder with "
+    "'shardfeed verify' and rebuild"
+)
 
 
 @dataclass(frozen=True)
@@ -176,15 +180,13 @@ def _bound_claims(
             raise ManifestError(
                 f"{source}: expected at most {size // MIN_SAMPLE_BYTES} samples in shard "
                 f"{shard.url} ({size} bytes, at least {MIN_SAMPLE_BYTES} per sample), got "
-                f"nsamples={shard.nsamples}; the manifest is wrong or the shard was replaced: "
-                "rebuild them together"
+                f"nsamples={shard.nsamples}; {_CLAIM_TO_DO}"
             )
         rows = _index_rows(shard.index_url)
         if rows is not None and shard.nsamples > rows:
             raise ManifestError(
                 f"{source}: expected at most {rows} samples in shard {shard.url} (rows of its "
-                f"index {shard.index_url}), got nsamples={shard.nsamples}; the manifest is "
-                "wrong or the shard was replaced: rebuild them together"
+                f"index {shard.index_url}), got nsamples={shard.nsamples}; {_CLAIM_TO_DO}"
             )
 
 

@@ -18,7 +18,6 @@ Layout::
 from __future__ import annotations
 
 import os
-import posixpath
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -54,17 +53,18 @@ class ShardEntry:
 
 def repeated_shard(entries: Iterable[tuple[str, str]]) -> str | None:
     """``"url=..."`` or ``"sha256=..."`` of the first shard listed twice among ``(url, sha256)``
-    pairs (an empty sha256 is unknown, never a repeat), else ``None``. A shard listed twice
-    would deliver its samples twice under two ids, so every reader of a manifest refuses it."""
+    pairs (an empty sha256 is unknown, never a repeat), else ``None``. URLs are compared as
+    given (the loader passes resolved paths, so two spellings of one file count as a repeat
+    there). A shard listed twice would deliver its samples twice under two ids, so every
+    reader of a manifest refuses it."""
     urls: set[str] = set()
     hashes: set[str] = set()
     for url, sha in entries:
-        key = url if "://" in url else posixpath.normpath(url)
-        if key in urls:
+        if url in urls:
             return f"url={url}"
         if sha and sha in hashes:
             return f"sha256={sha}"
-        urls.add(key)
+        urls.add(url)
         hashes.add(sha)
     return None
 

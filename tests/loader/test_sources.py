@@ -218,7 +218,7 @@ def _edit(manifest: Path, change: Any) -> Path:
     return manifest
 
 
-@pytest.mark.parametrize("how", ["same url", "same file", "same sha256"])
+@pytest.mark.parametrize("how", ["same url", "same file", "symlink", "same sha256"])
 def test_a_manifest_listing_a_shard_twice_is_refused(
     tmp_path: Path, http_server: Any, how: str
 ) -> None:
@@ -230,6 +230,9 @@ def test_a_manifest_listing_a_shard_twice_is_refused(
             second.update(url=first["url"], sha256="")
         elif how == "same file":
             second.update(url=str(tmp_path / "ds" / first["url"]), sha256="")
+        elif how == "symlink":
+            (tmp_path / "ds" / "alias.tar").symlink_to(tmp_path / "ds" / first["url"])
+            second.update(url="alias.tar", sha256="")
         else:
             second["sha256"] = first["sha256"]
 
@@ -237,7 +240,7 @@ def test_a_manifest_listing_a_shard_twice_is_refused(
     named = "sha256=" if how == "same sha256" else r"url=.*shard-000000\.tar"
     with pytest.raises(ManifestError, match=f"expected each shard once.*got {named}.* twice"):
         resolve_source(manifest)
-    if how != "same file":
+    if how in ("same url", "same sha256"):
         with pytest.raises(ManifestError, match=f"got {named}.* twice"):
             resolve_source(http_server(tmp_path) + "ds/manifest.json")
 

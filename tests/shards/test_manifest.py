@@ -131,7 +131,6 @@ def test_documents_that_are_not_manifests(text: str | bytes, message: str) -> No
     ("change", "repeated"),
     [
         (("shardlist.1.url", "shard-000000.tar"), "url=shard-000000.tar"),
-        (("shardlist.1.url", "./sub/../shard-000000.tar"), "url=./sub/../shard-000000.tar"),
         (("shardlist.1.sha256", SHA_A), f"sha256={SHA_A}"),
     ],
 )
