@@ -12,7 +12,9 @@ Layout::
      "duplicates": {...}, "build": {...}}
 
 ``url`` values are relative to the manifest's own location. A sample's global id is its shard's
-``first_index`` plus its position in the shard.
+``first_index`` plus its position in the shard. Every manifest read, from a file or fetched,
+passes the one strict validation of ``shards._manifest_schema`` and then the cross-field checks
+here (cumulative ``first_index``, ``num_samples``, no shard listed twice).
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ class Manifest:
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "manifest") -> Manifest:
         """Check a parsed manifest (``shards._manifest_schema``, then ``first_index``,
         ``num_samples`` and repeated shards); raises ``ManifestError`` naming the bad field."""
-        return cls._from_model(validate_manifest(data, source), source)
+        plain = dict(data) if isinstance(data, Mapping) else data
+        return cls._from_model(validate_manifest(plain, source), source)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "manifest") -> Manifest:

@@ -225,6 +225,13 @@ def test_a_label_past_int64_is_a_counted_bad_sample(tmp_path: Path, label: bytes
     shard = _foreign_shard(tmp_path / "foreign.tar", [b"0", label, b"2", b"1"])
     with ShardReader(resolve_source(str(shard)).shards[0]) as reader:
         assert [s.label for s in reader.read(0, 4)] == [0, -1, 2, 1]
+    servers = HttpServers()
+    try:
+        remote = resolve_source(servers(tmp_path) + "foreign.tar").shards[0]
+        with ShardReader(remote, chunk_bytes=1024) as reader:
+            assert [s.label for s in reader.read(0, 4)] == [0, -1, 2, 1]
+    finally:
+        servers.close()
     counts, _ = track(loader_over(str(shard), 2), 4)
     assert counts.missing == 1 and counts.delivered == 3 and counts.duplicates == 0
     with pytest.raises(ValueError, match=r"foreign\.tar.*no class label"):

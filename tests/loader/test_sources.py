@@ -307,3 +307,16 @@ def test_a_claim_beyond_what_a_shard_holds_is_refused_before_planning(
         _edit(manifest, lambda doc: doc["shardlist"][1].pop("filesize"))  # one HEAD instead
         with pytest.raises(ManifestError, match=rf"shard http://.*shard-000001\.tar \({size}"):
             resolve_source(remote)
+
+
+def test_unknown_manifest_fields_are_still_accepted(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path / "ds", [3, 4], image_bytes=lambda g: b"\xff\xd8\xff")
+
+    def extend(doc: dict[str, Any]) -> None:
+        doc["made_by"] = {"tool": "other", "nested": [1, [2, [3]]], "ratio": 0.5}
+        doc["shardlist"][0]["wids_extra"] = ["x", None]
+
+    _edit(manifest, extend)
+    assert resolve_source(manifest).num_samples == 7
+    counts, _ = track(loader_over(str(manifest), 2, decode=False), 7)
+    assert counts.delivered == 7 and counts.duplicates == 0 and counts.missing == 0
