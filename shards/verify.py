@@ -92,6 +92,7 @@ def inspect_build(out: str | Path) -> dict[str, Any]:
     manifest = Manifest.load(base)
     sizes = [s.nsamples for s in manifest.shards]
     dup = manifest.duplicates
+    against = dup.get("against")
     return {
         "path": str(base),
         "shards": len(manifest.shards),
@@ -105,6 +106,6 @@ def inspect_build(out: str | Path) -> dict[str, Any]:
         "duplicate_groups": dup.get("exact_groups", 0),
         "duplicate_extra_copies": dup.get("extra_copies", 0),
         "conflicting_label_groups": dup.get("conflicting_label_groups", 0),
-        "against_matches": dup.get("against", {}).get("matches"),
+        "against_matches": against.get("matches") if isinstance(against, dict) else None,
         "build": manifest.build,
     }

@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from shards.manifest import Manifest, ManifestError, ShardEntry
+from shards.verify import inspect_build
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 GOOD: dict[str, Any] = {
@@ -179,7 +181,8 @@ fields = st.sampled_from(
     ["__kind__", "shardlist", "classes", "num_samples", "name", "skipped", "build", "other",
      "shardlist.0", "shardlist.0.url", "shardlist.0.nsamples", "shardlist.0.filesize",
      "shardlist.0.sha256", "shardlist.0.first_index", "shardlist.1.index_url",
-     "shardlist.1.index_sha256", "shardlist.1.url", "duplicates", "skipped.0.reason"]
+     "shardlist.1.index_sha256", "shardlist.1.url", "duplicates", "skipped.0.reason",
+     "duplicates.against", "duplicates.exact_groups"]
 )  # fmt: skip
 
 
@@ -208,3 +211,13 @@ def test_fuzzed_manifests_parse_or_raise_our_error(
             continue
         assert manifest.num_samples == sum(s.nsamples for s in manifest.shards) >= 0
         assert Manifest.from_dict(manifest.to_dict()) == manifest
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "manifest.json").write_text(text)
+            assert inspect_build(folder)["samples"] == manifest.num_samples
+
+
+@pytest.mark.parametrize("against", [[], "x", None, {"matches": 3}])
+def test_inspect_reads_free_form_reports_without_a_traceback(tmp_path: Path, against: Any) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps(_with("duplicates.against", against)))
+    expected = 3 if isinstance(against, dict) else None
+    assert inspect_build(tmp_path)["against_matches"] == expected
