@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -267,3 +268,26 @@ def test_an_int64_overflow_in_an_index_row_is_refused(tmp_path: Path) -> None:
             list(ShardReader(remote).read(0, 5))
     finally:
         servers.close()
+
+
+def test_a_link_with_a_size_hides_no_sample_from_the_loader(tmp_path: Path) -> None:
+    """A symlink header whose size field says 1024, then real samples: the loader delivers what
+    webdataset delivers (the link has no payload, as tarfile reads it)."""
+    link = bytearray(tar_member_header("k.jpg", 1024))
+    link[156:157], link[157:162] = b"2", b"a.jpg"
+    link[148:156] = b" " * 8
+    link[148:156] = f"{sum(link):06o}\0 ".encode()
+    out = io.BytesIO()
+    for i in range(3):
+        if i == 1:
+            out.write(bytes(link))
+        for name, payload in ((f"{i:09d}.jpg", jpeg_bytes(i)), (f"{i:09d}.cls", b"1")):
+            out.write(tar_member_header(name, len(payload)) + payload + padding(len(payload)))
+    out.write(end_of_archive())
+    shard = tmp_path / "linked.tar"
+    shard.write_bytes(out.getvalue())
+    keys = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    assert keys == [f"{i:09d}" for i in range(3)]
+    assert resolve_source(str(shard)).num_samples == 3
+    counts, _ = track(loader_over(str(shard), 2), 3)
+    assert counts.delivered == 3 and counts.missing == 0 and counts.duplicates == 0
