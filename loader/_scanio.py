@@ -30,7 +30,6 @@ from shards.tarscan import (
 __all__ = [
     "Scanned",
     "StreamScan",
-    "check_rows",
     "scan_location",
     "scan_mapped",
     "wrap_scan_error",
@@ -162,27 +161,3 @@ def wrap_scan_error(exc: Exception, url: str) -> ShardReadError:
     if isinstance(exc, ShardFormatError):
         return ShardReadError(str(exc))
     return ShardReadError(f"shard {url}: reading failed: {exc}")
-
-
-def check_rows(index: np.ndarray, size: int, url: str, what: str) -> None:
-    offset, end = index["offset"], index["end"]
-    image, image_size = index["image_offset"], index["image_size"]
-    past = np.flatnonzero(end > size)
-    if past.size:
-        p = int(past[0])
-        raise ShardReadError(
-            f"shard {url} is truncated: it has {size} bytes, but its {what} says sample {p} "
-            f"ends at byte {int(end[p])}"
-        )
-    has_image = image >= 0
-    bad = (
-        (offset[1:] < end[:-1]).any()
-        or (end <= offset).any()
-        or (has_image & ((image < offset) | (image + image_size > end))).any()
-        or (image_size < 0).any()
-    )
-    if bad:
-        raise ShardReadError(
-            f"shard {url}: {what} is inconsistent (rows overlap or images lie outside their "
-            "samples); rebuild the shard"
-        )

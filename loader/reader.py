@@ -32,14 +32,14 @@ import numpy as np
 
 from loader._checks import check_int, check_non_negative
 from loader._errors import MissingShardError, ShardReadError
-from loader._scanio import StreamScan, check_rows, scan_mapped, wrap_scan_error
+from loader._scanio import StreamScan, scan_mapped, wrap_scan_error
 from loader.remote.errors import RemoteReadError
 from loader.remote.files import CHUNK_BYTES, RemoteFile, checked_size
 from loader.remote.location import is_local, local_path
 from loader.remote.options import RemoteOptions
 from loader.remote.ranged import RangedRead
 from loader.sources import ShardSource
-from shards.format import BLOCK, read_index
+from shards.format import BLOCK, check_index_rows, read_index
 from shards.tarscan import header_name
 
 if TYPE_CHECKING:
@@ -311,8 +311,10 @@ class ShardReader:
             raise ShardReadError(
                 f"shard {url}: {what} has {len(index)} samples, expected nsamples={n}"
             )
-        if n:
-            check_rows(index, self._size, url, what)
+        try:
+            check_index_rows(index, self._size, url, what)
+        except ValueError as exc:
+            raise ShardReadError(str(exc)) from None
         self._index, self._keys, self._names = index, keys, names
         image = index["image_offset"]
         where = np.where(image >= 0, image, index["offset"])

@@ -19,7 +19,6 @@ are kept as given.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -31,12 +30,22 @@ from loader._scanio import scan_location
 from loader.remote.files import RemoteFile
 from loader.remote.location import is_local, is_url, join, local_path, parent, sidecar_url
 from loader.remote.retry import RetryPolicy
-from shards.format import MANIFEST_NAME, read_index
-from shards.manifest import Manifest, ManifestError
+from shards.format import (
+    MANIFEST_NAME,
+    MIN_SAMPLE_BYTES,
+    check_index_rows,
+    read_index,
+    read_index_rows,
+)
+from shards.manifest import Manifest, ManifestError, repeated_shard
 
 __all__ = ["DatasetSource", "ShardSource", "resolve_source"]
 
 log = logging.getLogger(__name__)
+_CLAIM_TO_DO = (
+    "the shard is truncated or was replaced, or the manifest is wrong: check the folder with "
+    "'shardfeed verify' and rebuild"
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,10 @@ def resolve_source(
     requests are retried by ``retry`` (default ``RetryPolicy()``).
 
     Raises ``FileNotFoundError`` naming a missing local manifest or shard (or any missing
-    shard of a list), ``ManifestError`` for a malformed manifest, ``ShardFormatError`` for a
-    listed shard whose tar is corrupt, and ``ValueError`` for an empty or repeated list.
+    shard of a list), ``ManifestError`` for a malformed manifest (one that lists a shard twice,
+    or claims more samples for a shard than it can hold: see ``_bound_claims``),
+    ``ShardFormatError`` for a listed shard whose tar is corrupt, and ``ValueError`` for an
+    empty or repeated list.
     """
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -146,7 +157,66 @@ def _from_manifest(location: str, retry: RetryPolicy | None) -> DatasetSource:
                 index_sha256=entry.index_sha256 or None,
             )
         )
+    repeated = repeated_shard((_same_file(s.url), s.sha256 or "") for s in shards)
+    if repeated is not None:
+        raise ManifestError(
+            f"{source}: expected each shard once, got {repeated} twice (two entries name the "
+            "same file): its samples would be delivered twice; remove the repeat"
+        )
+    _bound_claims(shards, source, retry)
     return DatasetSource(tuple(shards), tuple(manifest.classes), manifest.num_samples, location)
+
+
+def _same_file(url: str) -> str:
+    return os.path.realpath(local_path(url)) if is_local(url) else url
+
+
+def _bound_claims(
+    shards: Sequence[ShardSource], source: str, retry: RetryPolicy | None = None
+) -> None:
+    """Refuse, before any plan is sized by them, sample counts no shard could hold: a shard of
+    ``n`` bytes holds at most ``n // MIN_SAMPLE_BYTES`` samples, and no more than its local
+    sidecar index's row count (read from the ``.npy`` header alone). The size is the local
+    file's; for a remote shard the manifest's ``filesize`` (the reader refuses a file of
+    another size when it opens it), else one HEAD request. Raises ``ManifestError`` naming the
+    shard, the claim and the bound; costs a ``stat`` and one small read per local shard."""
+    for shard in shards:
+        size = _shard_size(shard, retry)
+        if size is not None and shard.nsamples > size // MIN_SAMPLE_BYTES:
+            raise ManifestError(
+                f"{source}: expected at most {size // MIN_SAMPLE_BYTES} samples in shard "
+                f"{shard.url} ({size} bytes, at least {MIN_SAMPLE_BYTES} per sample), got "
+                f"nsamples={shard.nsamples}; {_CLAIM_TO_DO}"
+            )
+        rows = _index_rows(shard.index_url)
+        if rows is not None and shard.nsamples > rows:
+            raise ManifestError(
+                f"{source}: expected at most {rows} samples in shard {shard.url} (rows of its "
+                f"index {shard.index_url}), got nsamples={shard.nsamples}; {_CLAIM_TO_DO}"
+            )
+
+
+def _shard_size(shard: ShardSource, retry: RetryPolicy | None) -> int | None:
+    if is_local(shard.url):
+        return os.path.getsize(local_path(shard.url))
+    if shard.filesize is not None:
+        return shard.filesize
+    try:
+        return RemoteFile(shard.url, retry=retry).size()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard {shard.url} not found") from None
+
+
+def _index_rows(index_url: str | None) -> int | None:
+    """Rows a local sidecar declares; ``None`` for none, a remote one or one the reader will
+    refuse (it names the damage when it opens the shard)."""
+    if index_url is None or not is_local(index_url):
+        return None
+    try:
+        with open(local_path(index_url), "rb") as f:
+            return read_index_rows(f, os.fstat(f.fileno()).st_size)
+    except (OSError, ValueError):
+        return None
 
 
 def _load_remote_manifest(url: str, retry: RetryPolicy | None) -> Manifest:
@@ -154,13 +224,7 @@ def _load_remote_manifest(url: str, retry: RetryPolicy | None) -> Manifest:
         raw = RemoteFile(url, retry=retry).read_all()
     except FileNotFoundError:
         raise FileNotFoundError(f"no manifest at {url}") from None
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{url}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ManifestError(f"{url}: expected a JSON object, got {type(data).__name__}")
-    return Manifest.from_dict(data, source=url)
+    return Manifest.from_json(raw, source=url)
 
 
 def _from_shards(urls: list[str], origin: str, retry: RetryPolicy | None) -> DatasetSource:
@@ -190,23 +254,30 @@ def _describe_shard(url: str, first: int, retry: RetryPolicy | None) -> ShardSou
             filesize = RemoteFile(url, retry=retry).size()
     except FileNotFoundError:
         raise FileNotFoundError(f"shard {url} not found") from None
-    rows = _sidecar_rows(sidecar, retry)
+    rows = _sidecar_rows(sidecar, url, filesize, retry)
     nsamples = len(scan_location(url, retry).index) if rows is None else rows
     log.debug("shard %s: %d samples (%s)", url, nsamples, "scan" if rows is None else "sidecar")
     return ShardSource(url, nsamples, first, None if rows is None else sidecar, None, filesize)
 
 
-def _sidecar_rows(sidecar: str, retry: RetryPolicy | None) -> int | None:
-    """Row count of the sidecar index at ``sidecar``, or ``None`` when there is none."""
+def _sidecar_rows(
+    sidecar: str, url: str, filesize: int | None, retry: RetryPolicy | None
+) -> int | None:
+    """Row count of the sidecar index at ``sidecar``, or ``None`` when there is none; its rows
+    are checked against the shard's ``filesize`` (``check_index_rows``) when it is known."""
     try:
         if is_local(sidecar):
             if not os.path.isfile(local_path(sidecar)):
                 return None
             with open(local_path(sidecar), "rb") as f:
-                return len(read_index(f))
-        remote = RemoteFile(sidecar, retry=retry)
-        if not remote.exists():
-            return None
-        return len(read_index(remote.read_all()))
+                index = read_index(f)
+        else:
+            remote = RemoteFile(sidecar, retry=retry)
+            if not remote.exists():
+                return None
+            index = read_index(remote.read_all())
+        if filesize is not None:
+            check_index_rows(index, filesize, url, f"sidecar {sidecar}")
     except (ValueError, EOFError) as exc:
         raise ValueError(f"unreadable sidecar index {sidecar}: {exc}; rebuild it") from exc
+    return len(index)

@@ -11,7 +11,9 @@ __all__ = [
     "ZERO_BLOCK",
     "ShardFormatError",
     "check_header",
+    "data_size",
     "header_name",
+    "is_regular",
     "member_name",
     "number",
     "pax_records",
@@ -19,6 +21,32 @@ __all__ = [
 
 ZERO_BLOCK = bytes(BLOCK)
 _SIGNED = struct.Struct("148b8x356b")
+_REGULAR = frozenset(b"07\0")
+_NO_DATA = frozenset(b"123456")
+_AREGTYPE = 0
+
+
+def _is_old_directory(block: bytes) -> bool:
+    """A V7 directory: type byte NUL and a header name ending in a slash (tarfile looks at the
+    name field itself, before any PAX or GNU long name replaces it)."""
+    return block[156] == _AREGTYPE and block[:100].split(b"\0", 1)[0].endswith(b"/")
+
+
+def is_regular(block: bytes) -> bool:
+    """Whether the member of this (checked) header is a regular file, exactly as
+    ``tarfile.TarInfo.isreg`` (and so webdataset) decides: types ``0``, NUL and ``7``, except a
+    V7 directory. Links, directories, devices, FIFOs and unknown types are not."""
+    return block[156] in _REGULAR and not _is_old_directory(block)
+
+
+def data_size(block: bytes, size: int) -> int:
+    """How many payload bytes follow this header (before padding): ``size`` as the header or a
+    PAX record gives it, but 0 for links, directories, devices and FIFOs whatever the size
+    field says, as the tar standard has it and ``tarfile`` reads it. Without this, a link
+    header carrying a size would hide the members after it from our scan only."""
+    if block[156] in _NO_DATA or _is_old_directory(block):
+        return 0
+    return size
 
 
 class ShardFormatError(ValueError):

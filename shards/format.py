@@ -25,11 +25,14 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "INDEX_DTYPE",
     "MANIFEST_NAME",
+    "MIN_SAMPLE_BYTES",
+    "check_index_rows",
     "end_of_archive",
     "index_name",
     "make_key",
     "padding",
     "read_index",
+    "read_index_rows",
     "shard_name",
     "sniff_image_format",
     "tar_member_header",
@@ -51,6 +54,11 @@ INDEX_DTYPE: Final = np.dtype(
         ("label", "<i8"),  # class index, as in KEY.cls
     ]
 )
+
+
+MIN_SAMPLE_BYTES: Final = 3 * BLOCK
+"""The fewest bytes a sample of this format takes: three members, each at least a 512-byte
+header. A shard of ``n`` bytes holds at most ``n // MIN_SAMPLE_BYTES`` samples."""
 
 
 def shard_name(index: int) -> str:
@@ -150,3 +158,63 @@ def read_index(data: bytes | io.BufferedIOBase) -> np.ndarray:
             f"ndim={arr.ndim}"
         )
     return arr
+
+
+def read_index_rows(f: io.BufferedIOBase, nbytes: int) -> int:
+    """The row count a sidecar index of ``nbytes`` bytes declares, read from its ``.npy`` header
+    alone (the rows are not read); ``ValueError`` for a header that is not a 1-d
+    ``INDEX_DTYPE`` array or that declares more rows than the file holds."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, EOFError, SyntaxError, TokenError, TypeError, KeyError) as exc:
+        raise ValueError(f"expected a .npy sidecar index, got unreadable bytes ({exc})") from None
+    if dtype != INDEX_DTYPE or len(shape) != 1:
+        raise ValueError(
+            f"expected a 1-d sidecar index of dtype {INDEX_DTYPE}, got dtype={dtype} shape={shape}"
+        )
+    rows = int(shape[0])
+    if rows * INDEX_DTYPE.itemsize > nbytes - f.tell():
+        raise ValueError(
+            f"expected at most {nbytes // INDEX_DTYPE.itemsize} rows in a sidecar of {nbytes} "
+            f"bytes, got a header declaring rows={rows}: the file is truncated"
+        )
+    return rows
+
+
+def check_index_rows(index: np.ndarray, size: int, url: str, what: str) -> None:
+    """Refuse ``INDEX_DTYPE`` rows (a sidecar's or a scan's, ``what``) that do not describe a
+    shard of ``size`` bytes at ``url``: a sample ending past the end (the shard is truncated),
+    rows out of order or overlapping, an image outside its sample, a negative size, or a
+    no-image row other than ``image_offset=-1, image_size=0``. Every comparison is done
+    without sums, so an int64 overflow cannot pass it. Raises ``ValueError`` naming the shard
+    and the first bad row; a reader then slices only what lies inside the shard."""
+    if not len(index):
+        return
+    offset, end = index["offset"], index["end"]
+    image, image_size = index["image_offset"], index["image_size"]
+    past = np.flatnonzero(end > size)
+    if past.size:
+        p = int(past[0])
+        raise ValueError(
+            f"shard {url} is truncated: it has {size} bytes, but its {what} says sample {p} "
+            f"ends at byte {int(end[p])}"
+        )
+    has_image = image >= 0
+    no_image = (image == -1) & (image_size == 0)
+    inside = (image >= offset) & (image <= end) & (image_size >= 0) & (image_size <= end - image)
+    bad = (offset < 0) | (end <= offset) | ~np.where(has_image, inside, no_image)
+    bad[1:] |= offset[1:] < end[:-1]
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        p = int(rows[0])
+        fields = ("offset", "end", "image_offset", "image_size")
+        shown = " ".join(f"{name}={int(index[name][p])}" for name in fields)
+        raise ValueError(
+            f"shard {url}: {what} is inconsistent at sample {p} ({shown}): expected rows in "
+            "order, not overlapping, each image inside its sample (or image_offset=-1 and "
+            "image_size=0 without one); rebuild the shard or its index"
+        )

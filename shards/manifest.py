@@ -17,30 +17,32 @@ Layout::
 ``--labels`` or ``--classes-from``; ``class_counts`` may be missing in manifests of older builds.
 
 ``url`` values are relative to the manifest's own location. A sample's global id is its shard's
-``first_index`` plus its position in the shard.
+``first_index`` plus its position in the shard. Every manifest read, from a file or fetched,
+passes the one strict validation of ``shards._manifest_schema`` and then the cross-field checks
+here (cumulative ``first_index``, ``num_samples``, no shard listed twice).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shards._atomic import write_json_atomic
+from shards._manifest_schema import (
+    FORMAT_VERSION,
+    WIDS_KIND,
+    ManifestError,
+    ManifestModel,
+    parse_manifest,
+    validate_manifest,
+)
 from shards.format import MANIFEST_NAME
 
-__all__ = ["Manifest", "ManifestError", "ShardEntry"]
-
-WIDS_KIND = "wids-shard-index-v1"
-FORMAT_VERSION = 1
-
-
-class ManifestError(ValueError):
-    """A manifest that is missing, malformed or inconsistent; the message names the field."""
+__all__ = ["Manifest", "ManifestError", "ShardEntry", "repeated_shard"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,24 @@ class ShardEntry:
     first_index: int
     index_url: str | None = None
     index_sha256: str | None = None
+
+
+def repeated_shard(entries: Iterable[tuple[str, str]]) -> str | None:
+    """``"url=..."`` or ``"sha256=..."`` of the first shard listed twice among ``(url, sha256)``
+    pairs (an empty sha256 is unknown, never a repeat), else ``None``. URLs are compared as
+    given (the loader passes resolved paths, so two spellings of one file count as a repeat
+    there). A shard listed twice would deliver its samples twice under two ids, so every
+    reader of a manifest refuses it."""
+    urls: set[str] = set()
+    hashes: set[str] = set()
+    for url, sha in entries:
+        if url in urls:
+            return f"url={url}"
+        if sha and sha in hashes:
+            return f"sha256={sha}"
+        urls.add(url)
+        hashes.add(sha)
+    return None
 
 
 @dataclass
@@ -101,64 +121,65 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "manifest") -> Manifest:
-        """Parse and check a manifest; raises ``ManifestError`` naming the bad field."""
-        if data.get("__kind__") != WIDS_KIND:
-            raise ManifestError(
-                f"{source}: expected __kind__={WIDS_KIND!r}, got __kind__={data.get('__kind__')!r}"
-            )
-        raw = data.get("shardlist")
-        if not isinstance(raw, list) or not raw:
-            raise ManifestError(f"{source}: expected a non-empty list in 'shardlist', got {raw!r}")
+        """Check a parsed manifest (``shards._manifest_schema``, then ``first_index``,
+        ``num_samples`` and repeated shards); raises ``ManifestError`` naming the bad field."""
+        plain = dict(data) if isinstance(data, Mapping) else data
+        return cls._from_model(validate_manifest(plain, source), source)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str = "manifest") -> Manifest:
+        """Parse and check a manifest's JSON text, local or fetched (see ``from_dict``)."""
+        return cls._from_model(parse_manifest(text, source), source)
+
+    @classmethod
+    def _from_model(cls, model: ManifestModel, source: str) -> Manifest:
         shards: list[ShardEntry] = []
         expected_first = 0
-        for i, item in enumerate(raw):
-            if not isinstance(item, Mapping) or "url" not in item or "nsamples" not in item:
-                raise ManifestError(f"{source}: shardlist[{i}] needs 'url' and 'nsamples'")
-            n = item["nsamples"]
-            if not isinstance(n, int) or n < 0:
-                raise ManifestError(f"{source}: shardlist[{i}].nsamples must be >= 0, got {n!r}")
-            first = item.get("first_index", expected_first)
+        for i, item in enumerate(model.shardlist):
+            first = expected_first if item.first_index is None else item.first_index
             if first != expected_first:
                 raise ManifestError(
                     f"{source}: shardlist[{i}].first_index expected {expected_first}, got {first}"
                 )
             shards.append(
                 ShardEntry(
-                    url=str(item["url"]),
-                    nsamples=n,
-                    filesize=int(item.get("filesize", -1)),
-                    sha256=str(item.get("sha256", "")),
+                    url=item.url,
+                    nsamples=item.nsamples,
+                    filesize=-1 if item.filesize is None else item.filesize,
+                    sha256=item.sha256 or "",
                     first_index=first,
-                    index_url=item.get("index_url"),
-                    index_sha256=item.get("index_sha256"),
+                    index_url=item.index_url,
+                    index_sha256=item.index_sha256,
                 )
             )
-            expected_first += n
-        total = data.get("num_samples", expected_first)
+            expected_first += item.nsamples
+        total = expected_first if model.num_samples is None else model.num_samples
         if total != expected_first:
             raise ManifestError(
                 f"{source}: num_samples={total} but the shardlist sums to {expected_first}"
             )
-        counts = data.get("class_counts")
-        if counts is not None and (
-            not isinstance(counts, list)
-            or not all(isinstance(c, int) and c >= 0 for c in counts)
-            or len(counts) != len(data.get("classes", []))
-        ):
+        repeated = repeated_shard((s.url, s.sha256) for s in shards)
+        if repeated is not None:
+            raise ManifestError(
+                f"{source}: expected each shard once in the shardlist, got {repeated} twice: "
+                "its samples would be delivered twice; remove the repeat or rebuild"
+            )
+        counts = model.class_counts
+        if counts is not None and len(counts) != len(model.classes):
             raise ManifestError(
                 f"{source}: expected class_counts to give one count >= 0 per class, "
                 f"got class_counts={counts!r}"
             )
         return cls(
             shards=shards,
-            classes=list(data.get("classes", [])),
-            name=str(data.get("name", "shardfeed")),
-            skipped=list(data.get("skipped", [])),
-            empty_classes=list(data.get("empty_classes", [])),
-            duplicates=dict(data.get("duplicates", {})),
-            build=dict(data.get("build", {})),
-            class_counts=None if counts is None else [int(c) for c in counts],
-            labels=dict(data.get("labels") or {}),
+            classes=list(model.classes),
+            name=model.name,
+            skipped=[s.model_dump() for s in model.skipped],
+            empty_classes=list(model.empty_classes),
+            duplicates=dict(model.duplicates),
+            build=dict(model.build),
+            class_counts=None if counts is None else list(counts),
+            labels=dict(model.labels or {}),
         )
 
     @classmethod
@@ -168,11 +189,7 @@ class Manifest:
             p = p / MANIFEST_NAME
         if not p.is_file():
             raise FileNotFoundError(f"no manifest at {p}: build one with 'shardfeed shard'")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{p}: not valid JSON ({exc})") from exc
-        return cls.from_dict(data, source=str(p))
+        return cls.from_json(p.read_bytes(), source=str(p))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         write_json_atomic(Path(path), self.to_dict())

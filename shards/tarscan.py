@@ -3,9 +3,12 @@
 The scanner reads 512-byte headers and jumps over payloads; it never uses the ``tarfile``
 module. It understands ustar (with the ``prefix`` field), GNU long names (``L``/``K``) and
 POSIX PAX headers (``x`` per member, ``g`` global; ``path`` and ``size`` records are applied).
-Directories, links and device entries are skipped. Samples are grouped the way webdataset
-groups them: adjacent members whose names share the key, i.e. the name up to the first dot of
-its last path component (the directory part stays in the key).
+Only regular files are members, as ``tarfile`` decides (``_tarheader.is_regular``); a link,
+directory, device or FIFO header has no payload whatever its size field says, as the tar
+standard has it and ``tarfile`` reads it (``_tarheader.data_size``), so a foreign archive
+cannot hide members from this scan that ``tarfile`` and webdataset see. Samples are grouped
+the way webdataset groups them: adjacent members whose names share the key, i.e. the name up
+to the first dot of its last path component (the directory part stays in the key).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from shards._tarheader import (
     ZERO_BLOCK,
     ShardFormatError,
     check_header,
+    data_size,
     header_name,
+    is_regular,
     member_name,
     number,
     pax_records,
@@ -48,9 +53,10 @@ __all__ = [
 
 IMAGE_SUFFIXES = frozenset({"jpg", "jpeg", "png", "webp"})
 _KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-_SKIPPED = frozenset(b"123456V")
 _EXTENDED = frozenset(b"LKxg")
 _SKIP_CHUNK = 1 << 20
+_LABEL_MAX = int(np.iinfo(INDEX_DTYPE["label"]).max)
+_LABEL_DIGITS = len(str(_LABEL_MAX))
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -219,12 +225,13 @@ def _walk(
             name = records["path"]
         if "size" in records:
             size = _pax_size(records["size"], pos, url)
-            following = data_offset + size + (-size % BLOCK)
+        size = data_size(block, size)
+        following = data_offset + size + (-size % BLOCK)
         start = pos if first is None else first
         if local:
             local = {}
         long_name = first = None
-        is_file = kind not in _SKIPPED and not name.endswith("/")
+        is_file = is_regular(block)
         payload_bytes: bytes | None = None
         if is_file and want is not None and want(name):
             payload_bytes = src.read_at(data_offset, size)
@@ -331,9 +338,16 @@ def group_samples(members: Iterable[Member], *, url: str = "<tar>") -> list[Samp
 
 def parse_label(payload: bytes | memoryview) -> int:
     """The class index in a ``.cls`` payload (ASCII decimal, surrounding whitespace allowed);
-    ``-1`` when it is not a non-negative integer."""
+    ``-1`` when it is not a non-negative integer that fits the index's int64 ``label`` column
+    (2^63 or more is -1 too: a bad sample, never an overflow)."""
     text = bytes(payload).strip()
-    return int(text) if text.isdigit() else -1
+    if not text.isdigit():
+        return -1
+    digits = text.lstrip(b"0") or b"0"
+    if len(digits) > _LABEL_DIGITS:
+        return -1
+    value = int(digits)
+    return value if value <= _LABEL_MAX else -1
 
 
 def build_index(samples: Sequence[SampleMembers], labels: Sequence[int]) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.format import read_index
+from shards.format import check_index_rows, read_index
 from shards.manifest import Manifest
 
 __all__ = ["inspect_build", "verify_build"]
@@ -45,7 +45,7 @@ def verify_build(out: str | Path) -> list[str]:
             problems.append(f"{entry.url}: {len(keys)} samples, manifest says {entry.nsamples}")
         if entry.index_url:
             problems.extend(
-                _check_index(base, entry.url, entry.index_url, entry.index_sha256, offsets)
+                _check_index(base, entry.url, entry.index_url, entry.index_sha256, offsets, size)
             )
     return problems
 
@@ -70,7 +70,7 @@ def _walk_tar(path: Path) -> tuple[list[str], list[int], str | None]:
 
 
 def _check_index(
-    base: Path, url: str, index_url: str, index_sha: str | None, offsets: list[int]
+    base: Path, url: str, index_url: str, index_sha: str | None, offsets: list[int], size: int
 ) -> list[str]:
     path = base / index_url
     if not path.is_file():
@@ -80,6 +80,7 @@ def _check_index(
         return [f"{index_url}: sha256 does not match the manifest"]
     try:
         rows = read_index(data)
+        check_index_rows(rows, size, url, f"sidecar {index_url}")
     except ValueError as exc:
         return [f"{index_url}: {exc}"]
     if rows["offset"].tolist() != offsets:
@@ -95,6 +96,7 @@ def inspect_build(out: str | Path) -> dict[str, Any]:
     manifest = Manifest.load(base)
     sizes = [s.nsamples for s in manifest.shards]
     dup = manifest.duplicates
+    against = dup.get("against")
     return {
         "path": str(base),
         "shards": len(manifest.shards),
@@ -108,7 +110,7 @@ def inspect_build(out: str | Path) -> dict[str, Any]:
         "duplicate_groups": dup.get("exact_groups", 0),
         "duplicate_extra_copies": dup.get("extra_copies", 0),
         "conflicting_label_groups": dup.get("conflicting_label_groups", 0),
-        "against_matches": dup.get("against", {}).get("matches"),
+        "against_matches": against.get("matches") if isinstance(against, dict) else None,
         "labels": manifest.labels or None,
         "class_counts": dict(zip(manifest.classes, _class_counts(base, manifest), strict=True)),
         "build": manifest.build,

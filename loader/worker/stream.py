@@ -41,7 +41,7 @@ _NO_CLASS_COUNT = 1 << 62  # foreign shards name no classes: any label >= 0 is t
 
 def _label_problem(label: int, classes: int) -> str:
     if label < 0:
-        return "no class label (.cls member missing)"
+        return "no class label (.cls member missing, or not a whole number below 2^63)"
     return f"label {label} is outside the manifest's {classes} classes (expected 0..{classes - 1})"
 
 

@@ -1,6 +1,7 @@
 """Fuzz of the whole reading path over mutated and random tars (docs/architecture.md, section
 "Format"): header scan, sidecar index and member extraction always end, within a bounded time,
-either with the samples or with the project's own format error naming the shard and an offset.
+either with the samples or with the project's own format error naming the shard and an offset;
+labels and index rows past int64 are bad samples or our error, never an overflow.
 
 The budget is fixed (examples, per-example deadline, a seed); hypothesis keeps its example
 database in ``.hypothesis/``, which git ignores.
@@ -8,8 +9,10 @@ database in ``.hypothesis/``, which git ignores.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
+import json
 import re
 import tempfile
 from collections.abc import Iterator
@@ -17,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from loader.reader import ShardReader, ShardReadError
-from loader.sources import ShardSource
+from loader.sources import ShardSource, resolve_source
 from shards.format import end_of_archive, padding, tar_member_header
 from shards.tarscan import (
     ShardFormatError,
@@ -31,7 +35,13 @@ from shards.tarscan import (
     parse_label,
     scan_buffer,
 )
-from tests.loader.helpers import HttpServers
+from tests.loader.helpers import (
+    HttpServers,
+    jpeg_bytes,
+    loader_over,
+    track,
+    write_test_shards,
+)
 
 URL_NAME = "shard-000000.tar"
 BUDGET = settings(
@@ -198,3 +208,86 @@ def test_mutated_remote_shards_end_with_our_error(
     sidecar = _mutate(_sidecar(_shard(sizes, {})), idx_pokes, None)
     tar = _mutate(_shard(sizes, pax_sizes), tar_pokes, tar_cut)
     _read_remote(served, tar, sidecar, len(sizes))
+
+
+def _foreign_shard(path: Path, labels: list[bytes]) -> Path:
+    """A shard without sidecar whose sample ``i`` has a real JPEG and the ``.cls`` ``labels[i]``."""
+    out = io.BytesIO()
+    for i, label in enumerate(labels):
+        for name, payload in ((f"{i:09d}.jpg", jpeg_bytes(i)), (f"{i:09d}.cls", label)):
+            out.write(tar_member_header(name, len(payload)) + payload + padding(len(payload)))
+    out.write(end_of_archive())
+    path.write_bytes(out.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("label", [b"9223372036854775808", b"18446744073709551615", b"9" * 5000])
+def test_a_label_past_int64_is_a_counted_bad_sample(tmp_path: Path, label: bytes) -> None:
+    shard = _foreign_shard(tmp_path / "foreign.tar", [b"0", label, b"2", b"1"])
+    with ShardReader(resolve_source(str(shard)).shards[0]) as reader:
+        assert [s.label for s in reader.read(0, 4)] == [0, -1, 2, 1]
+    servers = HttpServers()
+    try:
+        remote = resolve_source(servers(tmp_path) + "foreign.tar").shards[0]
+        with ShardReader(remote, chunk_bytes=1024) as reader:
+            assert [s.label for s in reader.read(0, 4)] == [0, -1, 2, 1]
+    finally:
+        servers.close()
+    counts, _ = track(loader_over(str(shard), 2), 4)
+    assert counts.missing == 1 and counts.delivered == 3 and counts.duplicates == 0
+    with pytest.raises(ValueError, match=r"foreign\.tar.*no class label"):
+        track(loader_over(str(shard), 0, bad_samples="raise"), 4)
+
+
+def _overflowing_sidecar(tmp_path: Path) -> Path:
+    """A build whose sidecar says sample 2's image is 2^63 - 1 - image_offset... bytes long:
+    ``image_offset + image_size`` wraps around in int64."""
+    manifest = write_test_shards(tmp_path, [5], image_bytes=jpeg_bytes)
+    sidecar = tmp_path / "shard-000000.idx.npy"
+    index = np.load(sidecar)
+    index["image_size"][2] = 2**63 - 1
+    np.save(sidecar, index, allow_pickle=False)
+    doc = json.loads(manifest.read_text())
+    doc["shardlist"][0]["index_sha256"] = hashlib.sha256(sidecar.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(doc))
+    return manifest
+
+
+def test_an_int64_overflow_in_an_index_row_is_refused(tmp_path: Path) -> None:
+    manifest = _overflowing_sidecar(tmp_path / "data")
+    pattern = r"shard-000000\.tar: sidecar .*idx\.npy is inconsistent at sample 2 .*image_size="
+    shard = resolve_source(str(manifest)).shards[0]
+    with pytest.raises(ShardReadError, match=pattern):
+        list(ShardReader(shard).read(0, 5))
+    with pytest.raises(ValueError, match=pattern):
+        track(loader_over(str(manifest), 2), 5)
+    servers = HttpServers()
+    try:
+        remote = resolve_source(servers(tmp_path / "data") + "manifest.json").shards[0]
+        with pytest.raises(ShardReadError, match=r"http://.*" + pattern):
+            list(ShardReader(remote).read(0, 5))
+    finally:
+        servers.close()
+
+
+def test_a_link_with_a_size_hides_no_sample_from_the_loader(tmp_path: Path) -> None:
+    """A symlink header whose size field says 1024, then real samples: the loader delivers what
+    webdataset delivers (the link has no payload, as tarfile reads it)."""
+    link = bytearray(tar_member_header("k.jpg", 1024))
+    link[156:157], link[157:162] = b"2", b"a.jpg"
+    link[148:156] = b" " * 8
+    link[148:156] = f"{sum(link):06o}\0 ".encode()
+    out = io.BytesIO()
+    for i in range(3):
+        if i == 1:
+            out.write(bytes(link))
+        for name, payload in ((f"{i:09d}.jpg", jpeg_bytes(i)), (f"{i:09d}.cls", b"1")):
+            out.write(tar_member_header(name, len(payload)) + payload + padding(len(payload)))
+    out.write(end_of_archive())
+    shard = tmp_path / "linked.tar"
+    shard.write_bytes(out.getvalue())
+    keys = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    assert keys == [f"{i:09d}" for i in range(3)]
+    assert resolve_source(str(shard)).num_samples == 3
+    counts, _ = track(loader_over(str(shard), 2), 3)
+    assert counts.delivered == 3 and counts.missing == 0 and counts.duplicates == 0

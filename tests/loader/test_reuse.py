@@ -119,5 +119,3 @@ def test_persistent_workers_keep_shards_open_across_epochs(source: Any, tmp_path
     for before, after in zip(seen, seen[1:], strict=False):
         for pid, maps in before.items():
             assert maps <= after[pid], f"worker {pid} dropped {maps - after[pid]}"
-
-

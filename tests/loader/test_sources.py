@@ -15,7 +15,7 @@ import webdataset as wds
 from loader.sources import DatasetSource, ShardSource, resolve_source
 from shards.manifest import ManifestError
 from shards.tarscan import ShardFormatError
-from tests.loader.helpers import write_test_shards
+from tests.loader.helpers import loader_over, track, write_test_shards
 
 
 def _summary(src: DatasetSource) -> list[tuple[str, int, int, str | None]]:
@@ -209,3 +209,114 @@ def test_brace_pattern_over_http(tmp_path: Path, http_server: Any) -> None:
     assert [s.nsamples for s in foreign.shards] == [3, 2]
     with pytest.raises(FileNotFoundError, match=r"shard http://.*/w-02\.tar not found"):
         resolve_source(f"{base}wds/w-{{00..02}}.tar")
+
+
+def _edit(manifest: Path, change: Any) -> Path:
+    doc = json.loads(manifest.read_text())
+    change(doc)
+    manifest.write_text(json.dumps(doc))
+    return manifest
+
+
+@pytest.mark.parametrize("how", ["same url", "same file", "symlink", "same sha256"])
+def test_a_manifest_listing_a_shard_twice_is_refused(
+    tmp_path: Path, http_server: Any, how: str
+) -> None:
+    manifest = write_test_shards(tmp_path / "ds", [3, 3])
+
+    def repeat(doc: dict[str, Any]) -> None:
+        first, second = doc["shardlist"]
+        if how == "same url":
+            second.update(url=first["url"], sha256="")
+        elif how == "same file":
+            second.update(url=str(tmp_path / "ds" / first["url"]), sha256="")
+        elif how == "symlink":
+            (tmp_path / "ds" / "alias.tar").symlink_to(tmp_path / "ds" / first["url"])
+            second.update(url="alias.tar", sha256="")
+        else:
+            second["sha256"] = first["sha256"]
+
+    _edit(manifest, repeat)
+    named = "sha256=" if how == "same sha256" else r"url=.*shard-000000\.tar"
+    with pytest.raises(ManifestError, match=f"expected each shard once.*got {named}.* twice"):
+        resolve_source(manifest)
+    if how in ("same url", "same sha256"):
+        with pytest.raises(ManifestError, match=f"got {named}.* twice"):
+            resolve_source(http_server(tmp_path) + "ds/manifest.json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("classes", None, "classes=None"),
+        ("classes", "abcd", "classes='abcd'"),
+        ("nsamples", True, r"shardlist\[1\]\.nsamples=True"),
+        ("filesize", "abc", r"shardlist\[1\]\.filesize='abc'"),
+        ("filesize", float("nan"), r"shardlist\[1\]\.filesize=nan"),
+        ("filesize", float("inf"), r"shardlist\[1\]\.filesize=inf"),
+    ],
+)
+def test_badly_typed_manifests_are_named_local_and_remote(
+    tmp_path: Path, http_server: Any, field: str, value: Any, named: str
+) -> None:
+    manifest = write_test_shards(tmp_path / "ds", [3, 3])
+    if field == "classes":
+        _edit(manifest, lambda doc: doc.update(classes=value))
+    else:
+        _edit(manifest, lambda doc: doc["shardlist"][1].update({field: value}))
+    for given in (str(manifest), http_server(tmp_path) + "ds/manifest.json"):
+        with pytest.raises(ManifestError, match=f"expected .*, got {named}; "):
+            resolve_source(given)
+    (tmp_path / "ds" / "manifest.json").write_text("[" * 50_000 + "]" * 50_000)
+    for given in (str(manifest), http_server(tmp_path) + "ds/manifest.json"):
+        with pytest.raises(ManifestError, match="nested too deeply"):
+            resolve_source(given)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("claim", [10**12, 2 * 10**9, 4])
+@pytest.mark.parametrize("with_index", [True, False])
+def test_a_claim_beyond_what_a_shard_holds_is_refused_before_planning(
+    tmp_path: Path, http_server: Any, claim: int, with_index: bool
+) -> None:
+    """The claim is bounded by the index rows, else by the file size (1536 bytes a sample);
+    the loader refuses it while resolving, so no plan is ever sized by it."""
+    manifest = write_test_shards(tmp_path / "ds", [3, 3], with_index=with_index)
+
+    def inflate(doc: dict[str, Any]) -> None:
+        doc["shardlist"][1]["nsamples"] = claim
+        doc["num_samples"] = 3 + claim
+
+    _edit(manifest, inflate)
+    size = (tmp_path / "ds" / "shard-000001.tar").stat().st_size
+    if claim == 4 and not with_index:
+        assert size // 1536 >= 4, "4 fits the file size: the reader's count check catches it"
+        with pytest.raises(ValueError, match=r"shard-000001\.tar: header scan has 3 samples"):
+            track(loader_over(str(manifest), 0), 3 + claim)
+        return
+    bound = "rows of its index" if claim == 4 else f"{size} bytes"
+    pattern = rf"expected at most \d+ samples in shard .*shard-000001\.tar \({bound}.*{claim}"
+    with pytest.raises(ManifestError, match=pattern):
+        resolve_source(manifest)
+    with pytest.raises(ManifestError, match=pattern):
+        loader_over(str(manifest), 2)
+    if claim != 4:
+        remote = http_server(tmp_path) + "ds/manifest.json"
+        with pytest.raises(ManifestError, match=rf"shard http://.*shard-000001\.tar \({size}"):
+            resolve_source(remote)
+        _edit(manifest, lambda doc: doc["shardlist"][1].pop("filesize"))  # one HEAD instead
+        with pytest.raises(ManifestError, match=rf"shard http://.*shard-000001\.tar \({size}"):
+            resolve_source(remote)
+
+
+def test_unknown_manifest_fields_are_still_accepted(tmp_path: Path) -> None:
+    manifest = write_test_shards(tmp_path / "ds", [3, 4], image_bytes=lambda g: b"\xff\xd8\xff")
+
+    def extend(doc: dict[str, Any]) -> None:
+        doc["made_by"] = {"tool": "other", "nested": [1, [2, [3]]], "ratio": 0.5}
+        doc["shardlist"][0]["wids_extra"] = ["x", None]
+
+    _edit(manifest, extend)
+    assert resolve_source(manifest).num_samples == 7
+    counts, _ = track(loader_over(str(manifest), 2, decode=False), 7)
+    assert counts.delivered == 7 and counts.duplicates == 0 and counts.missing == 0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -105,3 +110,52 @@ def test_stopping_the_runner_interrupts_the_run_and_keeps_the_queue(
     while group_alive(pid):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def _lying_copy(tiny: TinyData, name: str, change: Any) -> Path:
+    """A copy of the tiny shards under the data root whose manifest ``change`` edits."""
+    folder = tiny.root / f"lying-{name}"
+    if not folder.exists():
+        shutil.copytree(tiny.shards, folder)
+    doc = json.loads((tiny.shards / "manifest.json").read_text())
+    change(doc)
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    return folder
+
+
+def _claim(n: int) -> Any:
+    def inflate(doc: dict[str, Any]) -> None:
+        doc["num_samples"] += n - doc["shardlist"][1]["nsamples"]
+        doc["shardlist"][1]["nsamples"] = n
+
+    return inflate
+
+
+def _repeat(doc: dict[str, Any]) -> None:
+    """List shard 0 again at the end, with ids after the others (as a careless merge would)."""
+    again = dict(doc["shardlist"][0], first_index=doc["num_samples"])
+    doc["shardlist"].append(again)
+    doc["num_samples"] += again["nsamples"]
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "named"),
+    [
+        ("claim-1e12", _claim(10**12), r"shard-000001\.tar .*nsamples=1000000000000"),
+        ("claim-2e9", _claim(2 * 10**9), r"shard-000001\.tar .*nsamples=2000000000"),
+        ("null-classes", lambda doc: doc.update(classes=None), "got classes=None"),
+        ("nan-size", lambda doc: doc["shardlist"][0].update(filesize=math.nan), "filesize=nan"),
+        ("repeated", _repeat, r"url=shard-000000\.tar twice"),
+    ],
+)
+def test_a_lying_manifest_fails_the_run_with_a_named_manifest_error(
+    env: tuple[Store, Runner], tiny_data: TinyData, name: str, change: Any, named: str
+) -> None:
+    store, runner = env
+    shards = _lying_copy(tiny_data, name, change)
+    run = store.create_run(config(tiny_data, shards=str(shards), modes=["tar-aware"], workers=0))
+    runner.wake()
+    record = wait_until(store, run.id, lambda r: r.status not in ("queued", "running"))
+    assert record.status == "failed" and record.result is None
+    assert record.error is not None and record.error.startswith("ManifestError: ")
+    assert re.search(named, record.error) and "\n" not in record.error, record.error

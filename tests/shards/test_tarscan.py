@@ -290,6 +290,11 @@ def test_build_index_missing_parts_and_bad_input() -> None:
         (b"cat", -1),
         (b"1.5", -1),
         (b"\xd9\xa3", -1),
+        (b"9223372036854775807", 2**63 - 1),
+        (b"9223372036854775808", -1),
+        (b"18446744073709551616", -1),
+        (b"0000000000000000000000007", 7),
+        (b"1" * 5000, -1),
     ],
 )
 def test_parse_label(payload: bytes, label: int) -> None:

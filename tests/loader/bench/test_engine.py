@@ -195,10 +195,10 @@ def test_limit_keeps_its_processes_across_runs(shards: Path) -> None:
 
 
 def test_limit_reports_a_child_failure(shards: Path) -> None:
+    source = resolve_source(str(shards))  # an empty shard is refused while resolving
     (shards / "shard-000001.tar").write_bytes(b"")
     runner = LimitRunner(
-        resolve_source(str(shards)), 2, decode=False, image_size=0, batch_size=4, seed=0,
-        latency_s=0.0,
+        source, 2, decode=False, image_size=0, batch_size=4, seed=0, latency_s=0.0,
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="limit process failed: ShardReadError"):
         runner.run()
