@@ -160,7 +160,7 @@ def test_read_class_list_takes_a_manifest_or_its_folder(tmp_path: Path) -> None:
     [
         ([], "expected a non-empty list of class names"),
         (["a", ""], "got '' in 2 class"),
-        (["a", 3], "got 3 in 2 class"),
+        (["a", 3], r"expected classes\[1\] to be a valid string, got classes\[1\]=3"),
         (["a", "b", "a"], "expected each class once in 'classes', got 'a' twice"),
     ],
 )
