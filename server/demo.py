@@ -22,7 +22,9 @@ from typing import Any
 import uvicorn
 
 from loader.bench.modes import DEFAULT_MODES
+from loader.jsonsafe import dumps
 from server.app import create_app
+from server.runs import FINISHED
 from server.settings import Settings
 from shards.format import MANIFEST_NAME
 
@@ -151,7 +153,7 @@ def _wait_started(server: uvicorn.Server, thread: threading.Thread, host: str) -
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+        url, dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         result: dict[str, Any] = json.load(resp)
@@ -163,7 +165,7 @@ def _wait_done(url: str, run: str) -> dict[str, Any]:
     while True:
         with urllib.request.urlopen(f"{url}/api/benchmarks/{run}", timeout=30) as resp:
             doc: dict[str, Any] = json.load(resp)
-        if doc["status"] in ("done", "failed", "cancelled", "interrupted"):
+        if doc["status"] in FINISHED:
             if doc["status"] != "done":
                 raise RuntimeError(f"benchmark {run} ended {doc['status']}: {doc.get('error')}")
             log.info("benchmark %s done", run)
@@ -219,7 +221,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _print_json(summary: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.write(dumps(summary) + "\n")
     sys.stdout.flush()
 
 

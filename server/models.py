@@ -7,7 +7,7 @@ The bounds here are the widest the service ever accepts; a service's own, tighte
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -20,10 +20,12 @@ from pydantic import (
 )
 
 from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from server.runs import RunStatus
 
 __all__ = [
     "JOB_PATTERN",
     "BenchmarkRequest",
+    "Coverage",
     "RunCreated",
     "RunList",
     "RunOut",
@@ -45,7 +47,7 @@ def _known_mode(value: str) -> str:
 Mode = Annotated[
     str, AfterValidator(_known_mode), WithJsonSchema({"type": "string", "enum": list(MODE_NAMES)})
 ]
-Status = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+Status = RunStatus
 PathText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 TrackerKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
@@ -141,11 +143,31 @@ class RunList(BaseModel):
     counts: dict[str, int]
 
 
+class Coverage(BaseModel):
+    """The ids one process delivered in its current epoch (``server.coverage``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(ge=0, le=2**31)
+    num_samples: int = Field(ge=0, le=2**40)
+    delivered: Count
+    padded: Count = 0
+    seen: str = Field(
+        max_length=64 << 20,
+        description="base64 of the zlib-compressed bitmap of ids delivered (numpy packbits)",
+    )
+
+
 class StatsReport(BaseModel):
     """One rank's cumulative counters, as ``loader.StatsReporter`` sends them."""
 
     model_config = ConfigDict(extra="ignore")
 
+    reporter: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_.\-]{0,64}$",
+        description="the reporting process's id: two processes claiming one rank are two rows",
+    )
     rank: int = Field(default=0, ge=0, le=1_000_000)
     samples: Count
     bytes: Count = 0
@@ -164,6 +186,7 @@ class StatsReport(BaseModel):
     blocked_p95_s: Seconds | None = None
     blocked_p99_s: Seconds | None = None
     queue_depth: Count | None = Field(default=None, description="batches ready when asked")
+    coverage: Coverage | None = None
 
     def loading(self) -> dict[str, float | int | None]:
         """The recent-window loading figures that were sent (see ``server.ranks``)."""

@@ -137,10 +137,9 @@ def _log_event(event: dict[str, Any]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import json
-
     from loader.bench.engine import run_bench
     from loader.bench.report import format_table
+    from loader.jsonsafe import dumps
 
     config = bench_config(args)
     if not log.isEnabledFor(logging.DEBUG):
@@ -148,7 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     doc = run_bench(config, on_event=_log_event)
     if args.json:
-        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.write(dumps(doc) + "\n")
     else:
         sys.stdout.write(format_table(doc))
     return 0

@@ -23,9 +23,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 from loader.batch import Batch
+from loader.percentile import percentile
 from loader.tracker import DuplicateTracker
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "BenchCancelled",
     "combine_rounds",
     "measure_epoch",
-    "percentile",
     "summarize_epochs",
 ]
 
@@ -57,13 +55,6 @@ FIGURES = (
 
 class BenchCancelled(Exception):
     """The benchmark was cancelled (its ``cancel`` event was set)."""
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile (0..100, linear interpolation) of ``values``; ``None`` if empty."""
-    if not values:
-        return None
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
 def measure_epoch(
