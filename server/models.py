@@ -7,7 +7,7 @@ The bounds here are the widest the service ever accepts; a service's own, tighte
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from loader.bench.modes import DECODES, DEFAULT_MODES, MODE_NAMES
 from server.runs import RunStatus
 
 __all__ = [
@@ -82,7 +82,11 @@ class BenchmarkRequest(BaseModel):
     latency_ms: float = Field(
         default=0.0, ge=0, le=10_000, allow_inf_nan=False, description="simulated per-open latency"
     )
-    decode: bool = Field(default=True, description="false is --decode none: read bytes only")
+    decode: Literal["opencv", "none"] = Field(
+        default="opencv",
+        description="as shardfeed bench --decode: opencv decodes, none reads bytes only "
+        "(true and false are still taken for opencv and none)",
+    )
     repeat: int = Field(default=1, ge=1, le=100, description="rounds; figures are medians")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     timeout_s: int | None = Field(
@@ -92,6 +96,24 @@ class BenchmarkRequest(BaseModel):
         description="deadline: the run is stopped and failed after this many seconds "
         "(default: the service's max_run_s)",
     )
+
+    @field_validator("decode", mode="before")
+    @classmethod
+    def _decode_value(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return DECODES[0] if value else "none"
+        if value not in DECODES:
+            hint = (
+                "; the bench decodes on the CPU, device decode is compared by "
+                "python -m loader.bench.decodecompare"
+                if value == "device"
+                else ""
+            )
+            raise ValueError(
+                f"expected decode {' or '.join(DECODES)} (as shardfeed bench --decode), "
+                f"got decode={value!r}{hint}"
+            )
+        return value
 
     @field_validator("modes")
     @classmethod
@@ -105,6 +127,7 @@ class BenchmarkRequest(BaseModel):
         not the engine's, and is left out)."""
         doc = self.model_dump(exclude={"timeout_s"})
         doc["modes"] = list(self.modes)
+        doc["decode"] = self.decode != "none"
         return doc
 
 

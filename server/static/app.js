@@ -348,7 +348,7 @@ async function submitForm(ev) {
   const body = {
     shards: data.get("shards"),
     modes: data.getAll("modes"),
-    decode: form.elements.decode.checked,
+    decode: form.elements.decode.checked ? "opencv" : "none",
   };
   if (data.get("folder")) body.folder = data.get("folder");
   for (const name of ["workers", "batch_size", "epochs", "image_size", "repeat"]) body[name] = parseInt(data.get(name), 10);
