@@ -3,11 +3,12 @@ decompression bomb."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import zlib
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "png_bomb"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "child_env", "png_bomb"]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -24,3 +25,12 @@ def png_bomb(width: int = 12_000, height: int = 12_000) -> bytes:
     rows = zlib.compress(b"\0" * (1 + 3 * width) * 4, 9)
     idat, iend = _chunk(b"IDAT", rows), _chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + idat + iend
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a ``shardfeed`` child process a test starts: this one without
+    ``RANK``/``WORLD_SIZE`` (a child that is no rank of a job must not think it is one) and
+    with one OpenMP thread (the machine is shared)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env

@@ -10,10 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from loader.bench.modes import DECODES, DEFAULT_MODES, MODE_NAMES
 from loader.jsonsafe import dumps
 from server.deps import Service, get_service
 from server.metrics import CONTENT_TYPE
+from server.runs import FINISHED, STATUSES
 
 __all__ = ["STATIC_DIR", "router"]
 
@@ -58,7 +59,8 @@ def healthz(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]
 
 @router.get("/api/info", tags=["system"])
 def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
-    """What a client needs to build a request: roots, limits, modes, whether a token is set."""
+    """What a client needs to build a request: roots, limits, modes, decodes, run statuses
+    (``finished_statuses``: those a run never leaves), whether a token is set."""
     settings = service.settings
     return {
         "version": _version(),
@@ -66,6 +68,9 @@ def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
         "token_required": settings.token_value() is not None,
         "modes": list(MODE_NAMES),
         "default_modes": list(DEFAULT_MODES),
+        "decodes": list(DECODES),
+        "statuses": list(STATUSES),
+        "finished_statuses": [s for s in STATUSES if s in FINISHED],
         "limits": {
             "max_workers": settings.max_workers,
             "max_epochs": settings.max_epochs,

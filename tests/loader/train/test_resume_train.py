@@ -6,7 +6,6 @@ ranks of each run step together. Plus the checkpoint file rules, without torchru
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from loader.train.checkpoint import (
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
+from tests.helpers import child_env
 
 IMAGES = 240
 RUN_TIMEOUT_S = 240
@@ -50,17 +50,15 @@ def _command(shards: Path, ranks: int, ckpt: Path, log: Path, resume: bool) -> l
     return cmd + (["--resume"] if resume else [])
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def _run_until_checkpoint(cmd: list[str], ckpt: Path, step: int) -> None:
     """Start the job, SIGKILL its whole process group once checkpoint ``step`` exists."""
     target = ckpt / f"ckpt-{step:09d}.pt"
     proc = subprocess.Popen(
-        cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd,
+        env=child_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -112,7 +110,7 @@ def test_killed_and_resumed_with_other_rank_counts_is_exactly_once(
     second_step = load_checkpoint(latest_checkpoint(ckpt))["step"]  # type: ignore[arg-type]
     done = subprocess.run(
         _command(shards, 1, ckpt, logs[2], resume=True),
-        env=_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
