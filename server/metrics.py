@@ -27,13 +27,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MODE_FIGURES = (
     ("samples_per_second", "samples_per_s", "samples per second of the mode"),
     ("ratio_to_limit", "ratio_to_limit", "samples per second relative to the raw read limit"),
+    (
+        "mode_limit_samples_per_second",
+        "limit_samples_per_s",
+        "the limit the mode's ratio was taken against (limit runs just before and after it)",
+    ),
+    ("noisy", "noisy", "1 when the mode's ratio is noise, not a result (loader.bench.noise)"),
     ("duplicates", "duplicates", "samples delivered more than once"),
     ("missing", "missing", "samples never delivered"),
 )
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, int | float):
         return None
     return float(value)
 

@@ -4,26 +4,16 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from loader.bench.modes import DECODES
+from tests.helpers import recipe
 from tests.server.helpers import ServedRun, TestClient, TinyData, wait_for_status
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 README_URL = "http://127.0.0.1:8000"
 README_ROOT = "/data"
-
-
-def readme_curl() -> str:
-    """The README's shell block that calls the API with curl."""
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    found = [b for b in blocks if "curl" in b and "/api/benchmarks" in b]
-    assert len(found) == 1, "expected one curl example of /api/benchmarks in README.md"
-    return found[0]
 
 
 def json_documents(text: str) -> list[dict[str, object]]:
@@ -41,7 +31,7 @@ def test_the_readme_curl_starts_a_benchmark_that_finishes(
     served_run: ServedRun, tiny_data: TinyData
 ) -> None:
     server = served_run.server
-    script = readme_curl()
+    script = recipe("api-benchmark")
     assert README_URL in script and f"{README_ROOT}/shards" in script
     # Only where the service listens and where its data lies differ from the README.
     script = script.replace(README_URL, server.url).replace(README_ROOT, str(tiny_data.root))
