@@ -104,22 +104,28 @@ async def events(
     limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> StreamingResponse:
     """Server-sent events: ``benchmark`` (status changes), ``benchmark_event`` (progress) and
-    ``job`` (a stats report). ``limit`` closes the stream after that many events."""
+    ``job`` (a stats report). ``limit`` closes the stream after that many events. The first
+    lines (``: connected``) arrive once the subscription exists: every event published after
+    a client has read them reaches it."""
 
     async def stream() -> AsyncIterator[str]:
-        yield "retry: 3000\n: connected\n\n"
-        sent = 0
-        async for event in service.bus.subscribe(service.settings.sse_heartbeat_s):
-            if await request.is_disconnected():
-                return
-            if event is None:
-                yield ": ping\n\n"
-                continue
-            kind = event.get("type", "message")
-            yield f"id: {event['id']}\nevent: {kind}\ndata: {dumps(event)}\n\n"
-            sent += 1
-            if limit is not None and sent >= limit:
-                return
+        subscription = service.bus.subscribe(service.settings.sse_heartbeat_s)
+        try:
+            yield "retry: 3000\n: connected\n\n"
+            sent = 0
+            async for event in subscription:
+                if await request.is_disconnected():
+                    return
+                if event is None:
+                    yield ": ping\n\n"
+                    continue
+                kind = event.get("type", "message")
+                yield f"id: {event['id']}\nevent: {kind}\ndata: {dumps(event)}\n\n"
+                sent += 1
+                if limit is not None and sent >= limit:
+                    return
+        finally:
+            subscription.close()
 
     return StreamingResponse(
         stream(),

@@ -122,16 +122,18 @@ def test_runs_queue_one_at_a_time_and_cancel_stops_the_child(
 def test_stats_reporter_feeds_jobs_metrics_and_events(served_run: ServedRun) -> None:
     url = served_run.server.url
     events: list[dict[str, Any]] = []
+    subscribed = threading.Event()
 
     def listen() -> None:
         with httpx.stream("GET", f"{url}/api/events?limit=3", timeout=30) as stream:
             for line in stream.iter_lines():
+                subscribed.set()  # the stream's first line comes once the subscription exists
                 if line.startswith("data: "):
                     events.append(json.loads(line[6:]))
 
     listener = threading.Thread(target=listen)
     listener.start()
-    time.sleep(0.5)
+    assert subscribed.wait(30), "the events stream never answered"
     with StatsReporter(url, "train-live", token="secret", interval_s=0.1) as reporter:
         for _ in range(8):
             reporter.record(
