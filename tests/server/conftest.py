@@ -77,7 +77,10 @@ def served_run(
         )
         assert answer.status_code == 202, answer.text
         run_id = answer.json()["id"]
-        run = wait_for_status(server.url, run_id, {"done", "failed", "cancelled", "interrupted"})
+        # A deadline, not a race: a shared 2-core machine may take minutes.
+        run = wait_for_status(
+            server.url, run_id, {"done", "failed", "cancelled", "interrupted"}, timeout=300
+        )
         assert run["status"] == "done", (run, server.output())
         yield ServedRun(server, run_id, run)
     finally:
