@@ -9,6 +9,9 @@ job's current epoch:
 
 - the processes taken are those that reported within ``stale_s`` of the job's newest report
   (a restarted process's predecessor drops out) and are in the newest epoch any of them is in;
+- after a resume (``resumed_at_step``), the processes that stopped before the newest resumed
+  run started are its past, not its peers: they are left out at once (the resumed run's
+  bitmaps start from the checkpoint's merged ids, so they already hold what came before);
 - ``unique`` is the number of ids in the union of their bitmaps, ``delivered`` and ``padded``
   the sums of theirs, ``duplicates = delivered - unique``, ``missing = num_samples - unique``.
 
@@ -79,6 +82,7 @@ def merge_seen(rows: Sequence[tuple[RankState, bytes]], *, stale_s: float) -> di
     """The job's delivery counts over its processes' bitmaps (module docstring); None when no
     process sent one. Processes that disagree on ``num_samples`` (another dataset under the
     same job name) give a document with ``error`` and no counts."""
+    rows = _since_newest_resume([(s, blob) for s, blob in rows if s.coverage])
     covered = [(s.last_at, s.coverage, blob) for s, blob in rows if s.coverage]
     if not covered:
         return None
@@ -115,6 +119,17 @@ def merge_seen(rows: Sequence[tuple[RankState, bytes]], *, stale_s: float) -> di
         "missing": num_samples - unique,
         "padded": padded,
     }
+
+
+def _since_newest_resume(
+    rows: list[tuple[RankState, bytes]],
+) -> list[tuple[RankState, bytes]]:
+    steps = [s.resumed_at_step for s, _ in rows if s.resumed_at_step is not None]
+    if not steps:
+        return rows
+    newest = max(steps)
+    start = min(s.first_at for s, _ in rows if s.resumed_at_step == newest)
+    return [(s, b) for s, b in rows if s.last_at >= start]
 
 
 def job_summary(store: Store, job: str, *, now: float, stale_s: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def report(
     at: float,
     epoch: int = 0,
     n: int = N,
+    resumed_at_step: int | None = None,
 ) -> JobReport:
     seen = np.zeros(n, dtype=bool)
     seen[np.asarray(ids, dtype=np.int64)] = True
@@ -41,6 +42,7 @@ def report(
         reporter=reporter,
         coverage={"epoch": epoch, "num_samples": n, "delivered": len(ids), "padded": 0},
         seen=pack_seen(seen),
+        resumed_at_step=resumed_at_step,
     )
 
 
@@ -73,6 +75,21 @@ def test_a_restarted_process_replaces_its_silent_predecessor() -> None:
     store.add_report(report(range(50, 100), rank=1, reporter="b", at=10.0), keep=100)
     assert [r.reporter for r in store.job_ranks("j")] == ["new", "b"]
     assert counts(store) == (0, 0)
+
+
+def test_a_resumed_run_leaves_out_the_processes_that_stopped_before_it() -> None:
+    store = Store(":memory:")
+    # The first run's two ranks were killed at t=5 after delivering 0..59 (the checkpoint
+    # kept 0..39); the resumed run's one rank starts from the checkpoint's ids at t=6.
+    store.add_report(report(range(30), rank=0, reporter="a", at=5.0), keep=100)
+    store.add_report(report(range(50, 80), rank=1, reporter="b", at=5.0), keep=100)
+    resumed = [*range(20), *range(50, 70), *range(20, 50), *range(70, 100)]
+    store.add_report(
+        report(resumed, rank=0, reporter="c", at=6.0, resumed_at_step=10), keep=100, stale_s=30.0
+    )
+    doc = job_summary(store, "j", now=7.0, stale_s=30.0)
+    assert (doc["duplicates"], doc["missing"], doc["tracker"]["reporters"]) == (0, 0, 1)
+    assert doc["samples"] == 30 + 30 + 100  # the work done counts every process
 
 
 def test_processes_per_job_are_bounded() -> None:
