@@ -251,14 +251,19 @@ async function loadJobs() {
 function renderJob(job) {
   const dup = job.duplicates === null ? "–" : fmtInt(job.duplicates);
   const miss = job.missing === null ? "–" : fmtInt(job.missing);
+  // Duplicates and missing are over the union of all ranks' ids (scope "merged"); without id
+  // bitmaps from several ranks they cannot be known, and the dashboard says so.
+  const scope = (job.tracker || {}).scope || "";
+  const why = { merged: "over the ids of all ranks", rank: "the one reporting rank's counts",
+    unmerged: "unknown: several ranks sent no id bitmaps (StatsReporter num_samples=...)" }[scope] || "";
   const card = el("div", { class: "job", "data-job": job.job },
     el("h3", {}, job.job),
     el("p", { class: "meta" },
       el("span", { "data-field": "samples_per_s" }, fmt1(job.samples_per_s)), " samples/s · ",
       el("span", { "data-field": "samples" }, fmtInt(job.samples)), " samples · ",
       `${job.active_ranks}/${job.ranks.length} ranks active · epoch ${job.epoch ?? "–"} · `,
-      el("span", { "data-field": "duplicates" }, dup), " duplicates · ",
-      el("span", { "data-field": "missing" }, miss), " missing · ",
+      el("span", { "data-field": "duplicates", "data-scope": scope, title: why }, dup), " duplicates · ",
+      el("span", { "data-field": "missing", "data-scope": scope, title: why }, miss), " missing · ",
       `blocked ${fmt1(job.blocked_s)} s`,
       job.resumed_at_step == null ? "" :
         el("span", { "data-field": "resumed_at_step" }, ` · resumed at step ${fmtInt(job.resumed_at_step)}`)));
