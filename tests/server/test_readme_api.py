@@ -9,6 +9,8 @@ import subprocess
 import pytest
 
 from loader.bench.modes import DECODES
+from server.models import BenchmarkRequest, RunOut
+from server.runs import FINISHED, STATUSES
 from tests.helpers import recipe
 from tests.server.helpers import ServedRun, TestClient, TinyData, wait_for_status
 
@@ -81,7 +83,13 @@ def test_other_decode_values_are_422_naming_decode(
 
 
 def test_the_api_lists_the_same_decodes_as_the_cli() -> None:
-    from server.models import BenchmarkRequest
-
     schema = BenchmarkRequest.model_json_schema()["properties"]["decode"]
     assert tuple(schema["enum"]) == DECODES
+
+
+def test_info_gives_the_one_list_of_statuses_and_decodes(client: TestClient) -> None:
+    info = client.get("/api/info").json()
+    assert tuple(info["statuses"]) == STATUSES and tuple(info["decodes"]) == DECODES
+    assert set(info["finished_statuses"]) == FINISHED
+    enum = RunOut.model_json_schema()["properties"]["status"]["enum"]
+    assert tuple(enum) == STATUSES
