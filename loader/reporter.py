@@ -12,27 +12,42 @@ Besides the totals, each snapshot carries the rank's recent loading figures: ove
 data-loading time: waiting the prefetch did not hide) and the latest queue depth (batches
 ready when the step asked). The window holds at most ``MAX_WINDOW_STEPS`` steps, so memory is
 bounded however fast the loop runs. The service compares ranks by these (``server/ranks.py``).
+
+With ``num_samples``, the reporter also keeps the ids it was given this epoch (``record(ids=,
+padded=)``) and sends them as a compressed bitmap (``coverage``) with the epoch's delivered and
+padded counts. Counts summed over ranks cannot say whether two ranks read the same samples;
+the service takes the union of every reporter's bitmap instead (docs/architecture.md,
+"Service"). Each reporter sends a random ``reporter`` id, so two processes that claim the same
+rank are told apart rather than overwriting each other.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
 import logging
-import math
 import re
+import secrets
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from loader._workers import queued_items
 from loader.jsonsafe import dumps
+from loader.percentile import percentile
 from loader.plan.ranks import rank_and_world
+from loader.tracker import DuplicateTracker, pack_seen
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["StatsReporter", "queue_depth"]
 
@@ -59,7 +74,9 @@ class StatsReporter:
 
     ``url`` is the service's base URL (``http://127.0.0.1:8000``), ``job`` a name of letters,
     digits, ``_``, ``.`` and ``-``. ``rank`` defaults to the ``RANK`` environment variable.
-    The thread starts at construction; use ``close()`` or a ``with`` block to stop it.
+    ``num_samples`` (the dataset's) turns on the per-epoch id bitmap. ``clock`` times the
+    window (tests inject one). The thread starts at construction; use ``close()`` or a
+    ``with`` block to stop it.
     """
 
     def __init__(
@@ -72,6 +89,8 @@ class StatsReporter:
         timeout_s: float = 1.0,
         rank: int | None = None,
         window_s: float = 30.0,
+        num_samples: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -97,7 +116,10 @@ class StatsReporter:
         self._opener = _opener(parsed.hostname)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._started = time.monotonic()
+        self._clock = clock
+        self._started = clock()
+        self.reporter_id = secrets.token_hex(8)
+        self._ids = None if num_samples is None else DuplicateTracker(num_samples)
         self._samples = 0
         self._bytes = 0
         self._blocked_s = 0.0
@@ -126,12 +148,17 @@ class StatsReporter:
         tracker_counts: Mapping[str, int] | Any = None,
         resumed_at_step: int | None = None,
         queue_depth: int | None = None,
+        ids: np.ndarray | torch.Tensor | None = None,
+        padded: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, queue
         depth, the tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``; a
         mapping may add ``retries``, the dataset's remote-read retries so far) and the step a
         resumed job went on from when given. Call it once per step with that step's wait in
-        ``blocked_s``: the window's percentiles are over these calls."""
+        ``blocked_s``: the window's percentiles are over these calls. ``ids`` and ``padded``
+        (the batch's) go into this epoch's bitmap when the reporter has ``num_samples``; a new
+        ``epoch`` starts a new bitmap. ``ValueError`` for ids without ``num_samples`` or
+        outside ``[0, num_samples)``."""
         counts: dict[str, int] | None = None
         if tracker_counts is not None:
             raw = (
@@ -142,11 +169,17 @@ class StatsReporter:
             counts = {k: int(raw[k]) for k in _TRACKER_KEYS if k in raw}
             if epoch is None and "epoch" in raw:
                 epoch = int(raw["epoch"])
+        if ids is not None and self._ids is None:
+            raise ValueError("expected StatsReporter(num_samples=...) to record ids, got none")
         with self._lock:
+            if self._ids is not None and epoch is not None and epoch != self._ids.epoch:
+                self._ids.start_epoch(int(epoch))
+            if ids is not None and self._ids is not None:
+                self._ids.update(ids, padded)
             self._samples += int(samples)
             self._bytes += int(bytes)
             self._blocked_s += float(blocked_s)
-            self._waits.append((time.monotonic(), float(blocked_s)))
+            self._waits.append((self._clock(), float(blocked_s)))
             if queue_depth is not None:
                 self._queue_depth = int(queue_depth)
             if epoch is not None:
@@ -158,22 +191,40 @@ class StatsReporter:
             if resumed_at_step is not None:
                 self._resumed_at = int(resumed_at_step)
 
+    def resume_epoch(self, tracker: DuplicateTracker) -> None:
+        """Start this reporter's bitmap from a restored tracker (its current epoch), so a
+        resumed job's reports cover both sides of the stop."""
+        if self._ids is None:
+            raise ValueError("expected StatsReporter(num_samples=...) to resume ids, got none")
+        with self._lock:
+            self._ids.load_state_dict(tracker.state_dict())
+
     def snapshot(self) -> dict[str, Any]:
         """The JSON document the next send will carry."""
+        coverage: dict[str, Any] | None = None
         with self._lock:
-            now = time.monotonic()
+            if self._ids is not None:
+                counts, seen = self._ids.counts(), self._ids.seen()
+                coverage = {
+                    "epoch": counts.epoch,
+                    "num_samples": self._ids.num_samples,
+                    "delivered": counts.delivered,
+                    "padded": counts.padded,
+                }
+            now = self._clock()
             while self._waits and self._waits[0][0] < now - self.window_s:
                 self._waits.popleft()
             waits = sorted(w for _, w in self._waits)
             span = min(self.window_s, now - self._started)
             if len(self._waits) == self._waits.maxlen:  # full: it covers less than window_s
                 span = min(span, now - self._waits[0][0])
-            return {
+            doc: dict[str, Any] = {
+                "reporter": self.reporter_id,
                 "rank": self._rank,
                 "samples": self._samples,
                 "bytes": self._bytes,
                 "blocked_s": round(self._blocked_s, 6),
-                "elapsed_s": round(time.monotonic() - self._started, 6),
+                "elapsed_s": round(now - self._started, 6),
                 "epoch": self._epoch,
                 "tracker": dict(self._tracker),
                 "failed_sends": self.failed_sends,
@@ -181,11 +232,15 @@ class StatsReporter:
                 "window_s": round(span, 6),
                 "window_steps": len(waits),
                 "window_blocked_s": round(sum(waits), 6),
-                "blocked_p50_s": _percentile(waits, 0.50),
-                "blocked_p95_s": _percentile(waits, 0.95),
-                "blocked_p99_s": _percentile(waits, 0.99),
+                "blocked_p50_s": _rounded(percentile(waits, 50)),
+                "blocked_p95_s": _rounded(percentile(waits, 95)),
+                "blocked_p99_s": _rounded(percentile(waits, 99)),
                 "queue_depth": self._queue_depth,
             }
+        if coverage is not None:
+            coverage["seen"] = base64.b64encode(pack_seen(seen)).decode("ascii")
+            doc["coverage"] = coverage
+        return doc
 
     def flush(self) -> bool:
         """Send one snapshot now, from the calling thread; True when the service took it."""
@@ -239,11 +294,8 @@ class StatsReporter:
         self.close()
 
 
-def _percentile(ordered: list[float], q: float) -> float | None:
-    """The nearest-rank ``q`` quantile of an ascending list; None when it is empty."""
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 6)
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def queue_depth(loader_or_iterator: object) -> int | None:

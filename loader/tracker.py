@@ -24,9 +24,60 @@ from loader._checks import check_int
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DuplicateTracker", "EpochCounts"]
+__all__ = [
+    "DuplicateTracker",
+    "EpochCounts",
+    "SeenError",
+    "pack_seen",
+    "read_packed_seen",
+    "unpack_seen",
+]
 
 _SATURATION = 255
+
+
+class SeenError(ValueError):
+    """A seen-id bitmap that does not decode to ``num_samples`` bits; the message says why."""
+
+
+def pack_seen(seen: np.ndarray) -> bytes:
+    """The wire form of a boolean per-id array: bits packed (id ``i`` is bit ``i % 8``, counted
+    from the most significant, of byte ``i // 8``), then zlib. A rank reads whole shards, so
+    its bitmap is long runs and compresses to a few hundred bytes."""
+    return zlib.compress(np.packbits(np.asarray(seen, dtype=bool)).tobytes(), 6)
+
+
+def unpack_seen(blob: bytes, num_samples: int) -> np.ndarray:
+    """``pack_seen``'s result back to a boolean array of ``num_samples``."""
+    return np.unpackbits(read_packed_seen(blob, num_samples), count=num_samples).astype(bool)
+
+
+def read_packed_seen(blob: bytes, num_samples: int) -> np.ndarray:
+    """``pack_seen``'s result decompressed, still packed (``uint8``, 8 ids a byte): what a
+    union of many ranks' bitmaps needs. The decompression stops at the bitmap's size, so a
+    small blob never grows into a large allocation. ``SeenError`` for a blob that is corrupt,
+    short, long or sets bits past ``num_samples``."""
+    check_int("num_samples", num_samples, 0)
+    size = (num_samples + 7) // 8
+    inflate = zlib.decompressobj()
+    try:
+        packed = inflate.decompress(blob, size)
+        rest = b"" if inflate.eof else inflate.decompress(inflate.unconsumed_tail, 1)
+    except zlib.error as exc:
+        raise SeenError(
+            f"expected a zlib-compressed id bitmap, got a corrupt one ({exc})"
+        ) from None
+    if len(packed) != size or rest or not inflate.eof or inflate.unused_data:
+        longer = " or more" if rest or inflate.unused_data else ""
+        raise SeenError(
+            f"expected an id bitmap of {size} bytes for num_samples={num_samples}, got "
+            f"{len(packed)}{longer} bytes" + ("" if inflate.eof else " (cut short)")
+        )
+    bits = np.frombuffer(packed, dtype=np.uint8)
+    spare = size * 8 - num_samples
+    if spare and bits[-1] & ((1 << spare) - 1):
+        raise SeenError(f"expected no id at or above num_samples={num_samples}, got one")
+    return bits
 
 
 @dataclass(frozen=True)
@@ -139,6 +190,11 @@ class DuplicateTracker:
         self._delivered += int(other.sum(dtype=np.int64))
         self._padded += int(padded)
         self._unique = int(np.count_nonzero(self._counters))
+
+    def seen(self) -> np.ndarray:
+        """A copy of this epoch's ids delivered at least once, one bool per id (see
+        ``pack_seen`` for the wire form)."""
+        return self._counters > 0
 
     def counts(self) -> EpochCounts:
         """Counts of the current epoch so far."""

@@ -6,7 +6,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "StoreError", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE runs (
@@ -43,7 +43,23 @@ CREATE TABLE job_ranks (
 );
 """
 
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {
+    # 2: a rank's state is kept per reporting process (two processes may claim one rank), with
+    # the compressed bitmap of the ids that process delivered in its current epoch.
+    2: """
+CREATE TABLE job_ranks_v2 (
+    job TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    reporter TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    seen BLOB,
+    PRIMARY KEY (job, rank, reporter)
+);
+INSERT INTO job_ranks_v2 (job, rank, reporter, state) SELECT job, rank, '', state FROM job_ranks;
+DROP TABLE job_ranks;
+ALTER TABLE job_ranks_v2 RENAME TO job_ranks;
+""",
+}
 """``_MIGRATIONS[v]`` turns a version ``v - 1`` file into version ``v``."""
 
 
@@ -60,8 +76,8 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
 def migrate(db: sqlite3.Connection, path: str) -> None:
     """Bring the file behind ``db`` (inside an open transaction) to ``SCHEMA_VERSION``.
 
-    A new file gets the current schema; an older one runs each migration in turn; a newer one
-    raises StoreError, since this release cannot know what changed.
+    A new file gets the first schema and then, like an older file, each migration in turn; a
+    newer one raises StoreError, since this release cannot know what changed.
     """
     exists = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
@@ -69,8 +85,7 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
     if not exists:
         _run_script(db, _SCHEMA_V1)
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        return
+        db.execute("INSERT INTO schema_version VALUES (1)")
     row = db.execute("SELECT version FROM schema_version").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:

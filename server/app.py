@@ -10,11 +10,11 @@ refused with 413 before any route sees them. A ``Host`` header outside
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loader.jsonsafe import json_safe
+from loader.jsonsafe import dumps
 from server.deps import Service
 from server.events import EventBus
 from server.metrics import ServiceMetrics
@@ -87,7 +87,7 @@ class _BodyLimit:
         service = getattr(getattr(app, "state", None), "service", None)
         if service is not None:
             service.metrics.rejected.labels("body_size").inc()
-        payload = json.dumps(
+        payload = dumps(
             {"detail": f"request body larger than {self.limit} bytes (max_body_bytes)"}
         ).encode()
         await send(
@@ -104,10 +104,18 @@ class _BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
+class _SafeJSONResponse(JSONResponse):
+    """Every JSON body of the API goes through the one JSON policy (``loader.jsonsafe``): a
+    figure that is NaN or infinite reads as ``null`` rather than failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode("utf-8")
+
+
 async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 body, made JSON-safe (an echoed ``1e999`` input would crash it)."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse(status_code=422, content={"detail": json_safe(jsonable_encoder(errors))})
+    return _SafeJSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
 
 def _warm_engine() -> None:
@@ -156,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         strict_content_type=True,
+        default_response_class=_SafeJSONResponse,
     )
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)

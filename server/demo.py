@@ -22,7 +22,9 @@ from typing import Any
 import uvicorn
 
 from loader.bench.modes import DEFAULT_MODES
+from loader.jsonsafe import dumps
 from server.app import create_app
+from server.runs import FINISHED
 from server.settings import Settings
 from shards.format import MANIFEST_NAME
 
@@ -151,7 +153,7 @@ def _wait_started(server: uvicorn.Server, thread: threading.Thread, host: str) -
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+        url, dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         result: dict[str, Any] = json.load(resp)
@@ -163,7 +165,7 @@ def _wait_done(url: str, run: str) -> dict[str, Any]:
     while True:
         with urllib.request.urlopen(f"{url}/api/benchmarks/{run}", timeout=30) as resp:
             doc: dict[str, Any] = json.load(resp)
-        if doc["status"] in ("done", "failed", "cancelled", "interrupted"):
+        if doc["status"] in FINISHED:
             if doc["status"] != "done":
                 raise RuntimeError(f"benchmark {run} ended {doc['status']}: {doc.get('error')}")
             log.info("benchmark %s done", run)
@@ -219,11 +221,28 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _print_json(summary: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.write(dumps(summary) + "\n")
     sys.stdout.flush()
 
 
+def _mode_line(mode: str, fig: dict[str, Any]) -> str:
+    """One mode's figures with the limit its ratio used; a noisy ratio is marked, not shown
+    as a result (``loader.bench.noise``)."""
+    ratio, limit = fig.get("ratio_to_limit"), fig.get("limit_samples_per_s")
+    against = "-" if ratio is None else f"{ratio:.2f}x"
+    against += "" if limit is None else f" limit {limit:.0f}/s"
+    if fig.get("noisy"):
+        spread = fig.get("limit_spread")
+        against += " noisy" + ("" if spread is None else f" ±{100 * spread:.0f}%")
+    return (
+        f"  {mode:<15} {fig['samples_per_s']:>9.0f} samples/s  {against}  "
+        f"duplicates {fig['duplicates']}  missing {fig['missing']}\n"
+    )
+
+
 def _print_table(summary: dict[str, Any]) -> None:
+    from loader.train.loop import format_loss
+
     for run, doc in summary["benchmarks"].items():
         latency = doc["result"]["config"]["latency_ms"]
         sys.stdout.write(f"benchmark {run} (latency {latency} ms):\n")
@@ -231,14 +250,11 @@ def _print_table(summary: dict[str, Any]) -> None:
             if fig.get("status", "ok") != "ok":
                 sys.stdout.write(f"  {mode:<15} {fig['status']}: {fig.get('reason')}\n")
                 continue
-            sys.stdout.write(
-                f"  {mode:<15} {fig['samples_per_s']:>9.0f} samples/s  "
-                f"{fig['ratio_to_limit']:.2f}x limit  "
-                f"duplicates {fig['duplicates']}  missing {fig['missing']}\n"
-            )
+            sys.stdout.write(_mode_line(mode, fig))
     for e in summary["train"]:
         sys.stdout.write(
-            f"train epoch {e['epoch']}: {e['samples_per_s']:.0f} samples/s, loss {e['loss']:.3f}, "
+            f"train epoch {e['epoch']}: {e['samples_per_s']:.0f} samples/s, "
+            f"loss {format_loss(e['loss'])}, "
             f"acc {e['accuracy']:.3f}, duplicates {e['duplicates']}, missing {e['missing']}\n"
         )
     sys.stdout.flush()

@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncGenerator
 from typing import Any
 
-__all__ = ["EventBus"]
+__all__ = ["EventBus", "Subscription"]
 
 _END: dict[str, Any] = {"type": "end"}
 
@@ -24,6 +23,33 @@ class _Subscriber:
     def __init__(self, max_queue: int) -> None:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_queue)
         self.dropped = 0
+
+
+class Subscription:
+    """One subscriber's events, registered from the moment ``EventBus.subscribe`` returned."""
+
+    def __init__(self, registry: set[_Subscriber], sub: _Subscriber, heartbeat_s: float) -> None:
+        self._registry, self._sub, self._heartbeat_s = registry, sub, heartbeat_s
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any] | None:
+        sub = self._sub
+        try:
+            event = await asyncio.wait_for(sub.queue.get(), self._heartbeat_s)
+        except TimeoutError:
+            return None
+        if event is _END:
+            self.close()
+            raise StopAsyncIteration
+        if sub.dropped:
+            event, sub.dropped = dict(event, dropped=sub.dropped), 0
+        return event
+
+    def close(self) -> None:
+        """Stop receiving events; idempotent."""
+        self._registry.discard(self._sub)
 
 
 class EventBus:
@@ -66,24 +92,14 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    async def subscribe(self, heartbeat_s: float) -> AsyncGenerator[dict[str, Any] | None, None]:
-        """Yield events as they come, None after ``heartbeat_s`` of silence; ends on ``close``."""
+    def subscribe(self, heartbeat_s: float) -> Subscription:
+        """Register a subscriber now and return its events (``async for``): each as it comes,
+        None after ``heartbeat_s`` of silence; the iteration ends on ``close``. Call it on the
+        bus's loop: every event published after the call reaches the subscription (none is
+        lost to one still starting). ``Subscription.close`` unregisters it."""
         sub = _Subscriber(self._max_queue)
         self._subscribers.add(sub)
-        try:
-            while True:
-                try:
-                    event = await asyncio.wait_for(sub.queue.get(), heartbeat_s)
-                except TimeoutError:
-                    yield None
-                    continue
-                if event is _END:
-                    return
-                if sub.dropped:
-                    event, sub.dropped = dict(event, dropped=sub.dropped), 0
-                yield event
-        finally:
-            self._subscribers.discard(sub)
+        return Subscription(self._subscribers, sub, heartbeat_s)
 
     def close(self) -> None:
         """End every subscription; later publishes are dropped until the next ``bind``."""

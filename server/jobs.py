@@ -4,20 +4,33 @@ A reporter sends cumulative counters (samples, bytes, seconds blocked on data) p
 monotonic ``elapsed_s``. From two consecutive reports of a rank we derive the work done in
 between (a :class:`Delta`); counters going backwards mean the reporter restarted, and the new
 report then counts from zero. A job's time series is the sum of all its ranks' deltas, each
-spread evenly over the interval it covers. Tracker counters (duplicates, missing, ...) are
-summed over the ranks that send them, so a distributed job should send rank-local counts over
-disjoint id ranges, or merged counts from one rank only.
+spread evenly over the interval it covers. A job's duplicates and missing samples are never a
+sum of per-rank counts (two ranks reading the same samples would sum to no duplicates): they
+come from the union of the processes' id bitmaps (``server.coverage``), or from the one
+process's own counts when only one reports.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["MAX_BUCKETS", "Delta", "JobReport", "RankState", "advance_rank", "series", "summarize"]
+from loader.jsonsafe import dumps
+
+__all__ = [
+    "MAX_BUCKETS",
+    "Delta",
+    "JobReport",
+    "RankState",
+    "advance_rank",
+    "job_tracker",
+    "series",
+    "summarize",
+]
 
 MAX_BUCKETS = 2000
 
@@ -38,6 +51,9 @@ class JobReport:
     failed_sends: int = 0
     resumed_at_step: int | None = None
     loading: Mapping[str, float | int | None] = field(default_factory=dict)
+    reporter: str = ""
+    coverage: Mapping[str, int] | None = None
+    seen: builtins.bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +85,11 @@ class RankState:
     mb_per_s: float
     resumed_at_step: int | None = None
     loading: dict[str, float | int | None] = field(default_factory=dict)
+    reporter: str = ""
+    coverage: dict[str, int] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> RankState:
@@ -129,24 +147,51 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         mb_per_s=round(mb_per_s, 4),
         resumed_at_step=report.resumed_at_step,
         loading=dict(report.loading),
+        reporter=report.reporter,
+        coverage=None if report.coverage is None else dict(report.coverage),
     )
     return state, delta
 
 
-def summarize(
-    job: str, ranks: Sequence[RankState], *, now: float, stale_s: float
-) -> dict[str, Any]:
-    """A job's figures across ranks; a rank silent for ``stale_s`` adds no rate. Costs
-    O(ranks): no rank is compared with another.
+_ADDITIVE = ("delivered", "padded", "retries")
 
-    ``duplicates`` and ``missing`` are None when no rank sent tracker counts.
+
+def job_tracker(ranks: Sequence[RankState], merged: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The job's delivery counts: ``merged`` (the union of the processes' id bitmaps) when
+    there is one; else the one reporting process's own counts; else, with several processes
+    and no bitmaps, only the counts that add up across ranks (``delivered``, ``padded``,
+    ``retries``): duplicates and missing cannot be told from per-rank counts."""
+    if merged is not None:
+        return dict(merged)
+    counting = [r for r in ranks if r.tracker]
+    if len(counting) == 1:
+        return {**counting[0].tracker, "scope": "rank"}
+    tracker: dict[str, Any] = {}
+    for rank in counting:
+        for key in _ADDITIVE:
+            if key in rank.tracker:
+                tracker[key] = tracker.get(key, 0) + int(rank.tracker[key])
+    return {**tracker, "scope": "unmerged"} if counting else {}
+
+
+def summarize(
+    job: str,
+    ranks: Sequence[RankState],
+    *,
+    now: float,
+    stale_s: float,
+    merged: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A job's figures across its reporting processes; one silent for ``stale_s`` adds no
+    rate. Costs O(ranks): no rank is compared with another. ``merged``: the job's delivery
+    counts over all ranks (``server.coverage.merge_seen``), see ``job_tracker``.
+
+    ``duplicates`` and ``missing`` are None when they cannot be known: no process sent tracker
+    counts, or several did without id bitmaps.
     """
     live = [now - r.last_at <= stale_s for r in ranks]
     active = [r for r, on in zip(ranks, live, strict=True) if on]
-    tracker: dict[str, int] = {}
-    for rank in ranks:
-        for key, value in rank.tracker.items():
-            tracker[key] = tracker.get(key, 0) + int(value)
+    tracker = job_tracker(ranks, merged)
     epochs = [r.epoch for r in ranks if r.epoch is not None]
     resumed = [r.resumed_at_step for r in ranks if r.resumed_at_step is not None]
     return {

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.jobs import summarize
+from server.coverage import job_summary
 from server.ranks import rank_families
 from server.store import Store
 
@@ -27,13 +27,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MODE_FIGURES = (
     ("samples_per_second", "samples_per_s", "samples per second of the mode"),
     ("ratio_to_limit", "ratio_to_limit", "samples per second relative to the raw read limit"),
+    (
+        "mode_limit_samples_per_second",
+        "limit_samples_per_s",
+        "the limit the mode's ratio was taken against (limit runs just before and after it)",
+    ),
+    ("noisy", "noisy", "1 when the mode's ratio is noise, not a result (loader.bench.noise)"),
     ("duplicates", "duplicates", "samples delivered more than once"),
     ("missing", "missing", "samples never delivered"),
 )
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, int | float):
         return None
     return float(value)
 
@@ -73,12 +81,12 @@ class _StoreCollector(Collector):
         )
         duplicates = GaugeMetricFamily(
             "shardfeed_job_duplicates",
-            "duplicate deliveries in the job's current epoch (tracker counts)",
+            "duplicate deliveries in the job's current epoch, over the union of all ranks' ids",
             labels=labels,
         )
         missing = GaugeMetricFamily(
             "shardfeed_job_missing",
-            "samples not yet delivered in the job's current epoch (tracker counts)",
+            "samples not yet delivered in the job's current epoch, by any rank",
             labels=labels,
         )
         ranks = GaugeMetricFamily(
@@ -96,7 +104,7 @@ class _StoreCollector(Collector):
         )
         now = self._clock()
         for job in self._store.job_names():
-            doc = summarize(job, self._store.job_ranks(job), now=now, stale_s=self._stale_s)
+            doc = job_summary(self._store, job, now=now, stale_s=self._stale_s)
             rate.add_metric([job], doc["samples_per_s"])
             samples.add_metric([job], doc["samples"])
             nbytes.add_metric([job], doc["bytes"])

@@ -19,11 +19,13 @@ from pydantic import (
     field_validator,
 )
 
-from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from loader.bench.modes import DECODES, DEFAULT_MODES, MODE_NAMES
+from server.runs import RunStatus
 
 __all__ = [
     "JOB_PATTERN",
     "BenchmarkRequest",
+    "Coverage",
     "RunCreated",
     "RunList",
     "RunOut",
@@ -45,7 +47,7 @@ def _known_mode(value: str) -> str:
 Mode = Annotated[
     str, AfterValidator(_known_mode), WithJsonSchema({"type": "string", "enum": list(MODE_NAMES)})
 ]
-Status = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+Status = RunStatus
 PathText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 TrackerKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
@@ -80,7 +82,11 @@ class BenchmarkRequest(BaseModel):
     latency_ms: float = Field(
         default=0.0, ge=0, le=10_000, allow_inf_nan=False, description="simulated per-open latency"
     )
-    decode: bool = Field(default=True, description="false is --decode none: read bytes only")
+    decode: Literal["opencv", "none"] = Field(
+        default="opencv",
+        description="as shardfeed bench --decode: opencv decodes, none reads bytes only "
+        "(true and false are still taken for opencv and none)",
+    )
     repeat: int = Field(default=1, ge=1, le=100, description="rounds; figures are medians")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     timeout_s: int | None = Field(
@@ -90,6 +96,24 @@ class BenchmarkRequest(BaseModel):
         description="deadline: the run is stopped and failed after this many seconds "
         "(default: the service's max_run_s)",
     )
+
+    @field_validator("decode", mode="before")
+    @classmethod
+    def _decode_value(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return DECODES[0] if value else "none"
+        if value not in DECODES:
+            hint = (
+                "; the bench decodes on the CPU, device decode is compared by "
+                "python -m loader.bench.decodecompare"
+                if value == "device"
+                else ""
+            )
+            raise ValueError(
+                f"expected decode {' or '.join(DECODES)} (as shardfeed bench --decode), "
+                f"got decode={value!r}{hint}"
+            )
+        return value
 
     @field_validator("modes")
     @classmethod
@@ -103,6 +127,7 @@ class BenchmarkRequest(BaseModel):
         not the engine's, and is left out)."""
         doc = self.model_dump(exclude={"timeout_s"})
         doc["modes"] = list(self.modes)
+        doc["decode"] = self.decode != "none"
         return doc
 
 
@@ -141,11 +166,31 @@ class RunList(BaseModel):
     counts: dict[str, int]
 
 
+class Coverage(BaseModel):
+    """The ids one process delivered in its current epoch (``server.coverage``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(ge=0, le=2**31)
+    num_samples: int = Field(ge=0, le=2**40)
+    delivered: Count
+    padded: Count = 0
+    seen: str = Field(
+        max_length=64 << 20,
+        description="base64 of the zlib-compressed bitmap of ids delivered (numpy packbits)",
+    )
+
+
 class StatsReport(BaseModel):
     """One rank's cumulative counters, as ``loader.StatsReporter`` sends them."""
 
     model_config = ConfigDict(extra="ignore")
 
+    reporter: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_.\-]{0,64}$",
+        description="the reporting process's id: two processes claiming one rank are two rows",
+    )
     rank: int = Field(default=0, ge=0, le=1_000_000)
     samples: Count
     bytes: Count = 0
@@ -164,6 +209,7 @@ class StatsReport(BaseModel):
     blocked_p95_s: Seconds | None = None
     blocked_p99_s: Seconds | None = None
     queue_depth: Count | None = Field(default=None, description="batches ready when asked")
+    coverage: Coverage | None = None
 
     def loading(self) -> dict[str, float | int | None]:
         """The recent-window loading figures that were sent (see ``server.ranks``)."""

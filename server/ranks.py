@@ -15,12 +15,12 @@ labelled by rank. See docs/architecture.md, section "Service".
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from loader.percentile import percentile
 from server.jobs import RankState
 
 __all__ = ["exposed_fraction", "rank_families", "rank_spread"]
@@ -71,7 +71,7 @@ def rank_spread(ranks: Sequence[RankState], *, now: float, stale_s: float) -> di
     spread["max_over_median"] = None
     if scored:
         values = [s[0] for s in scored]
-        median = statistics.median(values)
+        median = percentile(values, 50) or 0.0
         spread.update(min=round(min(values), 6), median=round(median, 6), max=round(max(values), 6))
         spread["max_over_median"] = round(max(values) / median, 3) if median > 0 else None
     return {"slowest_rank": slowest, "spread": spread, "ranks": rows}

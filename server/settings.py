@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     job_max_ranks: int = Field(
         default=4096, ge=1, le=1_000_000, description="ranks per job: rank must be below this"
     )
+    job_max_samples: int = Field(
+        default=200_000_000,
+        ge=1,
+        le=2**40,
+        description="largest dataset whose id bitmaps a job's reports may carry (bytes/8 each)",
+    )
     job_max_jobs: int = Field(default=256, ge=1, le=100_000, description="jobs kept at once")
     job_retention_s: float = Field(
         default=7 * 86400,

@@ -1,14 +1,18 @@
-"""Helpers every test folder may import: where the headless browser is, if anywhere, and a
-decompression bomb."""
+"""Helpers every test folder may import: where the headless browser is, if anywhere, a
+decompression bomb, the environment of a child process, and the README's recipe blocks."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "png_bomb"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "README", "child_env", "png_bomb", "recipe"]
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -24,3 +28,21 @@ def png_bomb(width: int = 12_000, height: int = 12_000) -> bytes:
     rows = zlib.compress(b"\0" * (1 + 3 * width) * 4, 9)
     idat, iend = _chunk(b"IDAT", rows), _chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + idat + iend
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a ``shardfeed`` child process a test starts: this one without
+    ``RANK``/``WORLD_SIZE`` (a child that is no rank of a job must not think it is one) and
+    with one OpenMP thread (the machine is shared)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def recipe(name: str) -> str:
+    """The fenced block after ``<!-- recipe: NAME -->`` in the README: tests run the README's
+    examples as written, so the two cannot drift apart."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(rf"<!-- recipe: {re.escape(name)} -->\n```\w*\n(.*?)```", text, re.S)
+    assert found, f"README.md has no recipe block {name!r}"
+    return found.group(1)

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from loader.bench.modes import DECODES, DEFAULT_MODES, MODE_NAMES
 
 if TYPE_CHECKING:
     from loader.bench.engine import BenchConfig
@@ -21,8 +21,6 @@ __all__ = ["COMMAND", "bench_config", "register"]
 COMMAND = "bench"
 
 log = logging.getLogger("shardfeed.bench")
-
-_DECODE_CHOICES = ("opencv", "none")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", default="1", metavar="E", help="epochs per mode (default 1)")
     p.add_argument("--image-size", default="224", metavar="S", help="output side (default 224)")
     p.add_argument("--latency-ms", default="0", metavar="X", help="simulated ms per open")
-    p.add_argument("--decode", default="opencv", metavar="{opencv,none}", help="none: no decode")
+    p.add_argument(
+        "--decode", default="opencv", metavar="{" + ",".join(DECODES) + "}", help="none: no decode"
+    )
     p.add_argument("--repeat", default="1", metavar="R", help="interleaved rounds (median)")
     p.add_argument("--seed", default="0", help="seed for shuffles and crops (default 0)")
     p.add_argument("--http", action="store_true", help="serve folder and shards over HTTP")
@@ -97,8 +97,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     """The ``BenchConfig`` the options describe, validated; ``ValueError`` for a bad value."""
     from loader.bench.engine import BenchConfig
 
-    if args.decode not in _DECODE_CHOICES:
-        raise ValueError(f"expected --decode opencv or none, got decode={args.decode!r}")
+    if args.decode not in DECODES:
+        raise ValueError(f"expected --decode {' or '.join(DECODES)}, got decode={args.decode!r}")
     config = BenchConfig(
         folder=args.folder,
         shards=args.shards,
@@ -137,10 +137,9 @@ def _log_event(event: dict[str, Any]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import json
-
     from loader.bench.engine import run_bench
     from loader.bench.report import format_table
+    from loader.jsonsafe import dumps
 
     config = bench_config(args)
     if not log.isEnabledFor(logging.DEBUG):
@@ -148,7 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     doc = run_bench(config, on_event=_log_event)
     if args.json:
-        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.write(dumps(doc) + "\n")
     else:
         sys.stdout.write(format_table(doc))
     return 0

@@ -13,7 +13,6 @@ decoder's routing counts (how many samples it decoded, sent to the CPU, or lost)
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,7 @@ import torch
 
 from loader.dataloader import make_loader, stop_workers
 from loader.device.prefetcher import DevicePrefetcher, resolve_device
+from loader.jsonsafe import dumps
 
 __all__ = ["compare", "main", "measure"]
 
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         decodes=[d for d in args.decodes.split(",") if d],
     )
-    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.write(dumps(doc) + "\n")
     return 0
 
 

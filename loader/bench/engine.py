@@ -304,7 +304,7 @@ def run_bench(
                     progress.emit("mode_done", name, r, config.epochs + 1, **results[name])
                     continue
                 after = measure_limit(r)
-                summary = summarize_epochs(epochs, (before + after) / 2)
+                summary = summarize_epochs(epochs, (before, after))
                 rounds[name].append(summary)
                 results[name]["storage"] = storage
                 before = after
@@ -317,6 +317,8 @@ def run_bench(
                     reason=None,
                     samples_per_s=summary["samples_per_s"],
                     ratio_to_limit=summary["ratio_to_limit"],
+                    limit_samples_per_s=summary["limit_samples_per_s"],
+                    noisy=summary["noisy"],
                 )
     for name in modes:
         if results[name]["status"] == "ok" and rounds[name]:

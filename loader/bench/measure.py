@@ -20,12 +20,12 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
 from loader.batch import Batch
+from loader.bench.noise import judge
+from loader.percentile import percentile
 from loader.tracker import DuplicateTracker
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "BenchCancelled",
     "combine_rounds",
     "measure_epoch",
-    "percentile",
     "summarize_epochs",
 ]
 
@@ -57,13 +56,6 @@ FIGURES = (
 
 class BenchCancelled(Exception):
     """The benchmark was cancelled (its ``cancel`` event was set)."""
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile (0..100, linear interpolation) of ``values``; ``None`` if empty."""
-    if not values:
-        return None
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
 def measure_epoch(
@@ -143,12 +135,15 @@ def measure_epoch(
     }
 
 
-def summarize_epochs(epochs: list[dict[str, Any]], limit_rate: float | None) -> dict[str, Any]:
+def summarize_epochs(epochs: list[dict[str, Any]], limits: Sequence[float]) -> dict[str, Any]:
     """One round of a mode: counts and times summed over epochs, rates over the summed steady
     spans, percentiles over all batches, ``first_batch_s`` from the first epoch (start-up).
 
-    Sets each epoch's ``ratio_to_limit`` against ``limit_rate`` and drops the epochs' raw
-    latency lists (the returned epochs are JSON-ready)."""
+    ``limits`` are the limit runs just before and after the mode; its ratio is taken against
+    their mean (``limit_samples_per_s``), and ``loader.bench.noise.judge`` says whether that
+    ratio is noise. Sets each epoch's ``ratio_to_limit`` and drops the epochs' raw latency
+    lists (the returned epochs are JSON-ready)."""
+    limit_rate = sum(limits) / len(limits) if limits else None
     latencies = [x for e in epochs for x in e.pop("_latencies", [])]
     span = sum(e["steady_s"] for e in epochs)
     rate = sum(e["steady_samples"] for e in epochs) / span if span > 0 else 0.0
@@ -171,8 +166,10 @@ def summarize_epochs(epochs: list[dict[str, Any]], limit_rate: float | None) -> 
         first_batch_s=epochs[0]["first_batch_s"] if epochs else None,
         seconds=sum(e["seconds"] for e in epochs),
         limit_samples_per_s=limit_rate,
+        limit_runs_samples_per_s=list(limits),
         epochs=epochs,
     )
+    summary.update(judge(summary["ratio_to_limit"], limits))
     return summary
 
 
@@ -183,7 +180,12 @@ def _ratio(rate: float, limit: float | None) -> float | None:
 def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The top-level figures of a mode over ``--repeat`` rounds: the median of each figure
     (counts: the lower median, so they stay integers), ``samples_per_s_min``/``_max``, the
-    per-epoch figures of the round whose rate is the median, and a short list of ``rounds``."""
+    per-epoch figures of the round whose rate is the median, and a short list of ``rounds``.
+
+    ``ratio_to_limit`` and the limit it used (``limit_samples_per_s``, the two runs in
+    ``limit_runs_samples_per_s``) come from one round, the one of the lower median ratio, so
+    the limit shown is the one its ratio was taken against. The mode is ``noisy`` when any
+    round is; ``limit_spread`` is the widest round's, ``noise`` says which and why."""
     if not rounds:
         raise ValueError("expected at least one round, got none")
     out: dict[str, Any] = {k: statistics.median_low([r[k] for r in rounds]) for k in COUNTS}
@@ -197,12 +199,29 @@ def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out["samples_per_s_min"], out["samples_per_s_max"] = min(rates), max(rates)
     median_round = min(rounds, key=lambda r: abs(r["samples_per_s"] - out["samples_per_s"]))
     out["epochs"] = median_round["epochs"]
+    rated = sorted(
+        (r for r in rounds if r.get("ratio_to_limit") is not None),
+        key=lambda r: r["ratio_to_limit"],
+    )
+    ratio_round = rated[(len(rated) - 1) // 2] if rated else rounds[0]  # the lower median
+    for key in ("ratio_to_limit", "limit_samples_per_s", "limit_runs_samples_per_s"):
+        out[key] = ratio_round.get(key)
+    spreads = [r["limit_spread"] for r in rounds if r.get("limit_spread") is not None]
+    noisy = [(i, r) for i, r in enumerate(rounds) if r.get("noisy")]
+    out["noisy"] = bool(noisy)
+    out["limit_spread"] = max(spreads) if spreads else None
+    out["noise"] = (
+        "; ".join(r["noise"] if len(rounds) == 1 else f"round {i}: {r['noise']}" for i, r in noisy)
+        or None
+    )
     out["rounds"] = [
         {
             "round": i,
             "samples_per_s": r["samples_per_s"],
             "ratio_to_limit": r["ratio_to_limit"],
             "limit_samples_per_s": r["limit_samples_per_s"],
+            "limit_runs_samples_per_s": r.get("limit_runs_samples_per_s"),
+            "noisy": r.get("noisy", False),
             "main_cpu_s_per_1k": r["main_cpu_s_per_1k"],
         }
         for i, r in enumerate(rounds)

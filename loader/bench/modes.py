@@ -7,6 +7,10 @@ demo all derive from ``MODES``. Adding a mode is one row here plus its builder, 
 A row names its builder as ``"module:function"`` and ``build_mode`` imports it on first use, so
 this table imports nothing heavy: the CLI parser and the service's request models read it
 without loading torch.
+
+``DECODES`` is the one list of ``--decode`` values (the CLI's and the service's ``decode``):
+``opencv`` decodes in the workers, ``none`` reads bytes only. Device decode is compared on its
+own by ``python -m loader.bench.decodecompare``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from loader.bench.setup import BuiltMode, ModeSetup
 
-__all__ = ["DEFAULT_MODES", "MODES", "MODE_NAMES", "Mode", "build_mode"]
+__all__ = ["DECODES", "DEFAULT_MODES", "MODES", "MODE_NAMES", "Mode", "build_mode"]
+
+DECODES = ("opencv", "none")
 
 _OURS = "loader.bench.builders:"
 _PEERS = "loader.bench.peers:"

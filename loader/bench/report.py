@@ -8,6 +8,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from loader.bench.noise import LIMIT_SPREAD, RATIO_CEILING
+
 __all__ = ["format_table", "machine_info"]
 
 _PACKAGES = ("torch", "numpy", "opencv-python-headless", "webdataset", "litdata")
@@ -22,6 +24,8 @@ _COLUMNS = (
     ("samples/s", "samples_per_s", "{:,.0f}"),
     ("MB/s", "mb_per_s", "{:,.1f}"),
     ("xlimit", "ratio_to_limit", "{:.3f}"),
+    ("limit/s", "limit_samples_per_s", "{:,.0f}"),
+    ("noise", "noisy", "{}"),
     ("blocked s", "blocked_s", "{:.2f}"),
     ("p50 ms", "p50_batch_ms", "{:.1f}"),
     ("p99 ms", "p99_batch_ms", "{:.1f}"),
@@ -82,6 +86,10 @@ def machine_info() -> dict[str, Any]:
 def _cell(mode: str, result: dict[str, Any], key: str, fmt: str) -> str:
     if key == "mode":
         return mode
+    if key == "noisy":
+        spread = result.get("limit_spread")
+        shown = "" if spread is None else f" ±{100 * spread:.0f}%"
+        return f"noisy{shown}" if result.get("noisy") else ""
     value = result.get(key)
     if value is None:
         return "-"
@@ -114,6 +122,9 @@ def format_table(doc: dict[str, Any]) -> str:
         f"limit: {limit['processes']} processes reading and "
         f"{'decoding' if limit.get('decode') else 'touching'} the shards, no loader: "
         + (f"{rate:,.0f} samples/s (median of {len(limit['runs'])} runs)" if rate else "-")
+        + "; each mode's ratio is against the limit runs just before and after it (limit/s), "
+        f"and is noisy when it passes {RATIO_CEILING:.2f} or those two runs differ by more "
+        f"than {100 * LIMIT_SPREAD:.0f}%"
     )
     machine = doc["machine"]
     lines.append(
@@ -123,6 +134,8 @@ def format_table(doc: dict[str, Any]) -> str:
         f"latency={config['latency_ms']:g}ms http={'on' if config['http'] else 'off'}"
     )
     for mode, result in doc["modes"].items():
+        if result.get("noisy"):
+            lines.append(f"{mode}: noisy: {result.get('noise')}")
         if result.get("reason"):
             lines.append(f"{mode}: {result['status']}: {result['reason']}")
         elif result.get("storage"):

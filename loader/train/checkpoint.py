@@ -11,7 +11,6 @@ it counts steps, logs each step's ids and saves every N steps.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from loader.jsonsafe import dumps
 from loader.tracker import DuplicateTracker
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class CheckpointSteps:
         self.step += 1
         if self._log is not None:
             line = {"step": self.step, "epoch": epoch, "world_size": self.world}
-            self._log.write(json.dumps({**line, "ids": ids.tolist()}) + "\n")
+            self._log.write(dumps({**line, "ids": ids.tolist()}) + "\n")
         every = self.options.checkpoint_every
         if every and self.step % every == 0:
             self.save()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict
@@ -61,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from loader.train.loop import TrainOptions, train
+    from loader.jsonsafe import dumps
+    from loader.train.loop import TrainOptions, format_loss, train
 
     for name in ("epochs", "batch_size", "image_size"):
         if getattr(args, name) < 1:
@@ -97,12 +97,12 @@ def _train(args: argparse.Namespace) -> int:
     for r in reports:
         doc = {k: v for k, v in asdict(r).items() if k != "step_losses"}
         if args.json:
-            sys.stdout.write(json.dumps(doc) + "\n")
+            sys.stdout.write(dumps(doc) + "\n")
         else:
             sys.stdout.write(
                 f"epoch {r.epoch} rank {r.rank}/{r.world_size}: {r.steps} steps, "
                 f"{r.samples_per_s:.0f} samples/s, blocked {100 * r.blocked_fraction:.0f}%, "
-                f"loss {r.loss:.3f}, acc {r.accuracy:.3f}, duplicates {r.duplicates}, "
+                f"loss {format_loss(r.loss)}, acc {r.accuracy:.3f}, duplicates {r.duplicates}, "
                 f"missing {r.missing}, padded {r.padded}"
                 + (f", resumed from step {r.resumed_from_step}" if r.resumed_from_step else "")
                 + "\n"

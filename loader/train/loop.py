@@ -17,7 +17,6 @@ both sides of the stop (docs/architecture.md, section "Resume").
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from torch import nn
 
 from loader.dataloader import make_loader
 from loader.device.prefetcher import DevicePrefetcher, resolve_device
+from loader.jsonsafe import dumps
 from loader.plan.ranks import rank_and_world
 from loader.reporter import queue_depth
 from loader.tracker import DuplicateTracker
@@ -42,7 +42,14 @@ from loader.train.model import SmallCNN, random_flip
 if TYPE_CHECKING:
     from loader.reporter import StatsReporter
 
-__all__ = ["MAX_HEAD_CLASSES", "EpochReport", "TrainOptions", "num_classes", "train"]
+__all__ = [
+    "MAX_HEAD_CLASSES",
+    "EpochReport",
+    "TrainOptions",
+    "format_loss",
+    "num_classes",
+    "train",
+]
 
 log = logging.getLogger("shardfeed.train")
 
@@ -78,7 +85,8 @@ class EpochReport:
     samples: int
     samples_per_s: float
     blocked_fraction: float
-    loss: float
+    loss: float | None
+    """Mean step loss; None for an epoch without steps (never NaN)."""
     accuracy: float
     duplicates: int
     missing: int
@@ -134,7 +142,9 @@ def train(options: TrainOptions) -> list[EpochReport]:
         opt.load_state_dict(checkpoint["optimizer"])
         first_epoch = steps.restore(checkpoint)
     steps.model, steps.opt = raw_model, opt
-    reporter = _reporter(options, rank)
+    reporter = _reporter(options, rank, dataset.num_samples)
+    if reporter is not None and checkpoint is not None:
+        reporter.resume_epoch(tracker)
     reports: list[EpochReport] = []
     all_ids: list[np.ndarray] = []
     try:
@@ -150,10 +160,10 @@ def train(options: TrainOptions) -> list[EpochReport]:
             reports.append(report)
             all_ids.append(ids)
             log.info(
-                "epoch %d rank %d/%d: %d steps, %.0f samples/s, blocked %.0f%%, loss %.3f, "
+                "epoch %d rank %d/%d: %d steps, %.0f samples/s, blocked %.0f%%, loss %s, "
                 "acc %.3f, duplicates %d, missing %d, padded %d",
                 epoch, rank, world, report.steps, report.samples_per_s,
-                100 * report.blocked_fraction, report.loss, report.accuracy,
+                100 * report.blocked_fraction, format_loss(report.loss), report.accuracy,
                 report.duplicates, report.missing, report.padded,
             )  # fmt: skip
     finally:
@@ -214,8 +224,9 @@ def _run_epoch(
         counted += int(real.sum())
         samples += len(batch.ids)
         losses.append(float(loss.detach()))
-        tracker.update(batch.ids, batch.padded.cpu())
-        ids.append(batch.ids[~batch.padded.cpu()].numpy())
+        padded = batch.padded.cpu()
+        tracker.update(batch.ids, padded)
+        ids.append(batch.ids[~padded].numpy())
         steps.after_step(epoch, ids[-1])
         if reporter is not None:
             reporter.record(
@@ -229,6 +240,8 @@ def _run_epoch(
                 },
                 resumed_at_step=steps.resumed_at,
                 queue_depth=queue_depth(loader),
+                ids=batch.ids,
+                padded=padded,
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
@@ -240,7 +253,7 @@ def _run_epoch(
         samples=samples,
         samples_per_s=samples / elapsed if elapsed else 0.0,
         blocked_fraction=blocked / elapsed if elapsed else 0.0,
-        loss=float(np.mean(losses)) if losses else float("nan"),
+        loss=float(np.mean(losses)) if losses else None,
         accuracy=correct / counted if counted else 0.0,
         duplicates=counts.duplicates,
         missing=counts.missing,
@@ -297,15 +310,23 @@ def num_classes(dataset: Any) -> int:
     return largest + 1
 
 
-def _reporter(options: TrainOptions, rank: int) -> StatsReporter | None:
+def _reporter(options: TrainOptions, rank: int, num_samples: int) -> StatsReporter | None:
+    """The job's reporter; it sends this rank's ids so the service merges them across ranks."""
     if not options.report_url:
         return None
     from loader.reporter import StatsReporter
 
-    return StatsReporter(options.report_url, options.job, options.token, rank=rank)
+    return StatsReporter(
+        options.report_url, options.job, options.token, rank=rank, num_samples=num_samples
+    )
+
+
+def format_loss(loss: float | None) -> str:
+    """A loss for the log and the terminal: three decimals, ``-`` for an epoch without steps."""
+    return "-" if loss is None else f"{loss:.3f}"
 
 
 def _write_log(path: str, rank: int, reports: list[EpochReport], ids: list[np.ndarray]) -> None:
     out = Path(f"{path}.rank{rank}.json")
     doc = {"epochs": [asdict(r) for r in reports], "ids": [a.tolist() for a in ids]}
-    out.write_text(json.dumps(doc), encoding="utf-8")
+    out.write_text(dumps(doc), encoding="utf-8")

@@ -50,7 +50,7 @@ def _buffer_bytes(body: BenchmarkRequest) -> int:
     buffer, times the buffers a worker may hold (its pool, as ``ShardDataset`` sizes it:
     ``max(CAPACITY, IN_FLIGHT_ITEMS x transfer batches)``), times the workers (the main
     process decodes when there are none). No decoding, no buffers."""
-    if not body.decode:
+    if body.decode == "none":
         return 0
     from loader.dataloader import transfer_batches_for
     from loader.worker.pools import CAPACITY

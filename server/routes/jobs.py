@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.exceptions import RequestValidationError
 
+from server.coverage import CoverageError, job_summary, read_coverage
 from server.deps import Service, get_service, require_token
-from server.jobs import MAX_BUCKETS, JobReport, series, summarize
+from server.jobs import MAX_BUCKETS, JobReport, series
 from server.models import JOB_PATTERN, StatsAccepted, StatsReport
 from server.ranks import rank_spread
 from server.store import JobLimitError
@@ -35,10 +36,21 @@ def post_stats(
 ) -> StatsAccepted:
     """Take one rank's cumulative counters (``loader.StatsReporter`` sends them).
 
-    Bounded: ``rank`` must be below ``job_max_ranks`` (else 422), and a new job needs room
-    under ``job_max_jobs`` (else 429; jobs silent for ``job_retention_s`` make room).
+    Bounded: ``rank`` must be below ``job_max_ranks`` (else 422), a new job needs room
+    under ``job_max_jobs`` (else 429; jobs silent for ``job_retention_s`` make room), and a
+    job keeps at most ``job_max_ranks`` reporting processes (else 429). ``coverage`` (the
+    process's id bitmap) is checked here: 422 naming ``coverage`` when it is not one.
     """
-    _check_rank(report.rank, service.settings.job_max_ranks)
+    settings = service.settings
+    _check_rank(report.rank, settings.job_max_ranks)
+    seen = None
+    if report.coverage is not None:
+        try:
+            seen = read_coverage(report.coverage.model_dump(), settings.job_max_samples)
+        except CoverageError as exc:
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("body", "coverage"), "msg": str(exc)}]
+            ) from exc
     try:
         state = service.store.add_report(
             JobReport(
@@ -54,10 +66,19 @@ def post_stats(
                 failed_sends=report.failed_sends,
                 resumed_at_step=report.resumed_at_step,
                 loading=report.loading(),
+                reporter=report.reporter,
+                coverage=(
+                    None
+                    if report.coverage is None
+                    else report.coverage.model_dump(exclude={"seen"})
+                ),
+                seen=seen,
             ),
-            keep=service.settings.job_max_reports,
-            max_jobs=service.settings.job_max_jobs,
-            max_age_s=service.settings.job_retention_s,
+            keep=settings.job_max_reports,
+            max_jobs=settings.job_max_jobs,
+            max_age_s=settings.job_retention_s,
+            stale_s=settings.job_stale_s,
+            max_reporters=settings.job_max_ranks,
         )
     except JobLimitError as exc:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc)) from exc
@@ -92,7 +113,7 @@ def list_jobs(service: Annotated[Service, Depends(get_service)]) -> dict[str, An
     jobs = []
     for name in service.store.job_names():
         ranks = service.store.job_ranks(name)
-        doc = summarize(name, ranks, now=now, stale_s=stale)
+        doc = job_summary(service.store, name, now=now, stale_s=stale)
         doc.pop("ranks")
         doc["slowest_rank"] = rank_spread(ranks, now=now, stale_s=stale)["slowest_rank"]
         jobs.append(doc)
@@ -118,7 +139,7 @@ def get_job(
     if not ranks:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job named {job!r} has reported")
     now = service.clock()
-    doc = summarize(job, ranks, now=now, stale_s=service.settings.job_stale_s)
+    doc = job_summary(service.store, job, now=now, stale_s=service.settings.job_stale_s)
     doc["loading"] = rank_spread(ranks, now=now, stale_s=service.settings.job_stale_s)
     width = max(bucket_s, window_s / MAX_BUCKETS)
     start = now - window_s

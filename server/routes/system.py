@@ -10,10 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from loader.bench.modes import DEFAULT_MODES, MODE_NAMES
+from loader.bench.modes import DECODES, DEFAULT_MODES, MODE_NAMES
 from loader.jsonsafe import dumps
 from server.deps import Service, get_service
 from server.metrics import CONTENT_TYPE
+from server.runs import FINISHED, STATUSES
 
 __all__ = ["STATIC_DIR", "router"]
 
@@ -58,7 +59,8 @@ def healthz(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]
 
 @router.get("/api/info", tags=["system"])
 def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
-    """What a client needs to build a request: roots, limits, modes, whether a token is set."""
+    """What a client needs to build a request: roots, limits, modes, decodes, run statuses
+    (``finished_statuses``: those a run never leaves), whether a token is set."""
     settings = service.settings
     return {
         "version": _version(),
@@ -66,6 +68,9 @@ def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
         "token_required": settings.token_value() is not None,
         "modes": list(MODE_NAMES),
         "default_modes": list(DEFAULT_MODES),
+        "decodes": list(DECODES),
+        "statuses": list(STATUSES),
+        "finished_statuses": [s for s in STATUSES if s in FINISHED],
         "limits": {
             "max_workers": settings.max_workers,
             "max_epochs": settings.max_epochs,
@@ -99,22 +104,28 @@ async def events(
     limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> StreamingResponse:
     """Server-sent events: ``benchmark`` (status changes), ``benchmark_event`` (progress) and
-    ``job`` (a stats report). ``limit`` closes the stream after that many events."""
+    ``job`` (a stats report). ``limit`` closes the stream after that many events. The first
+    lines (``: connected``) arrive once the subscription exists: every event published after
+    a client has read them reaches it."""
 
     async def stream() -> AsyncIterator[str]:
-        yield "retry: 3000\n: connected\n\n"
-        sent = 0
-        async for event in service.bus.subscribe(service.settings.sse_heartbeat_s):
-            if await request.is_disconnected():
-                return
-            if event is None:
-                yield ": ping\n\n"
-                continue
-            kind = event.get("type", "message")
-            yield f"id: {event['id']}\nevent: {kind}\ndata: {dumps(event)}\n\n"
-            sent += 1
-            if limit is not None and sent >= limit:
-                return
+        subscription = service.bus.subscribe(service.settings.sse_heartbeat_s)
+        try:
+            yield "retry: 3000\n: connected\n\n"
+            sent = 0
+            async for event in subscription:
+                if await request.is_disconnected():
+                    return
+                if event is None:
+                    yield ": ping\n\n"
+                    continue
+                kind = event.get("type", "message")
+                yield f"id: {event['id']}\nevent: {kind}\ndata: {dumps(event)}\n\n"
+                sent += 1
+                if limit is not None and sent >= limit:
+                    return
+        finally:
+            subscription.close()
 
     return StreamingResponse(
         stream(),

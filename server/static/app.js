@@ -2,7 +2,8 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const FINISHED = new Set(["done", "failed", "cancelled", "interrupted"]);
+// The run statuses that are final come from the service (/api/info: finished_statuses).
+const FINISHED = new Set();
 const state = { runs: [], selected: null, info: null, jobTimer: null, runTimer: null };
 
 function $(sel) { return document.querySelector(sel); }
@@ -139,21 +140,33 @@ function verdict(m) {
   return { text: parts.join(", "), cls: "bad" };
 }
 
+// A ratio the bench marked noisy (loader.bench.noise) is shown as such, with the spread of the
+// limit runs it was taken against, never as a result.
+function noiseText(m) {
+  return Number.isFinite(m.limit_spread) ? `noisy ±${Math.round(100 * m.limit_spread)}%` : "noisy";
+}
+
 function renderModes(result) {
   const body = $("#modes-table tbody");
   body.replaceChildren();
   if (!result) {
-    body.append(el("tr", {}, el("td", { colspan: "9", class: "meta" }, "no result yet")));
+    body.append(el("tr", {}, el("td", { colspan: "10", class: "meta" }, "no result yet")));
     return;
   }
   for (const [mode, m] of Object.entries(result.modes || {})) {
     const v = verdict(m);
     const ok = !m.status || m.status === "ok";
     const cell = (field, text) => el("td", { "data-field": field, class: "num" }, ok ? text : "–");
-    body.append(el("tr", { "data-mode": mode, "data-status": m.status || "ok" },
+    const ratio = cell("ratio_to_limit", fmt2(m.ratio_to_limit));
+    if (ok && m.noisy) {
+      ratio.append(" ", el("span", { class: "noisy", "data-field": "noisy", title: m.noise || "" },
+        noiseText(m)));
+    }
+    body.append(el("tr", { "data-mode": mode, "data-status": m.status || "ok", "data-noisy": m.noisy ? "true" : "false" },
       el("th", { scope: "row" }, mode),
       cell("samples_per_s", fmt1(m.samples_per_s)),
-      cell("ratio_to_limit", fmt2(m.ratio_to_limit)),
+      ratio,
+      cell("limit_samples_per_s", fmt1(m.limit_samples_per_s)),
       cell("samples", fmtInt(m.samples)),
       cell("unique", fmtInt(m.unique)),
       cell("duplicates", fmtInt(m.duplicates)),
@@ -168,20 +181,16 @@ function drawChart(result) {
   box.replaceChildren();
   if (!result) { box.append(el("p", { class: "meta" }, "waiting for the run to finish…")); return; }
   const modes = Object.entries(result.modes || {}).filter(([, m]) => !m.status || m.status === "ok");
-  const limit = result.limit && Number.isFinite(result.limit.samples_per_s) ? result.limit.samples_per_s : null;
+  // Each mode is drawn against the limit its own ratio used (the limit runs just before and
+  // after it), never one limit for all: on a busy machine those differ.
+  const limitOf = (m) => (Number.isFinite(m.limit_samples_per_s) ? m.limit_samples_per_s : null);
   const top1 = (m) => Math.max(m.samples_per_s || 0, Number.isFinite(m.samples_per_s_max) ? m.samples_per_s_max : 0);
-  const maxValue = Math.max(limit || 0, ...modes.map(([, m]) => top1(m)), 1);
-  const rowH = 30, left = 130, right = 210, width = 760, top = 20;
+  const maxValue = Math.max(...modes.map(([, m]) => Math.max(top1(m), limitOf(m) || 0)), 1);
+  const rowH = 30, left = 130, right = 250, width = 800, top = 20;
   const height = top + rowH * Math.max(modes.length, 1) + 24;
   const plot = width - left - right;
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "data-chart": "modes" });
-  chart.append(svg("title", {}, "samples per second per mode; dashed line: raw read limit"));
-  if (limit) {
-    const x = left + (plot * limit) / maxValue;
-    chart.append(svg("line", { x1: x, x2: x, y1: top - 6, y2: height - 20, class: "limit" }));
-    chart.append(svg("text", { x, y: height - 6, "text-anchor": "middle", class: "limit-label" },
-      `limit ${fmt1(limit)}/s`));
-  }
+  chart.append(svg("title", {}, "samples per second per mode; dashed tick: the limit that mode's ratio was taken against"));
   modes.forEach(([mode, m], i) => {
     const y = top + i * rowH;
     const w = Math.max(1, (plot * (m.samples_per_s || 0)) / maxValue);
@@ -199,9 +208,17 @@ function drawChart(result) {
       whisker.append(svg("title", {}, `rounds: ${fmt1(m.samples_per_s_min)} to ${fmt1(m.samples_per_s_max)}/s`));
       chart.append(whisker);
     }
-    const ratio = Number.isFinite(m.ratio_to_limit) ? ` · ${fmt2(m.ratio_to_limit)}× limit` : "";
-    chart.append(svg("text", { x: left + w + 6, y: y + rowH / 2 + 4, class: "value", "data-mode": mode },
-      `${fmt1(m.samples_per_s)}/s${ratio}`));
+    const limit = limitOf(m);
+    if (limit) {
+      const x = left + (plot * limit) / maxValue;
+      const tick = svg("line", { x1: x, x2: x, y1: y + 1, y2: y + rowH - 1, class: "limit", "data-mode": mode, "data-limit": limit });
+      tick.append(svg("title", {}, `${mode}: limit ${fmt1(limit)}/s (runs just before and after it)`));
+      chart.append(tick);
+    }
+    const ratio = Number.isFinite(m.ratio_to_limit) ? ` · ${fmt2(m.ratio_to_limit)}× limit ${fmt1(limit)}/s` : "";
+    const noisy = m.noisy ? ` · ${noiseText(m)}` : "";
+    chart.append(svg("text", { x: left + w + 6, y: y + rowH / 2 + 4, class: m.noisy ? "value noisy" : "value", "data-mode": mode },
+      `${fmt1(m.samples_per_s)}/s${ratio}${noisy}`));
     const end = Number.isFinite(m.samples_per_s_max) ? Math.max(w, (plot * m.samples_per_s_max) / maxValue) : w;
     chart.lastChild.setAttribute("x", String(left + end + 6));
   });
@@ -234,14 +251,19 @@ async function loadJobs() {
 function renderJob(job) {
   const dup = job.duplicates === null ? "–" : fmtInt(job.duplicates);
   const miss = job.missing === null ? "–" : fmtInt(job.missing);
+  // Duplicates and missing are over the union of all ranks' ids (scope "merged"); without id
+  // bitmaps from several ranks they cannot be known, and the dashboard says so.
+  const scope = (job.tracker || {}).scope || "";
+  const why = { merged: "over the ids of all ranks", rank: "the one reporting rank's counts",
+    unmerged: "unknown: several ranks sent no id bitmaps (StatsReporter num_samples=...)" }[scope] || "";
   const card = el("div", { class: "job", "data-job": job.job },
     el("h3", {}, job.job),
     el("p", { class: "meta" },
       el("span", { "data-field": "samples_per_s" }, fmt1(job.samples_per_s)), " samples/s · ",
       el("span", { "data-field": "samples" }, fmtInt(job.samples)), " samples · ",
       `${job.active_ranks}/${job.ranks.length} ranks active · epoch ${job.epoch ?? "–"} · `,
-      el("span", { "data-field": "duplicates" }, dup), " duplicates · ",
-      el("span", { "data-field": "missing" }, miss), " missing · ",
+      el("span", { "data-field": "duplicates", "data-scope": scope, title: why }, dup), " duplicates · ",
+      el("span", { "data-field": "missing", "data-scope": scope, title: why }, miss), " missing · ",
       `blocked ${fmt1(job.blocked_s)} s`,
       job.resumed_at_step == null ? "" :
         el("span", { "data-field": "resumed_at_step" }, ` · resumed at step ${fmtInt(job.resumed_at_step)}`)));
@@ -348,7 +370,7 @@ async function submitForm(ev) {
   const body = {
     shards: data.get("shards"),
     modes: data.getAll("modes"),
-    decode: form.elements.decode.checked,
+    decode: form.elements.decode.checked ? "opencv" : "none",
   };
   if (data.get("folder")) body.folder = data.get("folder");
   for (const name of ["workers", "batch_size", "epochs", "image_size", "repeat"]) body[name] = parseInt(data.get(name), 10);
@@ -406,6 +428,7 @@ function connect() {
 async function main() {
   try {
     state.info = await api("/api/info");
+    for (const status of state.info.finished_statuses || []) FINISHED.add(status);
     buildForm(state.info);
   } catch (e) {
     $("#roots").textContent = `could not load service info: ${e.message}`;

@@ -16,16 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import CHROMEDRIVER, CHROMIUM
+from tests.helpers import CHROMEDRIVER, CHROMIUM, child_env
 
 DEMO_ARGS = ["--images", "48", "--classes", "4", "--size", "tiny", "--train-epochs", "1",
              "--batch-size", "8", "--latency-ms", "2"]  # fmt: skip
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _free_port() -> int:
@@ -52,7 +46,7 @@ def test_demo_no_serve_does_the_whole_tour(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=400,
-        env=_env(),
+        env=child_env(),
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -96,7 +90,7 @@ def test_new_user_sees_bench_results_and_the_live_job(tmp_path: Path, browser: A
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-        env=_env(),
+        env=child_env(),
     )
     try:
         url = _wait_for_dashboard_line(proc)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader.tracker import DuplicateTracker, EpochCounts
+from loader.tracker import (
+    DuplicateTracker,
+    EpochCounts,
+    SeenError,
+    pack_seen,
+    read_packed_seen,
+    unpack_seen,
+)
 
 
 def test_exact_counts_hand_made() -> None:
@@ -221,3 +230,31 @@ def test_state_of_another_size_or_corrupt_is_refused() -> None:
         DuplicateTracker(6).load_state_dict({**state, "counters": b"xx"})
     with pytest.raises(ValueError, match="counters do not match"):
         DuplicateTracker(6).load_state_dict({**state, "unique": 3})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), max_size=300))
+def test_seen_bitmaps_round_trip(bits: list[bool]) -> None:
+    seen = np.array(bits, dtype=bool)
+    assert unpack_seen(pack_seen(seen), len(bits)).tolist() == bits
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 200))
+def test_any_bytes_decode_to_a_bitmap_or_a_seen_error(blob: bytes, n: int) -> None:
+    try:
+        assert len(unpack_seen(blob, n)) == n
+    except SeenError:
+        pass
+
+
+def test_a_small_blob_never_inflates_past_the_bitmap() -> None:
+    bomb = zlib.compress(bytes(50_000_000))
+    with pytest.raises(SeenError, match="or more"):
+        read_packed_seen(bomb, 80)
+
+
+def test_the_tracker_hands_out_this_epochs_seen_ids() -> None:
+    tracker = DuplicateTracker(5)
+    tracker.update(np.array([4, 4, 1]))
+    assert np.flatnonzero(tracker.seen()).tolist() == [1, 4]

@@ -54,7 +54,13 @@ def served_run(
 ) -> Iterator[ServedRun]:
     """A live server (token ``secret``) holding one finished run of tar-naive and tar-aware."""
     home = tmp_path_factory.mktemp("served")
-    server = LiveServer(home / "service.db", [tiny_data.root], home / "serve.log", token="secret")
+    server = LiveServer(
+        home / "service.db",
+        [tiny_data.root],
+        home / "serve.log",
+        token="secret",
+        env={"SHARDFEED_JOB_STALE_S": str(NEVER_STALE_S)},
+    )
     server.start()
     try:
         body = {
@@ -71,7 +77,10 @@ def served_run(
         )
         assert answer.status_code == 202, answer.text
         run_id = answer.json()["id"]
-        run = wait_for_status(server.url, run_id, {"done", "failed", "cancelled", "interrupted"})
+        # A deadline, not a race: a shared 2-core machine may take minutes.
+        run = wait_for_status(
+            server.url, run_id, {"done", "failed", "cancelled", "interrupted"}, timeout=300
+        )
         assert run["status"] == "done", (run, server.output())
         yield ServedRun(server, run_id, run)
     finally:
@@ -79,12 +88,15 @@ def served_run(
 
 
 SLOW_RANK = 2
+NEVER_STALE_S = 10 * 86400
+"""The served run's ranks never go stale while a test reads them, however slow the machine."""
 
 
 @pytest.fixture(scope="session")
 def slow_rank_job(served_run: ServedRun, tiny_data: TinyData) -> tuple[str, int]:
-    """Job ``four-ranks`` on the served run's server: four reporting ranks, rank 2 slow (500 ms
-    storage latency per shard open in its loader). Returns (job, slow rank)."""
+    """Job ``four-ranks`` on the served run's server: four reporting ranks, rank 2 waiting
+    ``SLOW_WAIT_S`` per step on its step clock (``tests.server.rankjob``). Returns (job, slow
+    rank)."""
     server = served_run.server
     run_ranks(
         server.url,
@@ -93,6 +105,5 @@ def slow_rank_job(served_run: ServedRun, tiny_data: TinyData) -> tuple[str, int]
         tiny_data.shards,
         world=4,
         slow_rank=SLOW_RANK,
-        latency_ms=500.0,
     )
     return "four-ranks", SLOW_RANK

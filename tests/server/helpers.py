@@ -66,8 +66,16 @@ def clean_env() -> dict[str, str]:
 class LiveServer:
     """``shardfeed serve`` in a subprocess; ``start`` waits until ``/healthz`` answers."""
 
-    def __init__(self, db: Path, roots: list[Path], log: Path, token: str | None = None) -> None:
+    def __init__(
+        self,
+        db: Path,
+        roots: list[Path],
+        log: Path,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.db = db
+        self.env = dict(env or {})
         self.roots = roots
         self.log = log
         self.token = token
@@ -84,7 +92,7 @@ class LiveServer:
             args += ["--token", self.token]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=clean_env()
+                args, stdout=log, stderr=subprocess.STDOUT, env=clean_env() | self.env
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

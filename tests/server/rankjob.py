@@ -1,10 +1,13 @@
 """Reporting ranks for the service tests: each reads its part of the tiny shards through a real
-DataLoader (one worker process), takes a short simulated step per batch and reports with
-``StatsReporter``; one rank's loader is slow on purpose (storage latency on every shard open).
+DataLoader (one worker process) and reports with ``StatsReporter``, ids included.
 
-``run_ranks`` starts the ranks as separate processes with ``RANK``/``WORLD_SIZE`` set, as
-torchrun would, and waits for them. ``python -m tests.server.rankjob URL TOKEN JOB SHARDS
-LATENCY_MS`` is one rank.
+What the service compares is decided by the test, never by how busy the machine is: each
+step's wait for data is a fixed figure (``SLOW_WAIT_S`` for the rank slowed on purpose,
+``FAST_WAIT_S`` for the others), and the reporter's clock is a step clock that advances by
+the step's work plus that wait. ``run_ranks`` starts the ranks as separate processes with
+``RANK``/``WORLD_SIZE`` set, as torchrun would, and waits for them; ``claims`` lets two
+processes claim the same rank. ``python -m tests.server.rankjob URL TOKEN JOB SHARDS SLOW`` is
+one rank.
 """
 
 from __future__ import annotations
@@ -12,40 +15,51 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-__all__ = ["run_ranks"]
+__all__ = ["EPOCHS", "FAST_WAIT_S", "SLOW_WAIT_S", "STEP_S", "StepClock", "run_ranks"]
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 STEP_S = 0.02
+SLOW_WAIT_S = 0.5
+FAST_WAIT_S = 0.001
 
 
-def rank_main(url: str, token: str, job: str, shards: str, latency_ms: float) -> None:
+class StepClock:
+    """A clock the rank advances by hand: one step's wait, then its work."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rank_main(url: str, token: str, job: str, shards: str, slow: bool) -> None:
     from loader.dataloader import make_loader, stop_workers
     from loader.reporter import StatsReporter, queue_depth
 
-    loader = make_loader(
-        shards, batch_size=2, num_workers=1, image_size=16, latency_ms=latency_ms, seed=0
-    )
-    with StatsReporter(url, job, token=token, interval_s=0.2) as reporter:
+    loader = make_loader(shards, batch_size=2, num_workers=1, image_size=16, seed=0)
+    clock = StepClock()
+    wait = SLOW_WAIT_S if slow else FAST_WAIT_S
+    num_samples = loader.dataset.num_samples
+    with StatsReporter(
+        url, job, token=token, interval_s=0.2, num_samples=num_samples, clock=clock
+    ) as reporter:
         try:
             for epoch in range(EPOCHS):
                 batches = iter(loader)
-                while True:
-                    asked = time.perf_counter()
-                    batch = next(batches, None)
-                    waited = time.perf_counter() - asked
-                    if batch is None:
-                        break
-                    time.sleep(STEP_S)  # the training step
+                for batch in batches:
+                    clock.now += wait + STEP_S
                     reporter.record(
                         samples=len(batch.ids),
                         bytes=int(batch.nbytes.sum()),
-                        blocked_s=waited,
+                        blocked_s=wait,
                         epoch=epoch,
                         queue_depth=queue_depth(batches),
+                        ids=batch.ids,
+                        padded=batch.padded,
                     )
         finally:
             stop_workers(loader)
@@ -54,22 +68,30 @@ def rank_main(url: str, token: str, job: str, shards: str, latency_ms: float) ->
 
 
 def run_ranks(
-    url: str, token: str, job: str, shards: Path, *, world: int, slow_rank: int, latency_ms: float
+    url: str,
+    token: str,
+    job: str,
+    shards: Path,
+    *,
+    world: int,
+    slow_rank: int | None = None,
+    claims: list[int] | None = None,
 ) -> None:
-    """Run ``world`` reporting ranks to the end; rank ``slow_rank`` gets ``latency_ms``."""
+    """Run one reporting process per entry of ``claims`` (default: ranks 0..world-1) to the
+    end; the process of rank ``slow_rank`` waits ``SLOW_WAIT_S`` per step."""
     procs = []
-    for rank in range(world):
+    for rank in claims if claims is not None else range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), PYTHONPATH=str(ROOT))
-        delay = str(latency_ms if rank == slow_rank else 0.0)
-        args = [sys.executable, "-m", "tests.server.rankjob", url, token, job, str(shards), delay]
+        slow = "1" if rank == slow_rank else "0"
+        args = [sys.executable, "-m", "tests.server.rankjob", url, token, job, str(shards), slow]
         procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
     errors = []
-    for rank, proc in enumerate(procs):
+    for i, proc in enumerate(procs):
         _, err = proc.communicate(timeout=180)
         if proc.returncode != 0:
-            errors.append(f"rank {rank} exited {proc.returncode}: {err[-2000:]}")
+            errors.append(f"process {i} exited {proc.returncode}: {err[-2000:]}")
     assert not errors, errors
 
 
 if __name__ == "__main__":
-    rank_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    rank_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1")

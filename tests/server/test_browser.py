@@ -83,7 +83,19 @@ def test_dashboard_shows_the_run_as_the_api_reports_it(
         for field in ("samples", "unique", "duplicates", "missing", "padded"):
             assert cell(field) == str(figures[field]), (mode, field)
         assert cell("samples_per_s") == f"{figures['samples_per_s']:.1f}"
-        assert cell("ratio_to_limit") == f"{figures['ratio_to_limit']:.2f}"
+        ratio = f"{figures['ratio_to_limit']:.2f}"
+        if figures["noisy"]:  # the machine's speed decides this; both ways are checked
+            noise = f"noisy ±{round(100 * figures['limit_spread'])}%"
+            assert cell("ratio_to_limit") == f"{ratio} {noise}" and cell("noisy") == noise
+            assert row.get_attribute("data-noisy") == "true"
+        else:
+            assert cell("ratio_to_limit") == ratio and row.get_attribute("data-noisy") == "false"
+        # The limit shown beside each mode is the one its ratio was taken against.
+        assert cell("limit_samples_per_s") == f"{figures['limit_samples_per_s']:.1f}"
+        tick = browser.find_element(By.CSS_SELECTOR, f"line.limit[data-mode='{mode}']")
+        assert float(tick.get_attribute("data-limit")) == pytest.approx(
+            figures["limit_samples_per_s"]
+        )
         bar = browser.find_element(By.CSS_SELECTOR, f"rect.bar[data-mode='{mode}']")
         assert float(bar.get_attribute("data-value")) == pytest.approx(figures["samples_per_s"])
         exactly_once = figures["duplicates"] == 0 and figures["missing"] == 0

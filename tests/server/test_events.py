@@ -4,15 +4,16 @@ import asyncio
 import threading
 from typing import Any
 
-from server.events import EventBus
+from server.events import EventBus, Subscription
 
 
-async def collect(bus: EventBus, count: int, heartbeat_s: float = 5.0) -> list[Any]:
+async def collect(subscription: Subscription, count: int) -> list[Any]:
     got: list[Any] = []
-    async for event in bus.subscribe(heartbeat_s):
+    async for event in subscription:
         got.append(event)
         if len(got) >= count:
             break
+    subscription.close()
     return got
 
 
@@ -20,8 +21,7 @@ def test_events_published_from_other_threads_arrive_in_order() -> None:
     async def scenario() -> list[Any]:
         bus = EventBus()
         bus.bind(asyncio.get_running_loop())
-        task = asyncio.create_task(collect(bus, 3))
-        await asyncio.sleep(0.01)
+        task = asyncio.create_task(collect(bus.subscribe(5.0), 3))  # subscribed already
 
         def publish_three() -> None:
             for n in range(3):
@@ -41,7 +41,7 @@ def test_silence_yields_heartbeats() -> None:
     async def scenario() -> list[Any]:
         bus = EventBus()
         bus.bind(asyncio.get_running_loop())
-        return await asyncio.wait_for(collect(bus, 2, heartbeat_s=0.01), 5)
+        return await asyncio.wait_for(collect(bus.subscribe(0.01), 2), 5)
 
     assert asyncio.run(scenario()) == [None, None]
 
@@ -51,13 +51,12 @@ def test_a_slow_subscriber_loses_the_oldest_events_and_is_told() -> None:
         bus = EventBus(max_queue=2)
         bus.bind(asyncio.get_running_loop())
         stream = bus.subscribe(5.0)
-        pending = asyncio.ensure_future(stream.__anext__())
-        await asyncio.sleep(0.01)
         for n in range(5):
             bus.publish({"n": n})
-        await asyncio.sleep(0.01)
-        got = [await pending, await stream.__anext__()]
-        await stream.aclose()
+        await asyncio.sleep(0)  # deliveries are callbacks on this loop: let them run
+        got = [await stream.__anext__(), await stream.__anext__()]
+        stream.close()
+        assert bus.subscribers == 0
         return got
 
     events = asyncio.run(scenario())
@@ -70,10 +69,8 @@ def test_close_ends_every_subscription_and_drops_later_events() -> None:
     async def scenario() -> tuple[list[Any], int]:
         bus = EventBus()
         bus.bind(asyncio.get_running_loop())
-        task = asyncio.create_task(collect(bus, 10))
-        await asyncio.sleep(0.01)
+        task = asyncio.create_task(collect(bus.subscribe(5.0), 10))
         bus.publish({"n": 1})
-        await asyncio.sleep(0.01)
         bus.close()
         bus.publish({"n": 2})
         events = await asyncio.wait_for(task, 5)
@@ -94,8 +91,7 @@ def test_publish_before_bind_or_after_the_loop_closed_is_dropped_without_error()
 
     async def scenario() -> list[Any]:
         bus.bind(asyncio.get_running_loop())
-        task = asyncio.create_task(collect(bus, 1))
-        await asyncio.sleep(0.01)
+        task = asyncio.create_task(collect(bus.subscribe(5.0), 1))
         bus.publish({"n": 2})
         return await asyncio.wait_for(task, 5)
 

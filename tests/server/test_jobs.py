@@ -58,18 +58,35 @@ def test_a_restarted_reporter_counts_from_zero_again(second: JobReport) -> None:
     assert delta.samples == second.samples and state.reports == 1
 
 
-def test_summary_sums_ranks_and_ignores_stale_rates() -> None:
+def test_summary_sums_work_but_never_per_rank_duplicates_or_missing() -> None:
     a, _ = advance_rank(
-        None, rep(100, at=100.0, elapsed=1.0, tracker={"duplicates": 2, "missing": 3})
+        None,
+        rep(100, at=100.0, elapsed=1.0, tracker={"duplicates": 2, "missing": 3, "delivered": 9}),
     )
     b, _ = advance_rank(
-        None, rep(300, at=50.0, elapsed=1.0, rank=1, epoch=4, tracker={"duplicates": 1})
+        None,
+        rep(300, at=50.0, elapsed=1.0, rank=1, epoch=4, tracker={"duplicates": 1, "delivered": 4}),
     )
     doc = summarize("j", [a, b], now=101.0, stale_s=10.0)
     assert doc["samples"] == 400 and doc["active_ranks"] == 1
     assert doc["samples_per_s"] == 100.0
-    assert (doc["duplicates"], doc["missing"], doc["epoch"]) == (3, 3, 4)
+    assert (doc["duplicates"], doc["missing"], doc["epoch"]) == (None, None, 4)
+    assert doc["tracker"] == {"delivered": 13, "scope": "unmerged"}
     assert [r["active"] for r in doc["ranks"]] == [True, False]
+
+
+def test_one_reporting_process_gives_its_own_counts() -> None:
+    a, _ = advance_rank(None, rep(100, at=100.0, elapsed=1.0, tracker={"missing": 3}))
+    doc = summarize("j", [a], now=100.0, stale_s=10.0)
+    assert (doc["duplicates"], doc["missing"], doc["tracker"]["scope"]) == (None, 3, "rank")
+
+
+def test_merged_counts_win_over_per_rank_counts() -> None:
+    a, _ = advance_rank(None, rep(100, at=100.0, elapsed=1.0, tracker={"missing": 50}))
+    b, _ = advance_rank(None, rep(100, at=100.0, elapsed=1.0, rank=1, tracker={"missing": 50}))
+    merged = {"scope": "merged", "duplicates": 0, "missing": 0}
+    doc = summarize("j", [a, b], now=100.0, stale_s=10.0, merged=merged)
+    assert (doc["duplicates"], doc["missing"], doc["tracker"]) == (0, 0, merged)
 
 
 def test_summary_without_tracker_counts_says_none() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from loader.reporter import StatsReporter
 from tests.server.helpers import LiveServer, ServedRun, TinyData, wait_for_status
+from tests.server.rankjob import EPOCHS, FAST_WAIT_S, SLOW_WAIT_S, STEP_S, run_ranks
 
 FINAL = {"done", "failed", "cancelled", "interrupted"}
 
@@ -121,16 +122,18 @@ def test_runs_queue_one_at_a_time_and_cancel_stops_the_child(
 def test_stats_reporter_feeds_jobs_metrics_and_events(served_run: ServedRun) -> None:
     url = served_run.server.url
     events: list[dict[str, Any]] = []
+    subscribed = threading.Event()
 
     def listen() -> None:
         with httpx.stream("GET", f"{url}/api/events?limit=3", timeout=30) as stream:
             for line in stream.iter_lines():
+                subscribed.set()  # the stream's first line comes once the subscription exists
                 if line.startswith("data: "):
                     events.append(json.loads(line[6:]))
 
     listener = threading.Thread(target=listen)
     listener.start()
-    time.sleep(0.5)
+    assert subscribed.wait(30), "the events stream never answered"
     with StatsReporter(url, "train-live", token="secret", interval_s=0.1) as reporter:
         for _ in range(8):
             reporter.record(
@@ -234,12 +237,48 @@ def test_the_api_names_the_rank_slowed_on_purpose(
     loading = doc["loading"]
     assert loading["slowest_rank"] == slow, loading
     rows = {r["rank"]: r for r in loading["ranks"]}
-    assert sorted(rows) == [0, 1, 2, 3] and doc["samples"] == 4 * 4 * 10
+    steps = EPOCHS * 10 // 2  # 40 samples over 4 ranks, batches of 2
+    assert sorted(rows) == [0, 1, 2, 3] and doc["samples"] == 4 * EPOCHS * 10
+    assert all(rows[r]["steps"] == steps and rows[r]["queue_depth"] is not None for r in rows)
+    # The waits are the step clock's, so the fractions are exact: wait / (wait + step).
+    slow_share = SLOW_WAIT_S / (SLOW_WAIT_S + STEP_S)
+    fast_share = FAST_WAIT_S / (FAST_WAIT_S + STEP_S)
+    assert rows[slow]["exposed_fraction"] == pytest.approx(slow_share, rel=1e-4)
     others = [rows[r]["exposed_fraction"] for r in rows if r != slow]
-    assert rows[slow]["exposed_fraction"] > 1.5 * max(others), rows
-    assert rows[slow]["blocked_p99_s"] >= 0.5  # at least one wait held a 500 ms open
-    assert all(rows[r]["steps"] == 20 and rows[r]["queue_depth"] is not None for r in rows)
+    assert others == pytest.approx([fast_share] * 3, rel=1e-3)
+    assert rows[slow]["blocked_p99_s"] == SLOW_WAIT_S
     spread = loading["spread"]
     assert spread["max"] == rows[slow]["exposed_fraction"] and spread["min"] == min(others)
     metrics = httpx.get(f"{url}/metrics").text
     assert f'shardfeed_job_slowest_rank{{job="{job}"}} {float(slow)}' in metrics
+
+
+def _job_counts(url: str, job: str) -> tuple[dict[str, Any], str]:
+    return httpx.get(f"{url}/api/jobs/{job}").json(), httpx.get(f"{url}/metrics").text
+
+
+def test_an_exact_two_rank_job_shows_no_duplicates_and_none_missing(
+    served_run: ServedRun, tiny_data: TinyData
+) -> None:
+    server = served_run.server
+    run_ranks(server.url, server.token or "", "exact-two", tiny_data.shards, world=2)
+    doc, metrics = _job_counts(server.url, "exact-two")
+    assert len(doc["ranks"]) == 2 and all(r["tracker"] == {} for r in doc["ranks"])
+    assert (doc["duplicates"], doc["missing"]) == (0, 0), doc["tracker"]
+    assert doc["tracker"]["unique"] == tiny_data.images and doc["tracker"]["reporters"] == 2
+    assert 'shardfeed_job_missing{job="exact-two"} 0.0' in metrics
+    assert 'shardfeed_job_duplicates{job="exact-two"} 0.0' in metrics
+
+
+def test_two_processes_claiming_rank_0_of_2_show_the_duplicates(
+    served_run: ServedRun, tiny_data: TinyData
+) -> None:
+    server = served_run.server
+    token = server.token or ""
+    run_ranks(server.url, token, "rank-0-twice", tiny_data.shards, world=2, claims=[0, 0])
+    doc, metrics = _job_counts(server.url, "rank-0-twice")
+    half = tiny_data.images // 2
+    assert [r["rank"] for r in doc["ranks"]] == [0, 0]  # two processes, both kept
+    assert (doc["duplicates"], doc["missing"]) == (half, half), doc["tracker"]
+    assert f'shardfeed_job_duplicates{{job="rank-0-twice"}} {float(half)}' in metrics
+    assert f'shardfeed_job_missing{{job="rank-0-twice"}} {float(half)}' in metrics

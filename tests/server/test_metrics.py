@@ -14,7 +14,9 @@ RESULT = {
         "tar-naive": {
             "status": "ok",
             "samples_per_s": 400.0,
-            "ratio_to_limit": 0.4,
+            "ratio_to_limit": 1.6,
+            "limit_samples_per_s": 250.0,
+            "noisy": True,
             "duplicates": 40,
             "missing": 0,
         },
@@ -22,6 +24,8 @@ RESULT = {
             "status": "ok",
             "samples_per_s": 900.0,
             "ratio_to_limit": 0.9,
+            "limit_samples_per_s": 1000.0,
+            "noisy": False,
             "duplicates": 0,
             "missing": 0,
         },
@@ -88,6 +92,9 @@ def test_benchmark_figures_describe_the_newest_done_run() -> None:
     aware = (("mode", "tar-aware"), ("run", run.id))
     assert values[("shardfeed_benchmark_samples_per_second", naive)] == 400.0
     assert values[("shardfeed_benchmark_ratio_to_limit", aware)] == 0.9
+    assert values[("shardfeed_benchmark_mode_limit_samples_per_second", naive)] == 250.0
+    assert values[("shardfeed_benchmark_noisy", naive)] == 1.0
+    assert values[("shardfeed_benchmark_noisy", aware)] == 0.0
     assert values[("shardfeed_benchmark_duplicates", naive)] == 40.0
     assert values[("shardfeed_benchmark_limit_samples_per_second", (("run", run.id),))] == 1000.0
     assert values[("shardfeed_benchmark_runs", (("status", "queued"),))] == 1.0

@@ -30,19 +30,41 @@ def test_environment_fills_every_option(monkeypatch: pytest.MonkeyPatch, tmp_pat
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    monkeypatch.setenv("SHARDFEED_HOST", "0.0.0.0")
-    monkeypatch.setenv("SHARDFEED_PORT", "9123")
-    monkeypatch.setenv("SHARDFEED_DB", str(tmp_path / "x.db"))
-    monkeypatch.setenv("SHARDFEED_DATA_ROOTS", f"{a}{os.pathsep}{b}")
-    monkeypatch.setenv("SHARDFEED_TOKEN", "s3cret")
-    monkeypatch.setenv("SHARDFEED_MAX_WORKERS", "4")
+    given: dict[str, tuple[str, Any]] = {
+        "host": ("0.0.0.0", "0.0.0.0"),
+        "port": ("9123", 9123),
+        "db": (str(tmp_path / "x.db"), tmp_path / "x.db"),
+        "data_roots": (f"{a}{os.pathsep}{b}", [a.resolve(), b.resolve()]),
+        "allowed_hosts": ("one.example, two.example", ["one.example", "two.example"]),
+        "token": ("s3cret", "s3cret"),
+        "max_workers": ("4", 4),
+        "max_epochs": ("3", 3),
+        "max_repeat": ("2", 2),
+        "max_buffer_bytes": ("123456789", 123_456_789),
+        "max_run_s": ("77", 77),
+        "max_body_bytes": ("4096", 4096),
+        "max_queued": ("5", 5),
+        "cancel_grace_s": ("1.5", 1.5),
+        "job_stale_s": ("9.5", 9.5),
+        "job_max_reports": ("11", 11),
+        "job_max_ranks": ("12", 12),
+        "job_max_samples": ("1000", 1000),
+        "job_max_jobs": ("13", 13),
+        "job_retention_s": ("14.5", 14.5),
+        "sse_heartbeat_s": ("2.5", 2.5),
+    }
+    assert set(given) == set(Settings.model_fields), "a new setting needs a row here"
+    for name, (text, _) in given.items():
+        monkeypatch.setenv(f"SHARDFEED_{name.upper()}", text)
     settings = Settings()
-    assert (settings.host, settings.port) == ("0.0.0.0", 9123)
-    assert settings.db == tmp_path / "x.db"
-    assert settings.data_roots == [a.resolve(), b.resolve()]
-    assert settings.token_value() == "s3cret"
-    assert "s3cret" not in repr(settings)
-    assert settings.max_workers == 4
+    defaults = Settings.model_construct()
+    for name, (_, expected) in given.items():
+        value = getattr(settings, name)
+        if name == "token":
+            assert settings.token_value() == expected and expected not in repr(settings)
+        else:
+            assert value == expected, name
+            assert value != getattr(defaults, name, None), f"{name}: pick a non-default value"
 
 
 def test_data_roots_accept_a_json_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from shards.manifest import Manifest
+from tests.helpers import recipe
 from tests.shards.helpers import file_hashes, make_plain
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 BIN = Path(sys.executable).parent
 
 SBATCH = r'''
@@ -74,14 +74,6 @@ elif args[0] == "wait" and "--for=condition=complete" in args:
 else:
     sys.exit(f"kubectl stand-in: unsupported {args}")
 '''
-
-
-def recipe(name: str) -> str:
-    """The fenced block after ``<!-- recipe: NAME -->`` in the README."""
-    text = README.read_text(encoding="utf-8")
-    found = re.search(rf"<!-- recipe: {re.escape(name)} -->\n```\w*\n(.*?)```", text, re.S)
-    assert found, f"README.md has no recipe block {name!r}"
-    return found.group(1)
 
 
 def localise(block: str, replacements: dict[str, str]) -> str:

@@ -109,6 +109,11 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
         assert FIGURES <= set(result), (name, FIGURES - set(result))
         assert len(result["epochs"]) == 2 and len(result["rounds"]) == 1
         assert result["samples_per_s"] > 0 and result["ratio_to_limit"] > 0
+        assert result["ratio_to_limit"] == pytest.approx(
+            result["samples_per_s"] / result["limit_samples_per_s"]
+        )
+        assert isinstance(result["noisy"], bool) and len(result["limit_runs_samples_per_s"]) == 2
+        assert (result["noise"] is None) != result["noisy"]
         assert result["p50_batch_ms"] <= result["p99_batch_ms"]
         assert result["main_cpu_s_per_1k"] >= 0 and result["first_batch_s"] > 0
         per_unique = result["main_cpu_s_per_1k_unique"]
@@ -170,6 +175,7 @@ def test_terminal_table_names_every_mode_and_the_limit(
     assert code == 0
     header, rule, *rows = table.splitlines()
     assert header.split()[:3] == ["mode", "status", "samples"] and set(rule) == {"-"}
+    assert "limit/s" in header and "noise" in header.split()
     assert rows[0].split()[:6] == ["tar-aware", "ok", str(IMAGES), str(IMAGES), "0", "0"]
     assert rows[1].split()[:2] == ["tar-per-worker", "not_applicable"]
     assert any(r.startswith("limit: 1 processes") for r in rows)

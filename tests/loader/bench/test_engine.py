@@ -23,8 +23,10 @@ from loader.batch import Batch, BatchBuilder
 from loader.bench import MODE_NAMES, BenchCancelled, BenchConfig, run_bench
 from loader.bench.http_server import serve_http
 from loader.bench.limit import LimitRunner, split_ranges
-from loader.bench.measure import combine_rounds, measure_epoch, percentile, summarize_epochs
+from loader.bench.measure import combine_rounds, measure_epoch, summarize_epochs
+from loader.bench.noise import judge
 from loader.decode import NoDecode
+from loader.percentile import percentile
 from loader.sources import resolve_source
 from loader.tracker import DuplicateTracker
 from tests.loader.helpers import write_test_shards
@@ -76,6 +78,20 @@ def test_events_arrive_in_order_with_growing_progress(shards: Path) -> None:
     assert [r["round"] for r in aware["rounds"]] == [0, 1]
     assert aware["samples_per_s_min"] <= aware["samples_per_s"] <= aware["samples_per_s_max"]
     assert doc["limit"]["processes"] == 2 and len(doc["limit"]["runs"]) == 6
+    runs = doc["limit"]["runs"]
+    for result in (aware, naive):  # the limit shown is the one the ratio was taken against
+        before, after = result["limit_runs_samples_per_s"]
+        assert runs.index(after) == runs.index(before) + 1
+        assert result["limit_samples_per_s"] == pytest.approx((before + after) / 2)
+        (used,) = [r for r in result["rounds"] if r["ratio_to_limit"] == result["ratio_to_limit"]]
+        assert used["samples_per_s"] / result["limit_samples_per_s"] == pytest.approx(
+            result["ratio_to_limit"]
+        )
+        assert result["noisy"] == any(r["noisy"] for r in result["rounds"])
+        verdicts = [
+            judge(r["ratio_to_limit"], r["limit_runs_samples_per_s"]) for r in result["rounds"]
+        ]
+        assert [v["noisy"] for v in verdicts] == [r["noisy"] for r in result["rounds"]]
 
 
 def test_workers_zero_runs_in_process_and_limit_uses_one(shards: Path) -> None:
@@ -216,7 +232,9 @@ def _epoch(samples: int, steady: int, span: float, cpu: float, lat: list[float])
 
 
 def test_epochs_sum_and_rounds_take_medians() -> None:
-    one = summarize_epochs([_epoch(100, 90, 1.0, 0.5, [1, 2]), _epoch(100, 90, 2.0, 0.5, [3])], 60)
+    one = summarize_epochs(
+        [_epoch(100, 90, 1.0, 0.5, [1, 2]), _epoch(100, 90, 2.0, 0.5, [3])], (60.0, 60.0)
+    )
     assert one["samples"] == 200 and one["samples_per_s"] == pytest.approx(60.0)
     assert one["ratio_to_limit"] == pytest.approx(1.0)
     assert one["main_cpu_s_per_1k"] == pytest.approx(5.0)
@@ -224,7 +242,7 @@ def test_epochs_sum_and_rounds_take_medians() -> None:
     assert one["p50_batch_ms"] == 2 and one["first_batch_s"] == 1.0
     assert [e["ratio_to_limit"] for e in one["epochs"]] == [pytest.approx(1.5), pytest.approx(0.75)]
     assert all("_latencies" not in e for e in one["epochs"])
-    rounds = [summarize_epochs([_epoch(100, 90, s, 0.1, [s])], 90) for s in (1.0, 3.0, 2.0)]
+    rounds = [summarize_epochs([_epoch(100, 90, s, 0.1, [s])], (90.0,)) for s in (1.0, 3.0, 2.0)]
     combined = combine_rounds(rounds)
     assert combined["samples_per_s"] == pytest.approx(45.0)
     assert (combined["samples_per_s_min"], combined["samples_per_s_max"]) == (30.0, 90.0)

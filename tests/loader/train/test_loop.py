@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -19,7 +19,9 @@ from loader.train.loop import TrainOptions, train
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
+from tests.helpers import child_env
 from tests.loader.faults_http import FaultyServer
+from tests.server.helpers import LiveServer
 
 RUN_TIMEOUT_S = 420
 
@@ -36,26 +38,29 @@ def train_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "shards"
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def test_two_ranks_deliver_disjoint_ids_with_equal_steps_and_learn(
     train_shards: Path, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "log"
+    service = LiveServer(tmp_path / "service.db", [tmp_path], tmp_path / "serve.log").start()
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "server.cli", "train", "--shards", str(train_shards), "--epochs", "1",
         "--device", "cpu", "--batch-size", "8", "--workers", "2", "--image-size", "32",
-        "--lr", "0.02", "--log-json", str(prefix),
+        "--lr", "0.02", "--log-json", str(prefix), "--report", service.url, "--job", "two",
     ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=_env(), check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=child_env(), check=False
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        job = httpx.get(f"{service.url}/api/jobs/two").json()
+        metrics = httpx.get(f"{service.url}/metrics").text
+    finally:
+        service.stop()
+    # The service's totals are the union of both ranks' ids, as each rank's own report says.
+    assert (job["duplicates"], job["missing"], job["tracker"]["padded"]) == (0, 0, 1), job
+    assert 'shardfeed_job_missing{job="two"} 0.0' in metrics
     logs = [json.loads(Path(f"{prefix}.rank{r}.json").read_text()) for r in (0, 1)]
     ids = [np.array(log["ids"][0]) for log in logs]
     assert len(np.intersect1d(ids[0], ids[1])) == 0
@@ -95,7 +100,7 @@ def test_train_rejects_bad_arguments(train_shards: Path) -> None:
             capture_output=True,
             text=True,
             timeout=120,
-            env=_env(),
+            env=child_env(),
             check=False,
         )
         assert proc.returncode == 2

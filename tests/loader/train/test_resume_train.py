@@ -6,13 +6,13 @@ ranks of each run step together. Plus the checkpoint file rules, without torchru
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import torch
@@ -26,6 +26,8 @@ from loader.train.checkpoint import (
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
+from tests.helpers import child_env
+from tests.server.helpers import LiveServer
 
 IMAGES = 240
 RUN_TIMEOUT_S = 240
@@ -40,27 +42,28 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "shards"
 
 
-def _command(shards: Path, ranks: int, ckpt: Path, log: Path, resume: bool) -> list[str]:
+def _command(
+    shards: Path, ranks: int, ckpt: Path, log: Path, resume: bool, report: str
+) -> list[str]:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
         str(ranks), "-m", "server.cli", "train", "--shards", str(shards), "--epochs", "2",
         "--device", "cpu", "--batch-size", "2", "--workers", "2", "--image-size", "32",
         "--checkpoint-dir", str(ckpt), "--checkpoint-every", "10", "--log-json", str(log),
+        "--report", report, "--job", "resumed",
     ]  # fmt: skip
     return cmd + (["--resume"] if resume else [])
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _run_until_checkpoint(cmd: list[str], ckpt: Path, step: int) -> None:
     """Start the job, SIGKILL its whole process group once checkpoint ``step`` exists."""
     target = ckpt / f"ckpt-{step:09d}.pt"
     proc = subprocess.Popen(
-        cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd,
+        env=child_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -104,21 +107,31 @@ def test_killed_and_resumed_with_other_rank_counts_is_exactly_once(
 ) -> None:
     ckpt = tmp_path / "ckpt"
     logs = [tmp_path / f"run{i}" for i in range(3)]
-    _run_until_checkpoint(_command(shards, 2, ckpt, logs[0], resume=False), ckpt, 20)
-    assert latest_checkpoint(ckpt) is not None
-    kept_first = latest_checkpoint(ckpt)
-    first_step = load_checkpoint(kept_first)["step"]  # type: ignore[arg-type]
-    _run_until_checkpoint(_command(shards, 3, ckpt, logs[1], resume=True), ckpt, first_step + 20)
-    second_step = load_checkpoint(latest_checkpoint(ckpt))["step"]  # type: ignore[arg-type]
-    done = subprocess.run(
-        _command(shards, 1, ckpt, logs[2], resume=True),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    service = LiveServer(tmp_path / "service.db", [tmp_path], tmp_path / "serve.log").start()
+    try:
+        url = service.url
+        _run_until_checkpoint(_command(shards, 2, ckpt, logs[0], False, url), ckpt, 20)
+        assert latest_checkpoint(ckpt) is not None
+        kept_first = latest_checkpoint(ckpt)
+        first_step = load_checkpoint(kept_first)["step"]  # type: ignore[arg-type]
+        second = _command(shards, 3, ckpt, logs[1], True, url)
+        _run_until_checkpoint(second, ckpt, first_step + 20)
+        second_step = load_checkpoint(latest_checkpoint(ckpt))["step"]  # type: ignore[arg-type]
+        done = subprocess.run(
+            _command(shards, 1, ckpt, logs[2], True, url),
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        job = httpx.get(f"{url}/api/jobs/resumed").json()
+    finally:
+        service.stop()
+    # The service's counts span both stops: the killed runs' processes are the resumed run's
+    # past, and its bitmap starts from the checkpoint's merged ids.
+    assert (job["duplicates"], job["missing"], job["tracker"]["epoch"]) == (0, 0, 1), job
 
     runs = [
         _steps(logs[0], 2, first_step),
