@@ -82,20 +82,21 @@ class SampleSeeder:
         self._prefix = _digest_input(_SAMPLE, seed, epoch, source, 0)[:-8]
         self._bits = np.random.PCG64(0)
         self.crop_rng = np.random.Generator(self._bits)
+        self._inner = {"state": 0, "inc": 1}
+        self._state = {"bit_generator": "PCG64", "state": self._inner, "has_uint32": 0}
+        self._state["uinteger"] = 0
 
     def seed(self, gid: int) -> np.random.Generator:
         """Seed the generators for sample ``gid``; returns ``crop_rng``."""
         digest = blake2b(self._prefix + gid.to_bytes(8, "little"), digest_size=32).digest()
-        _seed_globals(int.from_bytes(digest[:8], "little"))
-        self._bits.state = {
-            "bit_generator": "PCG64",
-            "state": {
-                "state": int.from_bytes(digest[8:24], "little"),
-                "inc": int.from_bytes(digest[24:32], "little") << 1 | 1,
-            },
-            "has_uint32": 0,
-            "uinteger": 0,
-        }
+        key = int.from_bytes(digest[:8], "little")
+        random.seed(key)
+        np.random.seed(key & 0xFFFFFFFF)
+        torch.default_generator.manual_seed(key)
+        inner = self._inner
+        inner["state"] = int.from_bytes(digest[8:24], "little")
+        inner["inc"] = int.from_bytes(digest[24:32], "little") << 1 | 1
+        self._bits.state = self._state
         return self.crop_rng
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from loader.bench import BenchConfig, run_bench
 from loader.bench.transform_modes import JitterErase
+from loader.bench.transformcost import measure_costs
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
@@ -64,3 +65,12 @@ def test_the_recipe_is_seeded_in_place_and_erases_sometimes() -> None:
     assert np.array_equal(first, again) and not np.array_equal(first, base)
     with pytest.raises(ValueError, match="expected 0 <= jitter < 1"):
         JitterErase(jitter=1.5)
+
+
+def test_transform_costs_are_measured_per_sample(shards: Path) -> None:
+    doc = measure_costs(str(shards), image_size=32, samples=12)
+    assert doc["samples"] == 12
+    assert all(doc[k] > 0 for k in ("decode_us", "seed_us", "recipe_us"))
+    assert doc["seed_share"] == pytest.approx(doc["seed_us"] / doc["decode_us"])
+    with pytest.raises(ValueError, match="expected samples >= 1"):
+        measure_costs(str(shards), samples=0)
