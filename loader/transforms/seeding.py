@@ -27,7 +27,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from hashlib import blake2b
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -83,8 +83,12 @@ class SampleSeeder:
         self._bits = np.random.PCG64(0)
         self.crop_rng = np.random.Generator(self._bits)
         self._inner = {"state": 0, "inc": 1}
-        self._state = {"bit_generator": "PCG64", "state": self._inner, "has_uint32": 0}
-        self._state["uinteger"] = 0
+        self._state: Any = {
+            "bit_generator": "PCG64",
+            "state": self._inner,
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
 
     def seed(self, gid: int) -> np.random.Generator:
         """Seed the generators for sample ``gid``; returns ``crop_rng``."""

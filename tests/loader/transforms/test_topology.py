@@ -11,6 +11,8 @@ import albumentations as A
 import kornia.augmentation as K
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from loader.transforms import Albumentations, TensorTransform
 from tests.loader.transforms.helpers import TOTAL, identity, jitter, loader_of, pixels_by_id, same
@@ -112,3 +114,34 @@ def test_albumentations_ending_in_a_tensor_gives_chw_batches(manifest: str) -> N
     hwc = pixels_by_id(loader_of(manifest, 1, transform=identity))
     assert {tuple(t.shape) for t in chw.values()} == {(3, 16, 16)}
     assert same(chw, {g: t.permute(2, 0, 1) for g, t in hwc.items()})
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    world=st.integers(1, 4),
+    batch_size=st.integers(1, 6),
+    shuffle=st.integers(0, 8),
+    even=st.sampled_from(["pad", "drop"]),
+)
+def test_any_rank_count_batch_size_and_shuffle_give_each_sample_its_pixels(
+    manifest: str, world: int, batch_size: int, shuffle: int, even: str
+) -> None:
+    reference = pixels_by_id(loader_of(manifest, 0, transform=jitter), epoch=0)
+    got: dict[int, torch.Tensor] = {}
+    for rank in range(world):
+        loader = loader_of(
+            manifest,
+            0,
+            transform=jitter,
+            rank=rank,
+            world_size=world,
+            batch_size=batch_size,
+            shuffle_buffer=shuffle,
+            even=even,
+        )
+        got.update(pixels_by_id(loader, epoch=0))
+    assert got.keys() <= reference.keys()
+    assert all(torch.equal(reference[g], got[g]) for g in got)
+    assert len(got) >= TOTAL - world
