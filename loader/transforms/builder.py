@@ -24,6 +24,7 @@ sample's key.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -44,19 +45,35 @@ if TYPE_CHECKING:
 
 __all__ = ["TransformBatchBuilder"]
 
-_DTYPES: Final[dict[np.dtype, torch.dtype]] = {}
+_TORCH_DTYPES: Final = MappingProxyType(
+    {
+        np.dtype(numpy_type): torch_type
+        for numpy_type, torch_type in (
+            (np.bool_, torch.bool),
+            (np.uint8, torch.uint8),
+            (np.int8, torch.int8),
+            (np.int16, torch.int16),
+            (np.uint16, torch.uint16),
+            (np.int32, torch.int32),
+            (np.uint32, torch.uint32),
+            (np.int64, torch.int64),
+            (np.uint64, torch.uint64),
+            (np.float16, torch.float16),
+            (np.float32, torch.float32),
+            (np.float64, torch.float64),
+            (np.complex64, torch.complex64),
+            (np.complex128, torch.complex128),
+        )
+    }
+)
 
 
 def _torch_dtype(dtype: np.dtype, gid: int) -> torch.dtype:
-    known = _DTYPES.get(dtype)
+    known = _TORCH_DTYPES.get(dtype)
     if known is None:
-        try:
-            known = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-        except TypeError:
-            raise UnplacedTransformError(
-                f"expected a transform output of a dtype torch can hold, got dtype={dtype}", gid
-            ) from None
-        _DTYPES[dtype] = known
+        raise UnplacedTransformError(
+            f"expected a transform output of a dtype torch can hold, got dtype={dtype}", gid
+        )
     return known
 
 

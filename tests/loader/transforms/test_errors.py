@@ -98,3 +98,19 @@ def test_full_image_gets_the_whole_decoded_image(manifest: str) -> None:
     assert batch.images.tolist() == [[20, 24, 3]] * 4
     crop = next(iter(loader_of(manifest, 0, transform=identity)))
     assert tuple(crop.images.shape) == (4, 16, 16, 3)
+
+
+def dtype_by_draw(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) if np.random.rand() < 0.5 else image
+
+
+def strings(image: np.ndarray) -> np.ndarray:
+    return np.array(["a", "b"])
+
+
+def test_outputs_of_different_dtypes_and_unstackable_dtypes_are_named(manifest: str) -> None:
+    with pytest.raises(TransformError) as info:
+        list(loader_of(manifest, 0, transform=dtype_by_draw, batch_size=8))
+    assert "dtype=uint8" in str(info.value) and "dtype=float32" in str(info.value)
+    with pytest.raises(TransformError, match="a dtype torch can hold, got dtype=<U1"):
+        list(loader_of(manifest, 0, transform=strings))
