@@ -4,10 +4,11 @@ device, both a function of (seed, epoch, sample) (docs/architecture.md, "Transfo
 ``make_loader(src, transform=fn)`` runs ``fn`` on each decoded crop in the workers
 (``FullImage(fn)``: on the whole decoded image); ``Albumentations`` and ``TensorTransform``
 adapt the libraries' pipelines. ``DevicePrefetcher(loader, device, batch_transform=fn)`` runs
-``fn(images, labels)`` on the device; ``MixupCutmix``, ``mixup`` and ``cutmix`` are timm's.
+``fn(images, labels)`` on the device; ``MixupCutmix``, ``mixup`` and ``cutmix`` are timm's,
+``ImagesOnly`` wraps a batch augmentation of images alone (kornia).
 """
 
-from loader.transforms.adapters import Albumentations, TensorTransform
+from loader.transforms.adapters import Albumentations, ImagesOnly, TensorTransform
 from loader.transforms.batch import BatchTransform
 from loader.transforms.errors import TransformError
 from loader.transforms.mix import MixupCutmix, cutmix, mixup
@@ -18,6 +19,7 @@ __all__ = [
     "Albumentations",
     "BatchTransform",
     "FullImage",
+    "ImagesOnly",
     "MixupCutmix",
     "SampleTransform",
     "TensorTransform",

@@ -10,6 +10,8 @@
   (``torchvision.transforms.v2.Compose``, ``kornia.augmentation.AugmentationSequential``), given
   the crop as a CHW tensor: uint8 (torchvision's convention) or, with ``scale=True``, float32
   in [0, 1] (kornia's). Both libraries draw from torch's generator, which the worker seeds.
+- ``ImagesOnly(pipeline)``: a batch augmentation of images alone (``kornia.augmentation``
+  on the device) as a batch transform: ``(pipeline(images), labels)``.
 
 Both are picklable when their pipeline is (spawned workers pickle the transform).
 """
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Albumentations", "TensorTransform"]
+__all__ = ["Albumentations", "ImagesOnly", "TensorTransform"]
 
 
 class Albumentations:
@@ -87,3 +89,20 @@ class TensorTransform:
 
     def __repr__(self) -> str:
         return f"TensorTransform({type(self.pipeline).__name__}, scale={self.scale})"
+
+
+class ImagesOnly:
+    """``fn(images, labels) -> (pipeline(images), labels)``: a batch transform for
+    ``DevicePrefetcher(..., batch_transform=...)`` from a pipeline of images alone, such as a
+    ``kornia.augmentation.AugmentationSequential`` moved to the device."""
+
+    def __init__(self, pipeline: Any) -> None:
+        if not callable(pipeline):
+            raise TypeError(f"expected a callable image pipeline, got pipeline={pipeline!r}")
+        self.pipeline = pipeline
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        return self.pipeline(images), labels
+
+    def __repr__(self) -> str:
+        return f"ImagesOnly({type(self.pipeline).__name__})"

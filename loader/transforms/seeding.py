@@ -10,10 +10,11 @@ after a resume and in a rerun, and another one in the next epoch.
 ``SampleSeeder.seed`` runs before each per-sample call in a worker. It seeds Python's
 ``random`` (the whole key), NumPy's legacy global generator (its seed is 32 bits: the key's
 low 32 bits) and torch's CPU generator (``torch.default_generator``: ``torch.manual_seed``
-also queues a seed for every CUDA device, which costs about 100 times more), and re-seeds,
-in place, the NumPy ``Generator`` that the loader's own crop draws from (PCG64, state and
-stream from the rest of the digest). The cost is measured by ``shardfeed bench --modes
-tar-aware,tar-aware-seeded`` (docs/architecture.md, "Transforms").
+also queues a seed for every CUDA device, capturing a stack trace each time when CUDA is not
+initialised, which costs far more than the seeding itself), and re-seeds, in place, the NumPy
+``Generator`` that the loader's own crop draws from (PCG64, state and stream from the rest of
+the digest). The cost is measured by ``shardfeed bench --modes tar-aware,tar-aware-seeded``
+and ``python -m loader.bench.transformcost`` (docs/architecture.md, "Transforms").
 
 ``seeded_batch`` does the same around a batch transform in the training process and then puts
 back the generators it found, so the training loop's own randomness (dropout, its own flips)

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from loader.device.prefetcher import DevicePrefetcher
-from loader.transforms import MixupCutmix, TensorTransform, TransformError, cutmix, mixup
+from loader.transforms import (
+    ImagesOnly,
+    MixupCutmix,
+    TensorTransform,
+    TransformError,
+    cutmix,
+    mixup,
+)
 from tests.loader.transforms.helpers import identity, loader_of, to_float_chw
 
 CLASSES = 3
@@ -137,3 +144,19 @@ def test_batch_transform_errors_name_the_batch(manifest: str) -> None:
         epoch_of(DevicePrefetcher(loader_of(manifest, 0), "cpu", batch_transform=drops_a_row))
     with pytest.raises(ValueError, match="expected a callable batch_transform"):
         DevicePrefetcher(loader_of(manifest, 0), "cpu", batch_transform=3)  # type: ignore[arg-type]
+
+
+def test_a_kornia_batch_augmentation_is_seeded_per_batch(manifest: str) -> None:
+    import kornia.augmentation as K
+
+    augment = ImagesOnly(K.AugmentationSequential(K.RandomAffine(degrees=20.0), K.RandomErasing()))
+
+    def run() -> list[torch.Tensor]:
+        prefetcher = DevicePrefetcher(loader_of(manifest, 2), "cpu", batch_transform=augment)
+        return [b.images.clone() for b in prefetcher]
+
+    first, again = run(), run()
+    plain = [b.images for b in DevicePrefetcher(loader_of(manifest, 2), "cpu")]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a, p) for a, p in zip(first, plain, strict=True))
+    assert tuple(first[0].shape) == (4, 3, 16, 16)
