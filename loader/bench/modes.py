@@ -47,18 +47,6 @@ MODES: tuple[Mode, ...] = (
     Mode("tar-naive", _OURS + "tar_naive_mode", True, "every worker reads every shard"),
     Mode("tar-per-worker", _OURS + "tar_per_worker_mode", True, "one shard per worker"),
     Mode("tar-aware", _OURS + "tar_aware_mode", True, "shardfeed: disjoint balanced ranges"),
-    Mode(
-        "tar-aware-seeded",
-        "loader.bench.transform_modes:tar_aware_seeded_mode",
-        False,
-        "tar-aware + an identity per-sample transform: the cost of seeding each sample",
-    ),
-    Mode(
-        "tar-aware-recipe",
-        "loader.bench.transform_modes:tar_aware_recipe_mode",
-        False,
-        "tar-aware + ColorJitter and RandomErasing per sample in NumPy/OpenCV",
-    ),
     Mode("webdataset", _PEERS + "webdataset_mode", True, "webdataset's pipeline over our shards"),
     Mode(
         "litdata", _PEERS + "litdata_mode", False, "LitData StreamingDataset over a converted copy"
@@ -75,6 +63,18 @@ MODES: tuple[Mode, ...] = (
         "loader.bench.mosaic:mosaic_mode",
         False,
         "MosaicML Streaming over an MDS copy converted by its MDSWriter",
+    ),
+    Mode(
+        "tar-aware-seeded",
+        "loader.bench.transform_modes:tar_aware_seeded_mode",
+        False,
+        "tar-aware + an identity per-sample transform: the cost of seeding each sample",
+    ),
+    Mode(
+        "tar-aware-recipe",
+        "loader.bench.transform_modes:tar_aware_recipe_mode",
+        False,
+        "tar-aware + ColorJitter and RandomErasing per sample in NumPy/OpenCV",
     ),
 )
 MODE_NAMES: tuple[str, ...] = tuple(mode.name for mode in MODES)
