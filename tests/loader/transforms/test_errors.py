@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loader.badsamples import BadSampleError
 from loader.dataloader import make_loader
 from loader.dataset import ShardDataset
 from loader.transforms import FullImage, TransformError
+from tests.helpers import png_bomb
 from tests.loader.helpers import jpeg_bytes, write_test_shards
 from tests.loader.transforms.helpers import boom, identity, jitter, loader_of
 
@@ -114,3 +116,19 @@ def test_outputs_of_different_dtypes_and_unstackable_dtypes_are_named(manifest: 
     assert "dtype=uint8" in str(info.value) and "dtype=float32" in str(info.value)
     with pytest.raises(TransformError, match="a dtype torch can hold, got dtype=<U1"):
         list(loader_of(manifest, 0, transform=strings))
+
+
+def test_full_image_meets_a_pixel_bomb_as_a_bad_sample(tmp_path: Path) -> None:
+    def image(gid: int) -> bytes:
+        return png_bomb() if gid == 2 else jpeg_bytes(gid)
+
+    manifest = str(write_test_shards(tmp_path / "data", [5], image_bytes=image))
+    full = FullImage(keep_corner)
+    ids = [g for b in loader_of(manifest, 0, transform=full) for g in b.ids[~b.padded].tolist()]
+    assert sorted(ids) == [0, 1, 3, 4]
+    with pytest.raises(BadSampleError, match="not decoded"):
+        list(loader_of(manifest, 0, transform=full, bad_samples="raise"))
+
+
+def keep_corner(image: np.ndarray) -> np.ndarray:
+    return image[:8, :8].copy()
