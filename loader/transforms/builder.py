@@ -166,11 +166,13 @@ class TransformBatchBuilder:
             raise UnplacedTransformError(
                 f"transform {self.transform!r} raised {type(exc).__name__}: {exc}", gid
             ) from exc
-        self._store(i, out, gid)
+        self._store(i, out, gid, image)
         self._rows.append((label, gid, padded, nbytes))
         return nbytes
 
-    def _store(self, i: int, out: object, gid: int) -> None:
+    def _store(self, i: int, out: object, gid: int, given: np.ndarray) -> None:
+        """Write ``out`` into row ``i``; nothing to write when it is ``given``, the transform's
+        input, and that input was row ``i`` already (decoded in place)."""
         if isinstance(out, np.ndarray):
             signature = (out.shape, _torch_dtype(out.dtype, gid))
         elif isinstance(out, torch.Tensor):
@@ -196,7 +198,7 @@ class TransformBatchBuilder:
         if isinstance(out, torch.Tensor):
             images[i].copy_(out)
         elif self._view is not None:
-            if out is not self._view[i]:
+            if out is not given or given is self._scratch or self.full_image:
                 np.copyto(self._view[i], out, casting="no")
         else:
             images[i].copy_(torch.from_numpy(np.ascontiguousarray(out)))
