@@ -6,9 +6,9 @@ the receiver; the next ``add()`` takes other arrays), and is used only when the 
 transform, so the loader's path without one is unchanged. For each sample it:
 
 1. seeds the generators from the sample's key (``SampleSeeder``: Python's ``random``, NumPy's
-   global generator, torch's CPU generator, and the generator the loader's crop is drawn
-   from, so crop, flip and transform are all a function of (seed, epoch, source, id), whatever
-   the worker count, rank count or resume point);
+   global generator, which the loader's crop is drawn from too, and torch's CPU generator), so
+   crop, flip and transform are all a function of (seed, epoch, source, id), whatever the
+   worker count, rank count or resume point;
 2. decodes the loader's crop (or, for ``FullImage``, the whole image);
 3. calls the transform and writes its output into row ``i`` of the batch's array, whose shape
    and dtype are those of the batch's first output.

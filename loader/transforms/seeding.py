@@ -1,7 +1,7 @@
 """Augmentation randomness as a function of the data: keys from (seed, epoch, source, id), and
 the generators seeded from them (docs/architecture.md, "Transforms").
 
-A sample's key is the first 8 bytes (little-endian) of BLAKE2b over the little-endian uint64s
+A sample's key is the 8-byte BLAKE2b digest (read little-endian) of the little-endian uint64s
 ``(domain, seed, epoch, source, id)``; a batch's key is the same over its first sample's id in
 another domain, so a batch transform never replays its first sample's draws. Nothing here
 reads the worker count, the rank or the time: a sample gets the same key in every topology,
@@ -11,10 +11,10 @@ after a resume and in a rerun, and another one in the next epoch.
 ``random`` (the whole key), NumPy's legacy global generator (its seed is 32 bits: the key's
 low 32 bits) and torch's CPU generator (``torch.default_generator``: ``torch.manual_seed``
 also queues a seed for every CUDA device, capturing a stack trace each time when CUDA is not
-initialised, which costs far more than the seeding itself), and re-seeds, in place, the NumPy
-``Generator`` that the loader's own crop draws from (PCG64, state and stream from the rest of
-the digest). The cost is measured by ``shardfeed bench --modes tar-aware,tar-aware-seeded``
-and ``python -m loader.bench.transformcost`` (docs/architecture.md, "Transforms").
+initialised, which costs far more than the seeding itself). The loader's own crop is drawn
+from NumPy's global bit generator, so the same call seeds it. The cost is measured by
+``shardfeed bench --modes tar-aware,tar-aware-seeded`` and ``python -m
+loader.bench.transformcost`` (docs/architecture.md, "Transforms").
 
 ``seeded_batch`` does the same around a batch transform in the training process and then puts
 back the generators it found, so the training loop's own randomness (dropout, its own flips)
@@ -28,7 +28,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from hashlib import blake2b
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import torch
@@ -52,17 +52,17 @@ def _digest_input(domain: int, seed: int, epoch: int, source: int, gid: int) -> 
 
 
 def _digest(domain: int, seed: int, epoch: int, source: int, gid: int) -> bytes:
-    return blake2b(_digest_input(domain, seed, epoch, source, gid), digest_size=32).digest()
+    return blake2b(_digest_input(domain, seed, epoch, source, gid), digest_size=8).digest()
 
 
 def sample_key(seed: int, epoch: int, gid: int, source: int = 0) -> int:
     """The 64-bit key of sample ``gid`` of ``source`` in ``epoch`` of a loader seeded ``seed``."""
-    return int.from_bytes(_digest(_SAMPLE, seed, epoch, source, gid)[:8], "little")
+    return int.from_bytes(_digest(_SAMPLE, seed, epoch, source, gid), "little")
 
 
 def batch_key(seed: int, epoch: int, first_id: int, source: int = 0) -> int:
     """The 64-bit key of the batch whose first sample is ``first_id`` (of ``source``)."""
-    return int.from_bytes(_digest(_BATCH, seed, epoch, source, first_id)[:8], "little")
+    return int.from_bytes(_digest(_BATCH, seed, epoch, source, first_id), "little")
 
 
 def _seed_globals(key: int) -> None:
@@ -74,34 +74,24 @@ def _seed_globals(key: int) -> None:
 class SampleSeeder:
     """Seeds the generators before each per-sample call of one epoch of one worker.
 
-    ``seed(gid)`` returns ``crop_rng``, a NumPy ``Generator`` re-seeded in place for that
-    sample: the loader's crop and flip are drawn from it, so the whole augmented sample is a
-    function of the key. Not thread-safe (one per worker).
+    ``seed(gid)`` returns ``crop_rng``, a NumPy ``Generator`` over the bit generator behind
+    NumPy's global functions (``np.random.get_bit_generator()``), so seeding those seeds it
+    too: the loader's crop and flip are drawn from it first, then the transform's own NumPy
+    draws continue the same stream, and the whole augmented sample is a function of the key.
+    Not thread-safe (one per worker).
     """
 
     def __init__(self, seed: int, epoch: int, source: int = 0) -> None:
         self._prefix = _digest_input(_SAMPLE, seed, epoch, source, 0)[:-8]
-        self._bits = np.random.PCG64(0)
-        self.crop_rng = np.random.Generator(self._bits)
-        self._inner = {"state": 0, "inc": 1}
-        self._state: Any = {
-            "bit_generator": "PCG64",
-            "state": self._inner,
-            "has_uint32": 0,
-            "uinteger": 0,
-        }
+        self.crop_rng = np.random.Generator(np.random.get_bit_generator())
 
     def seed(self, gid: int) -> np.random.Generator:
         """Seed the generators for sample ``gid``; returns ``crop_rng``."""
-        digest = blake2b(self._prefix + gid.to_bytes(8, "little"), digest_size=32).digest()
-        key = int.from_bytes(digest[:8], "little")
+        digest = blake2b(self._prefix + gid.to_bytes(8, "little"), digest_size=8).digest()
+        key = int.from_bytes(digest, "little")
         random.seed(key)
         np.random.seed(key & 0xFFFFFFFF)
         torch.default_generator.manual_seed(key)
-        inner = self._inner
-        inner["state"] = int.from_bytes(digest[8:24], "little")
-        inner["inc"] = int.from_bytes(digest[24:32], "little") << 1 | 1
-        self._bits.state = self._state
         return self.crop_rng
 
 
