@@ -60,6 +60,7 @@ from typing import NamedTuple
 
 import torch
 
+from loader._checks import check_int
 from loader.badsamples import BadSampleError, BadSamplePolicy, SkipCounter
 from loader.batch import Batch
 from loader.device.bytebatch import ByteBatch
@@ -149,7 +150,7 @@ class DevicePrefetcher:
         if batch_transform is not None and not callable(batch_transform):
             raise ValueError(f"expected a callable batch_transform, got {batch_transform!r}")
         self.batch_transform = batch_transform
-        self.seed = int(getattr(dataset, "seed", 0)) if seed is None else seed
+        self.seed = check_int("seed", getattr(dataset, "seed", 0) if seed is None else seed, 0)
         self._epoch, self._passes = 0, 0
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()

@@ -33,22 +33,20 @@ from typing import Final
 import numpy as np
 import torch
 
+from loader._checks import check_int
+
 __all__ = ["SampleSeeder", "batch_key", "sample_key", "seeded_batch"]
 
 _SAMPLE: Final = 1
 _BATCH: Final = 2
-_U64: Final = (1 << 64) - 1
+_LIMIT: Final = 1 << 64
 _PACK: Final = struct.Struct("<5Q")
 
 
 def _digest_input(domain: int, seed: int, epoch: int, source: int, gid: int) -> bytes:
-    values = (domain, seed, epoch, source, gid)
-    if any(not 0 <= v <= _U64 for v in values):
-        raise ValueError(
-            f"expected seed, epoch, source and id in [0, 2**64), got seed={seed} epoch={epoch} "
-            f"source={source} id={gid}"
-        )
-    return _PACK.pack(*values)
+    for name, value in (("seed", seed), ("epoch", epoch), ("source", source), ("id", gid)):
+        check_int(name, value, 0, _LIMIT)
+    return _PACK.pack(domain, seed, epoch, source, gid)
 
 
 def _digest(domain: int, seed: int, epoch: int, source: int, gid: int) -> bytes:

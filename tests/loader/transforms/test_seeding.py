@@ -36,9 +36,9 @@ def test_keys_are_64_bit_and_differ_between_samples_epochs_and_batches(
 
 @pytest.mark.parametrize("bad", [-1, 2**64])
 def test_keys_refuse_values_outside_64_bits(bad: int) -> None:
-    with pytest.raises(ValueError, match="expected seed, epoch, source and id in"):
+    with pytest.raises(ValueError, match=rf"expected seed in \[0, {2**64}\), got seed={bad}"):
         sample_key(bad, 0, 0)
-    with pytest.raises(ValueError, match="expected seed, epoch, source and id in"):
+    with pytest.raises(ValueError, match=rf"expected epoch in \[0, {2**64}\), got epoch={bad}"):
         SampleSeeder(0, bad)
 
 
