@@ -81,7 +81,8 @@ class SampleSeeder:
 
     def __init__(self, seed: int, epoch: int, source: int = 0) -> None:
         self._prefix = _digest_input(_SAMPLE, seed, epoch, source, 0)[:-8]
-        self.crop_rng = np.random.Generator(np.random.get_bit_generator())
+        bits = np.random.get_bit_generator()  # type: ignore[attr-defined]  # public, not in the stubs
+        self.crop_rng = np.random.Generator(bits)
 
     def seed(self, gid: int) -> np.random.Generator:
         """Seed the generators for sample ``gid``; returns ``crop_rng``."""
