@@ -18,6 +18,7 @@ from loader.batch import Batch, BatchGroup
 from loader.dataset import ShardDataset
 from loader.device.bytebatch import ByteBatch
 from loader.sources import DatasetSource
+from loader.transforms.sample import SampleTransform
 from loader.worker.pools import forget_exited_lenders
 
 __all__ = [
@@ -258,6 +259,7 @@ def make_loader(
     multiprocessing_context: str | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     timeout: float = 0,
+    transform: SampleTransform | None = None,
     **dataset_options: Any,
 ) -> ClosingDataLoader:
     """A DataLoader over a ``ShardDataset`` that yields whole ``Batch`` objects.
@@ -276,12 +278,25 @@ def make_loader(
     for that long raises ``WorkerTimeoutError`` naming it. ``retry``, ``cache_dir`` and
     ``cache_limit`` (dataset options) govern remote reads (docs/architecture.md, section
     "Remote reads").
+
+    ``transform``: ``fn(image) -> array`` run in the workers on every decoded sample, a uint8
+    ``[S, S, 3]`` RGB crop (the loader's own crop, so its partial decode stays); it returns a
+    NumPy array or CPU tensor and ``batch.images`` is the stack of the results. Pass
+    ``transform=loader.transforms.FullImage(fn)`` to receive the full decoded image instead of
+    the loader's crop. Before each call Python's ``random``, NumPy's global generator and
+    torch's generator are seeded from (``seed``, epoch, sample id), so a sample's augmentation
+    is the same for any number of workers and ranks and after a resume. An error in ``fn``
+    raises ``TransformError`` naming the shard and member under every ``bad_samples`` policy;
+    refused with ``decode="device"`` (use ``DevicePrefetcher(..., batch_transform=fn)``)
+    (docs/architecture.md, "Transforms").
     """
     check_int("num_workers", num_workers, 0)
     check_non_negative("timeout", timeout)
     check_int("prefetch_factor", prefetch_factor, 1)
     if transfer_batches is not None:
         check_int("transfer_batches", transfer_batches, 1)
+    if transform is not None:
+        dataset_options["transform"] = transform
     if isinstance(source, ShardDataset):
         if dataset_options:
             raise ValueError(

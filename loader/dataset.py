@@ -55,6 +55,7 @@ from loader.remote.retry import RetryPolicy
 from loader.resume.keeper import ResumeKeeper
 from loader.resume.state import Topology, next_worker, resume_point
 from loader.sources import DatasetSource, resolve_source
+from loader.transforms.sample import SampleTransform, check_sample_transform
 from loader.worker.reuse import KEEP_OPEN, Reuse
 from loader.worker.stream import WorkerStream
 
@@ -116,6 +117,10 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
     them and their index files in a node-local cache of at most ``cache_limit`` bytes
     (``loader.remote.cache``); ``net.totals()`` counts requests, retries and cache traffic over all
     processes (docs/architecture.md, section "Remote reads").
+    ``transform``: a per-sample transform run in the workers on each decoded crop, seeded from
+    (seed, epoch, sample id); ``images`` are then the stack of its outputs. ``FullImage(fn)``
+    gives it the whole decoded image instead of the crop (``loader.transforms``;
+    docs/architecture.md, "Transforms").
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         retry: RetryPolicy | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit: int | None = None,
+        transform: SampleTransform | None = None,
     ) -> None:
         check_int("batch_size", batch_size, 1)
         check_int("transfer_batches", transfer_batches, 1)
@@ -161,6 +167,8 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         )
         self.batch_size = batch_size
         self.decoder = make_decoder(decode, image_size, train)
+        check_sample_transform(transform, self.decoder)
+        self.transform = transform
         given = isinstance(decode, bool | str)
         self.image_size = image_size if given else self.decoder.image_size
         self.train = train
@@ -316,7 +324,7 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
             )
         key = worker_seed(self.seed, epoch, rank, worker, left_out)
         rng = np.random.default_rng(key)
-        stream = WorkerStream(self, self._reuse)
+        stream = WorkerStream(self, self._reuse, epoch)
         return grouped(stream.batches(plan, rng, skip, key), self.transfer_batches, skip)
 
     def __len__(self) -> int:

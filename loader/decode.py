@@ -48,6 +48,7 @@ __all__ = [
     "ImageDecoder",
     "NoDecode",
     "center_crop",
+    "decode_full",
     "eval_transform",
     "random_resized_crop",
     "rescale_box",
@@ -265,6 +266,17 @@ class ImageDecoder:
             return decode_crop(data, size, box, self._size)
         except JpegError:
             return None
+
+
+def decode_full(data: bytes | memoryview) -> np.ndarray:
+    """The whole image as a new uint8 ``[H, W, 3]`` RGB array, pixels as stored (for transforms
+    that crop themselves: ``loader.transforms.FullImage``). Raises ``DecodeError`` as
+    ``ImageDecoder.__call__`` does, a PNG or WebP pixel bomb included."""
+    bomb = pixel_bomb(image_info(data))
+    if bomb is not None:
+        raise DecodeError(f"not decoded: {bomb}")
+    image = _imdecode(np.frombuffer(data, np.uint8), _FULL_FLAGS)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray:

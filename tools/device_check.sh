@@ -6,7 +6,8 @@
 #   1. env      what is there (GPU, torch/CUDA, TorchCodec, torchvision, OpenCV); installs the
 #               wheels carried in .whl/ (the machine reaches no index: see below)
 #   2. tests    the CUDA tests: DevicePrefetcher, the nvJPEG decoder and byte batches, the batch
-#               transfer; they skip, with a reason, without CUDA
+#               transfer; they skip, with a reason, without CUDA; then a torchvision.transforms.v2
+#               pipeline through loader.transforms (the one place torchvision imports)
 #   3. data     ImageNet-sized sample images, sharded with all cores
 #   4. train    a CUDA training run per decode (workers vs device): blocked % = the share of
 #               time the training step waits on data
@@ -90,6 +91,16 @@ if [ "${TESTS:-1}" = 1 ]; then
         tests/loader/test_recycle.py tests/loader/bench/test_decodecompare.py
     tail -n 3 "$OUT/pytest.txt" | tee -a "$SUMMARY" || true
 fi
+
+# --- transforms (loader.transforms; docs/architecture.md, "Transforms") ----------------------
+# torchvision imports only here: one transforms.v2 pipeline in the workers, v2.CutMix as a batch
+# transform on the GPU: one short test module under its own 60 s limit, appended to pytest.txt.
+if [ "${TESTS:-1}" = 1 ]; then
+    step transforms-v2 60 "$OUT/pytest.txt" $PY -m pytest -q -p no:cacheprovider --timeout 50 \
+        -rs tests/loader/transforms/test_torchvision_v2.py
+    tail -n 1 "$OUT/pytest.txt" | sed "s/^/transforms-v2: /" | tee -a "$SUMMARY" || true
+fi
+# --- end transforms ------------------------------------------------------------------------
 
 if [ ! -f "$D/shards/manifest.json" ]; then
     step sample 150 "$OUT/env.txt" $PY -m server.cli sample "$D/src" --images "$IMAGES" \

@@ -1,6 +1,7 @@
 """Builders of the bench modes over our own readers: ``map`` (``FolderDataset`` +
 ``folder_loader``, one file per sample; with ``--http`` one GET each), ``tar-naive`` and
-``tar-per-worker`` (the baselines), and ``tar-aware`` (``make_loader`` over ``ShardDataset``).
+``tar-per-worker`` (the baselines), and ``tar-aware`` (``make_loader`` over ``ShardDataset``;
+with a ``transform``, the modes of ``loader.bench.transform_modes``).
 
 Every one yields ``Batch`` objects built by ``BatchBuilder`` with the same decoder, so modes
 differ only in how samples are found, read and handed to the main process.
@@ -23,6 +24,7 @@ from loader.bench.baselines import (
 )
 from loader.bench.setup import BuiltMode, ModeSetup, ModeUnavailable, loader_options, storage_label
 from loader.dataloader import PREFETCH_FACTOR, ClosingDataLoader, make_loader
+from loader.transforms.sample import SampleTransform
 
 __all__ = [
     "HttpFolderDataset",
@@ -114,12 +116,16 @@ def tar_per_worker_mode(setup: ModeSetup) -> BuiltMode:
     return BuiltMode(loader, setup.source.num_samples, storage_label(setup, "shard open/request"))
 
 
-def tar_aware_mode(setup: ModeSetup) -> BuiltMode:
+def tar_aware_mode(setup: ModeSetup, transform: SampleTransform | None = None) -> BuiltMode:
     cache_dir = None
     if setup.cache_root is not None:
         cache_dir = tempfile.mkdtemp(prefix="run-", dir=setup.cache_root)
     loader = make_loader(
-        setup.source, num_workers=setup.workers, cache_dir=cache_dir, **_tar_options(setup)
+        setup.source,
+        num_workers=setup.workers,
+        cache_dir=cache_dir,
+        transform=transform,
+        **_tar_options(setup),
     )
     storage = storage_label(setup, "shard open/request")
     if cache_dir is not None:

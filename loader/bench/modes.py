@@ -70,6 +70,18 @@ MODES: tuple[Mode, ...] = (
         False,
         "MosaicML Streaming over an MDS copy converted by its MDSWriter",
     ),
+    Mode(
+        "tar-aware-seeded",
+        "loader.bench.transform_modes:tar_aware_seeded_mode",
+        False,
+        "tar-aware + an identity per-sample transform: the cost of seeding each sample",
+    ),
+    Mode(
+        "tar-aware-recipe",
+        "loader.bench.transform_modes:tar_aware_recipe_mode",
+        False,
+        "tar-aware + ColorJitter and RandomErasing per sample in NumPy/OpenCV",
+    ),
 )
 MODE_NAMES: tuple[str, ...] = tuple(mode.name for mode in MODES)
 DEFAULT_MODES: tuple[str, ...] = tuple(mode.name for mode in MODES if mode.default)

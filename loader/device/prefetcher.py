@@ -34,6 +34,13 @@ consumer gets batch ``k``. A loader's iterator that records what the training lo
 (``ClosingDataLoader``'s, for resuming) offers ``defer_records()``; the prefetcher then records
 each batch as it hands it over, so a prefetched batch is never counted as received.
 
+Images from a per-sample transform (``loader.transforms``) may be uint8 ``[B, H, W, 3]`` or
+``[B, 3, H, W]`` (normalised as above) or floating ``[B, 3, H, W]`` (a transform that returns
+floats owns its scaling and normalisation: they are only moved and made float32).
+``batch_transform=fn`` then runs ``fn(images, labels)`` on the device, seeded per batch from
+(``seed``, epoch, the batch's first id) (``loader.transforms.batch``; docs/architecture.md,
+"Transforms"); its labels may be soft ``[B, C]``.
+
 Byte batches (``loader.device.bytebatch``, ``decode="device"``): the prefetcher hands each
 ``ByteBatch`` to its decoder's ``decode_batch`` (by default the loader's dataset's decoder;
 ``loader.device.decoder``), on the side stream on CUDA, and converts the uint8 batch that comes
@@ -53,10 +60,12 @@ from typing import NamedTuple
 
 import torch
 
+from loader._checks import check_int
 from loader.badsamples import BadSampleError, BadSamplePolicy, SkipCounter
 from loader.batch import Batch
 from loader.device.bytebatch import ByteBatch
 from loader.device.decoder import BatchDecoder, DecodedBatch
+from loader.transforms.batch import BatchTransform, run_batch_transform
 
 __all__ = ["DeviceBatch", "DevicePrefetcher", "resolve_device"]
 
@@ -109,7 +118,9 @@ class DevicePrefetcher:
     ``loader`` (so a DataLoader epoch per ``iter()``). Not thread-safe: consume from one thread.
     ``decoder`` decodes byte batches (``None``: ``loader.dataset.decoder`` when it decodes on
     the device); the bad-sample policy is ``loader.dataset``'s when it has one, else ``"skip"``
-    with a budget of 100.
+    with a budget of 100. ``batch_transform`` (see the module doc) is seeded with ``seed``
+    (``None``: ``loader.dataset.seed``, else 0) and the epoch ``loader.dataset.next_epoch``
+    names as each pass starts (without a dataset: the pass's number).
     """
 
     def __init__(
@@ -120,6 +131,8 @@ class DevicePrefetcher:
         std: Sequence[float] = (0.229, 0.224, 0.225),
         channels_last: bool = True,
         decoder: BatchDecoder | None = None,
+        batch_transform: BatchTransform | None = None,
+        seed: int | None = None,
     ) -> None:
         self.loader = loader
         self.device = resolve_device(device)
@@ -134,6 +147,11 @@ class DevicePrefetcher:
         self.bad_sample_policy = BadSamplePolicy.of(dataset)
         self._locate: Callable[[int], str] | None = getattr(dataset, "locate", None)
         self._skips: SkipCounter = self.bad_sample_policy.counter()
+        if batch_transform is not None and not callable(batch_transform):
+            raise ValueError(f"expected a callable batch_transform, got {batch_transform!r}")
+        self.batch_transform = batch_transform
+        self.seed = check_int("seed", getattr(dataset, "seed", 0) if seed is None else seed, 0)
+        self._epoch, self._passes = 0, 0
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -145,6 +163,9 @@ class DevicePrefetcher:
 
     def __iter__(self) -> Iterator[DeviceBatch]:
         self._skips = self.bad_sample_policy.counter()
+        epoch = getattr(getattr(self.loader, "dataset", None), "next_epoch", None)
+        self._epoch = epoch if isinstance(epoch, int) else self._passes
+        self._passes += 1
         if self.device.type == "cuda":
             return self._iter_cuda()
         return (self._convert(self._decoded(item)) for item in self.loader)
@@ -188,23 +209,39 @@ class DevicePrefetcher:
         return Batch(images, labels, ids, padded, nbytes)
 
     def _convert(self, batch: Batch) -> DeviceBatch:
-        """Copy ``batch`` to the device (non-blocking) and normalise; runs on the current stream."""
-        if batch.images.dtype != torch.uint8 or batch.images.dim() != 4:
+        """Copy ``batch`` to the device (non-blocking), normalise uint8 images and run the
+        batch transform; runs on the current stream."""
+        source = batch.images
+        uint8 = source.dtype == torch.uint8
+        nhwc = source.dim() == 4 and source.shape[3] == 3 and uint8
+        if not (nhwc or (source.dim() == 4 and source.shape[1] == 3)) or not (
+            uint8 or source.is_floating_point()
+        ):
             raise ValueError(
-                f"expected uint8 images [B, H, W, 3], got dtype={batch.images.dtype} "
-                f"shape={tuple(batch.images.shape)}"
+                f"expected uint8 images [B, H, W, 3] or [B, 3, H, W], or float [B, 3, H, W], got "
+                f"dtype={source.dtype} shape={tuple(source.shape)}"
             )
-        if batch.images.shape[3] != 3:
-            raise ValueError(
-                f"expected 3-channel NHWC images, got shape={tuple(batch.images.shape)}"
-            )
-        pixels = batch.images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        pixels = source.to(self.device, non_blocking=True)
+        if nhwc:
+            pixels = pixels.permute(0, 3, 1, 2)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         images = pixels.to(dtype=torch.float32, memory_format=layout)
-        images.sub_(self._mean).div_(self._std)
+        if uint8:
+            images.sub_(self._mean).div_(self._std)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        if self.batch_transform is not None:
+            images, labels = run_batch_transform(
+                self.batch_transform,
+                images,
+                labels,
+                batch.ids,
+                seed=self.seed,
+                epoch=self._epoch,
+                device=self.device,
+            )
         return DeviceBatch(
             images,
-            batch.labels.to(self.device, non_blocking=True),
+            labels,
             batch.ids,
             batch.padded.to(self.device, non_blocking=True),
             batch.nbytes,

@@ -32,6 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="opencv",
         help="opencv: decode in the workers; device: workers ship bytes, the device decodes",
     )
+    p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="mixup alpha on the device (timm recipe: 0.8; 0: off)",
+    )
+    p.add_argument(
+        "--cutmix",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="cutmix alpha on the device (timm recipe: 1.0; with --mixup: half the batches each)",
+    )
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", metavar="URL", help="service to report live stats to")
@@ -69,6 +83,9 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError(f"expected {flag} >= 1, got {flag}={getattr(args, name)}")
     if args.workers < 0:
         raise ValueError(f"expected --workers >= 0, got --workers={args.workers}")
+    for name in ("mixup", "cutmix"):
+        if not getattr(args, name) >= 0:
+            raise ValueError(f"expected --{name} >= 0, got --{name}={getattr(args, name)}")
     if args.device == "cuda":
         import torch
 
@@ -83,6 +100,8 @@ def _train(args: argparse.Namespace) -> int:
             workers=args.workers,
             image_size=args.image_size,
             decode=args.decode,
+            mixup=args.mixup,
+            cutmix=args.cutmix,
             lr=args.lr,
             seed=args.seed,
             report_url=args.report,

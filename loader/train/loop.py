@@ -13,6 +13,10 @@ optimiser, the loader's gathered state and the epoch's delivery counts over all 
 by rank 0 (``loader.train.checkpoint``). ``resume`` starts from the newest one, with any number
 of ranks: the loader delivers the rest of the epoch exactly once and the epoch's report counts
 both sides of the stop (docs/architecture.md, section "Resume").
+
+``mixup``/``cutmix`` (alphas; 0: off) mix batches on the device with ``loader.transforms``'
+``MixupCutmix`` (timm's recipe: label smoothing 0.1, half the batches each when both are on),
+seeded per batch; the loss then takes soft targets and accuracy counts the dominant class.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from loader.reporter import queue_depth
 from loader.tracker import DuplicateTracker
 from loader.train.checkpoint import CheckpointSteps, latest_checkpoint, load_checkpoint
 from loader.train.model import SmallCNN, random_flip
+from loader.transforms.mix import MixupCutmix
 
 if TYPE_CHECKING:
     from loader.reporter import StatsReporter
@@ -65,6 +70,8 @@ class TrainOptions:
     workers: int = 2
     image_size: int = 64
     decode: str = "opencv"
+    mixup: float = 0.0
+    cutmix: float = 0.0
     lr: float = 0.05
     seed: int = 0
     report_url: str | None = None
@@ -145,6 +152,9 @@ def train(options: TrainOptions) -> list[EpochReport]:
     reporter = _reporter(options, rank, dataset.num_samples)
     if reporter is not None and checkpoint is not None:
         reporter.resume_epoch(tracker)
+    mix = None
+    if options.mixup > 0 or options.cutmix > 0:
+        mix = MixupCutmix(classes, mixup_alpha=options.mixup, cutmix_alpha=options.cutmix)
     reports: list[EpochReport] = []
     all_ids: list[np.ndarray] = []
     try:
@@ -152,7 +162,9 @@ def train(options: TrainOptions) -> list[EpochReport]:
             if checkpoint is None or epoch != first_epoch:
                 tracker.start_epoch(epoch)
             dataset.set_epoch(epoch)
-            report, ids = _run_epoch(model, opt, loader, device, tracker, reporter, epoch, steps)
+            report, ids = _run_epoch(
+                model, opt, loader, device, tracker, reporter, epoch, steps, mix
+            )
             report.rank, report.world_size = rank, world
             if checkpoint is not None and epoch == first_epoch:
                 report.resumed_from_step = int(checkpoint["step"])
@@ -198,6 +210,7 @@ def _run_epoch(
     reporter: Any,
     epoch: int,
     steps: CheckpointSteps,
+    mix: MixupCutmix | None = None,
 ) -> tuple[EpochReport, np.ndarray]:
     model.train()
     losses: list[float] = []
@@ -205,7 +218,7 @@ def _run_epoch(
     blocked = 0.0
     ids: list[np.ndarray] = []
     start = time.perf_counter()
-    batches = iter(DevicePrefetcher(loader, device))
+    batches = iter(DevicePrefetcher(loader, device, batch_transform=mix))
     while True:
         wait = time.perf_counter()
         batch = next(batches, None)
@@ -220,7 +233,8 @@ def _run_epoch(
         loss.backward()
         opt.step()
         real = ~batch.padded
-        correct += int((logits.argmax(1) == batch.labels)[real].sum())
+        classes = batch.labels.argmax(1) if batch.labels.dim() == 2 else batch.labels
+        correct += int((logits.argmax(1) == classes)[real].sum())
         counted += int(real.sum())
         samples += len(batch.ids)
         losses.append(float(loss.detach()))

@@ -4,7 +4,10 @@
 It runs inside a DataLoader worker (or the main process with ``num_workers=0``) and owns,
 for that epoch, one batch builder whose buffers come from the process's pools
 (``loader.worker.reuse``) and one ``SkipCounter`` (``loader.badsamples``: the budget counts
-this worker's skips in this epoch). Readers stay open across epochs in ``Reuse``.
+this worker's skips in this epoch). Readers stay open across epochs in ``Reuse``. With a
+per-sample transform the builder is a ``TransformBatchBuilder`` (``loader.transforms``), and a
+transform's error is raised naming the sample's shard and member, under every bad-sample
+policy (docs/architecture.md, "Transforms").
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from loader.decode import DecodeError
 from loader.device.bytebatch import ByteBatch, ByteBatchBuilder, Planner
 from loader.plan.shuffle import emission_order, kept_segments, plan_ids, reorder
 from loader.reader import RawSample, ShardReader
+from loader.transforms.builder import TransformBatchBuilder
+from loader.transforms.errors import UnplacedTransformError
+from loader.transforms.seeding import SampleSeeder
 from loader.worker.pools import CAPACITY
 
 if TYPE_CHECKING:
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     from loader.plan.partition import Segment, WorkerPlan
     from loader.remote.options import RemoteOptions
     from loader.sources import DatasetSource, ShardSource
+    from loader.transforms.sample import SampleTransform
     from loader.worker.reuse import Reuse
 
 __all__ = ["IN_FLIGHT_ITEMS", "StreamSettings", "WorkerStream"]
@@ -58,19 +65,23 @@ class StreamSettings(Protocol):
     decode: bool
     latency_s: float
     transfer_batches: int
+    seed: int
+    transform: SampleTransform | None
 
     @property
     def bad_samples(self) -> str: ...
 
 
 class WorkerStream:
-    """The batches of ``dataset`` that this process yields, reading through ``reuse``."""
+    """The batches of ``dataset`` that this process yields in ``epoch``, reading through
+    ``reuse``."""
 
-    def __init__(self, dataset: StreamSettings, reuse: Reuse) -> None:
+    def __init__(self, dataset: StreamSettings, reuse: Reuse, epoch: int = 0) -> None:
         self.dataset = dataset
         self.reuse = reuse
+        self.epoch = epoch
 
-    def _builder(self) -> BatchBuilder | ByteBatchBuilder:
+    def _builder(self) -> BatchBuilder | ByteBatchBuilder | TransformBatchBuilder:
         """A batch builder for this worker, its buffers from this process's pools."""
         capacity = max(CAPACITY, IN_FLIGHT_ITEMS * self.dataset.transfer_batches)
         if getattr(self.dataset.decoder, "decodes_on_device", False):
@@ -80,6 +91,15 @@ class WorkerStream:
             )
         side = self.dataset.decoder.image_size
         pool = self.reuse.pool(self.dataset.batch_size * side * side * 3, capacity)
+        if self.dataset.transform is not None:
+            seeder = SampleSeeder(self.dataset.seed, self.epoch)
+            return TransformBatchBuilder(
+                self.dataset.batch_size,
+                self.dataset.decoder,
+                self.dataset.transform,
+                seeder,
+                pool=pool,
+            )
         return BatchBuilder(self.dataset.batch_size, side, self.dataset.decoder, pool=pool)
 
     def batches(
@@ -117,6 +137,8 @@ class WorkerStream:
             except DecodeError as exc:
                 bad.bad(self._where(sample), exc)
                 fillers += 1
+            except UnplacedTransformError as exc:
+                raise exc.at(self._where(sample)) from exc.__cause__
             while fillers and len(builder) and not builder.full:
                 builder.repeat(0)
                 fillers -= 1
@@ -134,7 +156,10 @@ class WorkerStream:
             pads = [last_good] * fillers + pads
         for gid in pads:
             pad = self._read_one(gid)
-            builder.add(pad.data, pad.label, gid, draw, padded=True)
+            try:
+                builder.add(pad.data, pad.label, gid, draw, padded=True)
+            except UnplacedTransformError as exc:
+                raise exc.at(self._where(pad)) from exc.__cause__
             if builder.full:
                 yield builder.finish()
         if len(builder):

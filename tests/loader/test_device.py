@@ -128,7 +128,8 @@ def test_zero_sized_images_pass_through() -> None:
     [
         (torch.zeros(2, 4, 4, 3, dtype=torch.float32), "expected uint8 images"),
         (torch.zeros(4, 4, 3, dtype=torch.uint8), "expected uint8 images"),
-        (torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "3-channel NHWC"),
+        (torch.zeros(2, 4, 4, 4, dtype=torch.uint8), "or float \\[B, 3, H, W\\], got"),
+        (torch.zeros(2, 3, 4, 4, dtype=torch.int32), "dtype=torch.int32"),
     ],
 )
 def test_bad_images_are_rejected(images: torch.Tensor, match: str) -> None:
