@@ -34,6 +34,8 @@ _CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
 # Calls of other libraries that the docs name bare: LitData's optimize, numpy's generators,
 # math.ceil, torch's get_worker_info, webdataset's shard writer, the ``http`` fsspec protocol.
 _FOREIGN_CALLS = {"PCG64", "SeedSequence", "ceil", "get_worker_info", "http", "optimize", "shard"}
+# Names the docs give the user's own code: ``fn(image)``, the transform a user passes.
+_PLACEHOLDER_CALLS = {"fn"}
 
 
 def _snippets(path: Path) -> Iterator[tuple[int, str, bool]]:
@@ -150,7 +152,11 @@ def _problems(path: Path, root: Path = ROOT) -> list[str]:
                 if owner in classes and not _member_exists(classes[owner], attr):
                     found.append(f"{where}: `{owner}.{attr}` does not exist")
             for call in _CALL.findall(text):
-                known = call in names or hasattr(builtins, call) or call in _FOREIGN_CALLS
+                known = (
+                    call in names
+                    or hasattr(builtins, call)
+                    or call in _FOREIGN_CALLS | _PLACEHOLDER_CALLS
+                )
                 if not known:
                     found.append(f"{where}: `{call}()` is not defined anywhere")
             for rel in _PATH.findall(text):
