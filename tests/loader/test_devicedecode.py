@@ -25,10 +25,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loader.badsamples import BadSampleError
 from loader.batch import BatchGroup
 from loader.crop import CropBox, center_crop, random_resized_crop
 from loader.dataloader import make_loader
-from loader.dataset import BadSampleError, ShardDataset
+from loader.dataset import ShardDataset
 from loader.decode import DecodeError, ImageDecoder
 from loader.device._jpegbackends import CpuJpegStandIn, jpeg_backend
 from loader.device.bytebatch import ByteBatch, ByteBatchBuilder, CropPlan, sample_bytes
@@ -475,12 +476,12 @@ def test_bad_backend_settings_are_rejected() -> None:
 def test_without_a_gpu_library_the_cuda_backend_says_what_to_install() -> None:
     import importlib.util
 
-    from loader.device._jpegbackends import GpuDecodeUnavailable, _import_decode_jpeg
+    from loader.device._jpegbackends import GpuDecodeUnavailable, load_gpu_library
 
     if any(importlib.util.find_spec(name) for name in ("torchcodec", "torchvision")):
         pytest.skip("checks the message where neither TorchCodec nor torchvision is installed")
     with pytest.raises(GpuDecodeUnavailable, match=r"pip install 'shardfeed\[gpu\]'"):
-        _import_decode_jpeg()
+        load_gpu_library()
 
 
 def test_plan_draws_as_many_numbers_as_the_cpu_decoder() -> None:

@@ -30,7 +30,8 @@ def test_compare_reports_both_decodes_and_the_ratio(
     assert set(runs) == {"opencv", "device"}
     assert all(run["samples"] == 19 and run["samples_per_s"] > 0 for run in runs.values())
     assert runs["device"]["routing"] == {
-        "device": 38, "flagged": 0, "rejected": 0, "failed": 0, "retried_batches": 0
+        "device": 38, "orientation": 0, "format": 0, "error": 0, "failed": 0,
+        "retried_batches": 0,
     }  # fmt: skip
     assert doc["device_over_opencv"] > 0 and doc["workers"] == 2
 
