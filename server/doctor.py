@@ -48,16 +48,16 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _probe(check: Callable[[], Any]) -> tuple[Any, str | None]:
-    """``(check(), None)``, or ``(None, "Type: message")`` for any exception it raises."""
+def _probe(check: Callable[..., Any], *args: Any) -> tuple[Any, str | None]:
+    """``(check(*args), None)``, or ``(None, "Type: message")`` for any exception it raises."""
     try:
-        return check(), None
+        return check(*args), None
     except Exception as exc:
         return None, _why(exc)
 
 
 def _torch() -> dict[str, Any]:
-    torch, why = _probe(lambda: importlib.import_module("torch"))
+    torch, why = _probe(importlib.import_module, "torch")
     if torch is None:
         return {"status": why}
     doc: dict[str, Any] = {"status": AVAILABLE, "version": torch.__version__}
@@ -67,7 +67,7 @@ def _torch() -> dict[str, Any]:
     devices = []
     if usable:
         for index in range(torch.cuda.device_count()):
-            props, why = _probe(lambda i=index: torch.cuda.get_device_properties(i))
+            props, why = _probe(torch.cuda.get_device_properties, index)
             if props is None:
                 devices.append({"index": index, "status": why})
                 continue
@@ -84,17 +84,20 @@ def _torch() -> dict[str, Any]:
 
 
 def _opencv() -> str:
-    _, why = _probe(lambda: importlib.import_module("cv2"))
+    _, why = _probe(importlib.import_module, "cv2")
     return why or AVAILABLE
 
 
 def _versions() -> dict[str, str | None]:
     """Installed versions of the decode libraries (from their metadata: nothing imported)."""
-    names = {"opencv": ("opencv-python-headless", "opencv-python")}
-    names |= {"torchcodec": ("torchcodec",), "torchvision": ("torchvision",)}
+    names: dict[str, tuple[str, ...]] = {
+        "opencv": ("opencv-python-headless", "opencv-python"),
+        "torchcodec": ("torchcodec",),
+        "torchvision": ("torchvision",),
+    }
     versions: dict[str, str | None] = {}
     for name, distributions in names.items():
-        found = (_probe(lambda d=d: importlib.metadata.version(d))[0] for d in distributions)
+        found = (_probe(importlib.metadata.version, d)[0] for d in distributions)
         versions[name] = next((v for v in found if v), None)
     return versions
 
@@ -115,7 +118,7 @@ def _gpu_libraries(torch_ok: bool) -> dict[str, str]:
     names = ("torchcodec", "torchvision")
     if not torch_ok:
         return dict.fromkeys(names, "not probed: torch does not import")
-    module, why = _probe(lambda: importlib.import_module("loader.device._jpegbackends"))
+    module, why = _probe(importlib.import_module, "loader.device._jpegbackends")
     if module is None:
         return dict.fromkeys(names, f"not probed: the loader does not import ({why})")
     status, why = _probe(module.gpu_library_status)
@@ -134,19 +137,19 @@ def _device_decode(torch_doc: dict[str, Any], libraries: dict[str, str]) -> str:
 def _extras() -> dict[str, str]:
     extras = {}
     for label, module, distribution, how in _EXTRAS:
-        found, why = _probe(lambda m=module: importlib.util.find_spec(m) is not None)
+        spec, why = _probe(importlib.util.find_spec, module)
         if why is not None:
             extras[label] = why
-        elif not found:
+        elif spec is None:
             extras[label] = f"not installed: {how}"
         else:
-            version, _ = _probe(lambda d=distribution: importlib.metadata.version(d))
+            version, _ = _probe(importlib.metadata.version, distribution)
             extras[label] = f"installed {version}" if version else "installed"
     return extras
 
 
 def _shared_memory(path: str = "/dev/shm") -> dict[str, Any]:
-    stat, why = _probe(lambda: os.statvfs(path))
+    stat, why = _probe(os.statvfs, path)
     if stat is None:
         return {"path": path, "status": why}
     total, free = stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
