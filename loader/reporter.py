@@ -12,6 +12,9 @@ Besides the totals, each snapshot carries the rank's recent loading figures: ove
 data-loading time: waiting the prefetch did not hide) and the latest queue depth (batches
 ready when the step asked). The window holds at most ``MAX_WINDOW_STEPS`` steps, so memory is
 bounded however fast the loop runs. The service compares ranks by these (``server/ranks.py``).
+
+With device decode, each snapshot also carries ``decode``: the rank's rows by where they were
+decoded so far (``DevicePrefetcher.decode_counts``), which the service shows per job.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class StatsReporter:
         self._resumed_at: int | None = None
         self._waits: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_STEPS)
         self._queue_depth: int | None = None
+        self._decode: dict[str, int] = {}
         self.sent = 0
         self.failed_sends = 0
         self.last_error: str | None = None
@@ -125,12 +129,14 @@ class StatsReporter:
         tracker_counts: Mapping[str, int] | Any = None,
         resumed_at_step: int | None = None,
         queue_depth: int | None = None,
+        decode_counts: Mapping[str, int] | None = None,
     ) -> None:
         """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, queue
         depth, the tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``; a
-        mapping may add ``retries``, the dataset's remote-read retries so far) and the step a
-        resumed job went on from when given. Call it once per step with that step's wait in
-        ``blocked_s``: the window's percentiles are over these calls."""
+        mapping may add ``retries``, the dataset's remote-read retries so far), the step a
+        resumed job went on from and the device decoder's row counts so far
+        (``DevicePrefetcher.decode_counts``) when given. Call it once per step with that step's
+        wait in ``blocked_s``: the window's percentiles are over these calls."""
         counts: dict[str, int] | None = None
         if tracker_counts is not None:
             raw = (
@@ -156,6 +162,8 @@ class StatsReporter:
                 self._tracker = counts
             if resumed_at_step is not None:
                 self._resumed_at = int(resumed_at_step)
+            if decode_counts is not None:
+                self._decode = {str(k): int(v) for k, v in decode_counts.items()}
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON document the next send will carry."""
@@ -184,6 +192,7 @@ class StatsReporter:
                 "blocked_p95_s": _percentile(waits, 0.95),
                 "blocked_p99_s": _percentile(waits, 0.99),
                 "queue_depth": self._queue_depth,
+                "decode": dict(self._decode),
             }
 
     def flush(self) -> bool:

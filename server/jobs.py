@@ -6,7 +6,9 @@ between (a :class:`Delta`); counters going backwards mean the reporter restarted
 report then counts from zero. A job's time series is the sum of all its ranks' deltas, each
 spread evenly over the interval it covers. Tracker counters (duplicates, missing, ...) are
 summed over the ranks that send them, so a distributed job should send rank-local counts over
-disjoint id ranges, or merged counts from one rank only.
+disjoint id ranges, or merged counts from one rank only. Device-decode row counts (``decode``:
+rows decoded on the device, or on the CPU by reason) are summed over ranks the same way, with
+the share that was not decoded on the device as ``decode_fallback_fraction``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class JobReport:
     failed_sends: int = 0
     resumed_at_step: int | None = None
     loading: Mapping[str, float | int | None] = field(default_factory=dict)
+    decode: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class RankState:
     mb_per_s: float
     resumed_at_step: int | None = None
     loading: dict[str, float | int | None] = field(default_factory=dict)
+    decode: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -129,6 +133,7 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         mb_per_s=round(mb_per_s, 4),
         resumed_at_step=report.resumed_at_step,
         loading=dict(report.loading),
+        decode=dict(report.decode),
     )
     return state, delta
 
@@ -147,6 +152,11 @@ def summarize(
     for rank in ranks:
         for key, value in rank.tracker.items():
             tracker[key] = tracker.get(key, 0) + int(value)
+    decode: dict[str, int] = {}
+    for rank in ranks:
+        for key, value in rank.decode.items():
+            decode[key] = decode.get(key, 0) + int(value)
+    rows = sum(decode.values())
     epochs = [r.epoch for r in ranks if r.epoch is not None]
     resumed = [r.resumed_at_step for r in ranks if r.resumed_at_step is not None]
     return {
@@ -162,6 +172,10 @@ def summarize(
         "tracker": tracker,
         "duplicates": tracker.get("duplicates") if tracker else None,
         "missing": tracker.get("missing") if tracker else None,
+        "decode": decode,
+        "decode_fallback_fraction": (
+            round(1 - decode.get("device", 0) / rows, 6) if rows else None
+        ),
         "failed_sends": sum(r.failed_sends for r in ranks),
         "resumed_at_step": max(resumed) if resumed else None,
         "first_at": min((r.first_at for r in ranks), default=None),

@@ -85,6 +85,8 @@ class EpochReport:
     padded: int
     step_losses: list[float] = field(default_factory=list)
     resumed_from_step: int | None = None
+    host_wait_ms_per_step: float = 0.0
+    decode_counts: dict[str, int] = field(default_factory=dict)
 
 
 def train(options: TrainOptions) -> list[EpochReport]:
@@ -135,6 +137,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
         first_epoch = steps.restore(checkpoint)
     steps.model, steps.opt = raw_model, opt
     reporter = _reporter(options, rank)
+    prefetcher = DevicePrefetcher(loader, device)
     reports: list[EpochReport] = []
     all_ids: list[np.ndarray] = []
     try:
@@ -142,7 +145,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
             if checkpoint is None or epoch != first_epoch:
                 tracker.start_epoch(epoch)
             dataset.set_epoch(epoch)
-            report, ids = _run_epoch(model, opt, loader, device, tracker, reporter, epoch, steps)
+            report, ids = _run_epoch(model, opt, prefetcher, tracker, reporter, epoch, steps)
             report.rank, report.world_size = rank, world
             if checkpoint is not None and epoch == first_epoch:
                 report.resumed_from_step = int(checkpoint["step"])
@@ -150,11 +153,13 @@ def train(options: TrainOptions) -> list[EpochReport]:
             reports.append(report)
             all_ids.append(ids)
             log.info(
-                "epoch %d rank %d/%d: %d steps, %.0f samples/s, blocked %.0f%%, loss %.3f, "
-                "acc %.3f, duplicates %d, missing %d, padded %d",
+                "epoch %d rank %d/%d: %d steps, %.0f samples/s, blocked %.0f%%, host wait "
+                "%.1f ms/step, loss %.3f, acc %.3f, duplicates %d, missing %d, padded %d, "
+                "decoded %s",
                 epoch, rank, world, report.steps, report.samples_per_s,
-                100 * report.blocked_fraction, report.loss, report.accuracy,
-                report.duplicates, report.missing, report.padded,
+                100 * report.blocked_fraction, report.host_wait_ms_per_step, report.loss,
+                report.accuracy, report.duplicates, report.missing, report.padded,
+                report.decode_counts,
             )  # fmt: skip
     finally:
         steps.close()
@@ -182,8 +187,7 @@ def _resume_from(options: TrainOptions) -> dict[str, Any] | None:
 def _run_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    loader: Any,
-    device: torch.device,
+    prefetcher: DevicePrefetcher,
     tracker: DuplicateTracker,
     reporter: Any,
     epoch: int,
@@ -195,7 +199,8 @@ def _run_epoch(
     blocked = 0.0
     ids: list[np.ndarray] = []
     start = time.perf_counter()
-    batches = iter(DevicePrefetcher(loader, device))
+    loader: Any = prefetcher.loader
+    batches = iter(prefetcher)
     while True:
         wait = time.perf_counter()
         batch = next(batches, None)
@@ -229,6 +234,7 @@ def _run_epoch(
                 },
                 resumed_at_step=steps.resumed_at,
                 queue_depth=queue_depth(loader),
+                decode_counts=prefetcher.decode_counts,
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
@@ -246,6 +252,8 @@ def _run_epoch(
         missing=counts.missing,
         padded=counts.padded,
         step_losses=losses,
+        host_wait_ms_per_step=round(1000 * blocked / len(losses), 3) if losses else 0.0,
+        decode_counts=prefetcher.decode_counts,
     )
     return report, np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
