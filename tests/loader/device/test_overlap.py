@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,3 +175,46 @@ def test_stopping_early_takes_no_more_items_and_stops_the_helper() -> None:
 
 def test_an_empty_loader_yields_nothing() -> None:
     assert list(_run(FakeStreams(Log()), Source(0))) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_prefetcher_decodes_in_the_helper_thread_and_matches_the_cpu(
+    tmp_path: Path,
+) -> None:
+    from loader.dataloader import make_loader
+    from loader.device.decoder import DeviceDecoder
+    from loader.device.prefetcher import DevicePrefetcher
+    from tests.loader.device.helpers import oriented_jpeg
+    from tests.loader.helpers import write_test_shards
+
+    threads: set[str] = set()
+
+    class Recording(DeviceDecoder):
+        def decode_batch(self, batch: Any, device: torch.device) -> Any:
+            threads.add(threading.current_thread().name)
+            return super().decode_batch(batch, device)
+
+    manifest = write_test_shards(
+        tmp_path, [6, 6], image_bytes=lambda g: oriented_jpeg(1 if g % 4 else 6, seed=g)
+    )
+
+    def delivered(device: str) -> dict[int, torch.Tensor]:
+        loader = make_loader(
+            str(manifest), batch_size=4, num_workers=0, image_size=16, seed=1,
+            decode=Recording(16, train=False, backend="cpu"),
+        )  # fmt: skip
+        prefetcher = DevicePrefetcher(loader, device=device)
+        out = {}
+        for batch in prefetcher:
+            for row, gid in enumerate(batch.ids.tolist()):
+                out[gid] = batch.images[row].cpu()
+        assert prefetcher.decode_counts["orientation"] == 3
+        return out
+
+    on_cpu = delivered("cpu")
+    threads.clear()
+    on_gpu = delivered("cuda")
+    assert threads and all(t.startswith("shardfeed-prepare") for t in threads)
+    assert sorted(on_gpu) == sorted(on_cpu)
+    for gid, image in on_cpu.items():
+        assert torch.allclose(on_gpu[gid], image, atol=1e-4), gid
