@@ -12,9 +12,9 @@ worker's generator exactly what the CPU path's decoder draws for the same bytes
 columns. Between processes it travels like a decoded ``Batch`` (``loader.batch``): the byte
 buffer as one shared-memory segment (a pooled one, lent by handle, inside a DataLoader worker),
 the columns by value; no per-sample Python objects cross. The buffer is taken at a batch's
-first sample, sized (a power of two, at least ``MIN_BUFFER``) from the previous batch with a
-quarter to spare; a sample that does not fit moves the batch to a buffer twice as large, once,
-and gives the old one back to its pool unlent. Ownership: the buffer of the batch being built
+first sample, sized (a power of two, at least ``MIN_BUFFER``) to hold the previous batch; a
+sample that does not fit moves the batch to one at least twice as large, and the old one goes
+back to its pool unlent. Ownership: the buffer of the batch being built
 belongs to the builder; once handed over it belongs to the receiver, and a pooled one goes back
 to its worker's pool only when the receiver has dropped every reference to it
 (``loader.worker.pools``).
@@ -263,7 +263,7 @@ class ByteBatchBuilder:
         n = self._used
         data = (self._data if self._data is not None else self._grow(0))[:n]
         packed = np.array(self._rows, dtype=np.int64).T.copy()
-        self._next_size = n + n // 4
+        self._next_size = n
         self._rows, self._used = [], 0
         self._storage, self._pool, self._data = None, None, None
         self._view = np.empty(0, dtype=np.uint8)

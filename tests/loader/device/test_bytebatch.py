@@ -39,7 +39,7 @@ def test_a_batch_that_outgrows_its_pooled_buffer_moves_once_and_frees_the_old_on
     builder.add(small, 0, 3, rng)  # sized from the last batch: no move this time
     second = builder.finish()
     assert bytes(sample_bytes(second, 0)) == small
-    assert sorted(pools) == [MIN_BUFFER, 2 * MIN_BUFFER]  # 1.25 x the last batch, rounded up
+    assert sorted(pools) == [MIN_BUFFER, 2 * MIN_BUFFER]  # the last batch's size, rounded up
     assert pools[2 * MIN_BUFFER].allocated == 2 and pools[MIN_BUFFER].allocated == 1
 
 
