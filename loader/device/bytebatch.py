@@ -209,6 +209,13 @@ class ByteBatchBuilder:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def __del__(self) -> None:
+        """A builder dropped with a batch half built (an epoch abandoned) gives its pooled
+        buffer back, unlent."""
+        pool, storage = getattr(self, "_pool", None), getattr(self, "_storage", None)
+        if pool is not None and storage is not None:
+            pool.release(storage)
+
     @property
     def full(self) -> bool:
         """True when every slot is filled and ``finish()`` must be called before ``add()``."""

@@ -51,3 +51,12 @@ def test_without_shared_memory_the_buffer_is_private_and_exact() -> None:
     batch = builder.finish()
     assert batch.data.numel() == 0 and batch.spans.tolist() == [[0, 0], [0, 0]]
     assert lease_of(batch.data) is None
+
+
+def test_a_builder_dropped_mid_batch_gives_its_pooled_buffer_back() -> None:
+    pool = ImagePool(MIN_BUFFER, 2)
+    builder = ByteBatchBuilder(4, FixedPlanner(), shared_memory=True, pools=lambda n: pool)
+    builder.add(b"x" * 100, 0, 0, np.random.default_rng(0))
+    assert pool.free_count() == 0
+    del builder
+    assert pool.free_count() == 1 and pool.allocated == 1
