@@ -138,7 +138,9 @@ $PY -c "import json; d = json.load(open('$OUT/doctor.json')); \
 print('backends:', d['backends']); print('decode=device here:', d['device_decode'])" \
     2> /dev/null | tee -a "$SUMMARY"
 
-if [ ! -f "$D/shards/manifest.json" ]; then
+if [ -f "$D/shards/manifest.json" ]; then
+    note "reusing the shards in $D/shards (delete $D for new data)"
+else
     step data "$T_DATA" sh -c "rm -rf '$D' && $PY -m server.cli sample '$D/src' \
         --images $IMAGES --classes 10 --size $SIZE --workers $CORES && $PY -m server.cli shard \
         '$D/src' '$D/shards' --num-shards 32 --workers $CORES"
