@@ -1,5 +1,5 @@
-"""Stand-ins the device tests share: a broken or working fake GPU library on ``sys.path``,
-JPEGs carrying an EXIF orientation, and recording fakes of CUDA streams and events."""
+"""What the device tests share: fake GPU libraries (broken or working) on ``sys.path``, JPEGs
+carrying an EXIF orientation, and ``Log``, the ordered record the fakes of streams write to."""
 
 from __future__ import annotations
 
