@@ -19,6 +19,9 @@ padded counts. Counts summed over ranks cannot say whether two ranks read the sa
 the service takes the union of every reporter's bitmap instead (docs/architecture.md,
 "Service"). Each reporter sends a random ``reporter`` id, so two processes that claim the same
 rank are told apart rather than overwriting each other.
+
+With device decode, each snapshot also carries ``decode``: the rank's rows by where they were
+decoded so far (``DevicePrefetcher.decode_counts``), which the service shows per job.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ class StatsReporter:
         self._resumed_at: int | None = None
         self._waits: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_STEPS)
         self._queue_depth: int | None = None
+        self._decode: dict[str, int] = {}
         self.sent = 0
         self.failed_sends = 0
         self.last_error: str | None = None
@@ -150,12 +154,14 @@ class StatsReporter:
         queue_depth: int | None = None,
         ids: np.ndarray | torch.Tensor | None = None,
         padded: np.ndarray | torch.Tensor | None = None,
+        decode_counts: Mapping[str, int] | None = None,
     ) -> None:
         """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, queue
         depth, the tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``; a
         mapping may add ``retries``, the dataset's remote-read retries so far) and the step a
-        resumed job went on from when given. Call it once per step with that step's wait in
-        ``blocked_s``: the window's percentiles are over these calls. ``ids`` and ``padded``
+        resumed job went on from and the device decoder's row counts so far
+        (``DevicePrefetcher.decode_counts``) when given. Call it once per step with that step's
+        wait in ``blocked_s``: the window's percentiles are over these calls. ``ids`` and ``padded``
         (the batch's) go into this epoch's bitmap when the reporter has ``num_samples``; a new
         ``epoch`` starts a new bitmap. ``ValueError`` for ids without ``num_samples`` or
         outside ``[0, num_samples)``."""
@@ -190,6 +196,8 @@ class StatsReporter:
                 self._tracker = counts
             if resumed_at_step is not None:
                 self._resumed_at = int(resumed_at_step)
+            if decode_counts is not None:
+                self._decode = {str(k): int(v) for k, v in decode_counts.items()}
 
     def resume_epoch(self, tracker: DuplicateTracker) -> None:
         """Start this reporter's bitmap from a restored tracker (its current epoch), so a
@@ -236,6 +244,7 @@ class StatsReporter:
                 "blocked_p95_s": _rounded(percentile(waits, 95)),
                 "blocked_p99_s": _rounded(percentile(waits, 99)),
                 "queue_depth": self._queue_depth,
+                "decode": dict(self._decode),
             }
         if coverage is not None:
             coverage["seen"] = base64.b64encode(pack_seen(seen)).decode("ascii")

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from shards import cli as shards_cli
+from server import doctor
 
 __all__ = ["build_parser", "main"]
 
@@ -25,8 +25,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     are loaded.
 
     ``shardfeed shard`` then starts without importing torch or the web stack (faster start,
-    about 300 MB less memory in a build), ``shardfeed train`` and ``bench`` without the web
-    stack (a training node needs no FastAPI); any other command, or none, loads every part.
+    about 300 MB less memory in a build), ``shardfeed doctor`` without any part (it imports what
+    it checks inside its probes, so a broken install cannot stop it), ``shardfeed train`` and
+    ``bench`` without the web stack (a training node needs no FastAPI); any other command, or
+    none, loads every part.
     """
     parser = argparse.ArgumentParser(
         prog="shardfeed",
@@ -34,6 +36,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    doctor.register(sub)
+    if command == doctor.COMMAND:
+        return parser
+    from shards import cli as shards_cli
+
     shards_cli.register(sub)
     if command in shards_cli.COMMANDS:
         return parser

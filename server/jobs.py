@@ -8,6 +8,9 @@ spread evenly over the interval it covers. A job's duplicates and missing sample
 sum of per-rank counts (two ranks reading the same samples would sum to no duplicates): they
 come from the union of the processes' id bitmaps (``server.coverage``), or from the one
 process's own counts when only one reports.
+Device-decode row counts (``decode``: rows decoded on the device, or on the CPU by reason) are
+summed over the reporting processes, each row being decoded by one of them, with the share not
+decoded on the device as ``decode_fallback_fraction``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class JobReport:
     reporter: str = ""
     coverage: Mapping[str, int] | None = None
     seen: builtins.bytes | None = None
+    decode: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class RankState:
     loading: dict[str, float | int | None] = field(default_factory=dict)
     reporter: str = ""
     coverage: dict[str, int] | None = None
+    decode: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return dumps(asdict(self))
@@ -149,6 +154,7 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         loading=dict(report.loading),
         reporter=report.reporter,
         coverage=None if report.coverage is None else dict(report.coverage),
+        decode=dict(report.decode),
     )
     return state, delta
 
@@ -192,6 +198,11 @@ def summarize(
     live = [now - r.last_at <= stale_s for r in ranks]
     active = [r for r, on in zip(ranks, live, strict=True) if on]
     tracker = job_tracker(ranks, merged)
+    decode: dict[str, int] = {}
+    for rank in ranks:
+        for key, value in rank.decode.items():
+            decode[key] = decode.get(key, 0) + int(value)
+    rows = sum(decode.values())
     epochs = [r.epoch for r in ranks if r.epoch is not None]
     resumed = [r.resumed_at_step for r in ranks if r.resumed_at_step is not None]
     return {
@@ -207,6 +218,10 @@ def summarize(
         "tracker": tracker,
         "duplicates": tracker.get("duplicates") if tracker else None,
         "missing": tracker.get("missing") if tracker else None,
+        "decode": decode,
+        "decode_fallback_fraction": (
+            round(1 - decode.get("device", 0) / rows, 6) if rows else None
+        ),
         "failed_sends": sum(r.failed_sends for r in ranks),
         "resumed_at_step": max(resumed) if resumed else None,
         "first_at": min((r.first_at for r in ranks), default=None),

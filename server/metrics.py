@@ -97,6 +97,17 @@ class _StoreCollector(Collector):
             "reports the job's reporters could not deliver",
             labels=labels,
         )
+        decoded = CounterMetricFamily(
+            "shardfeed_job_decoded_rows",
+            "device decode: rows decoded on the device (where=device) or on the CPU by reason, "
+            "summed over ranks",
+            labels=["job", "where"],
+        )
+        fallback = GaugeMetricFamily(
+            "shardfeed_job_decode_fallback_fraction",
+            "device decode: share of rows not decoded on the device",
+            labels=labels,
+        )
         age = GaugeMetricFamily(
             "shardfeed_job_last_report_age_seconds",
             "seconds since the job's newest report",
@@ -117,7 +128,12 @@ class _StoreCollector(Collector):
                 duplicates.add_metric([job], doc["duplicates"])
             if doc["missing"] is not None:
                 missing.add_metric([job], doc["missing"])
+            for where, rows in sorted(doc["decode"].items()):
+                decoded.add_metric([job, where], rows)
+            if doc["decode_fallback_fraction"] is not None:
+                fallback.add_metric([job], doc["decode_fallback_fraction"])
         yield from (rate, samples, nbytes, blocked, duplicates, missing, ranks, failed, age)
+        yield from (decoded, fallback)
 
     def _benchmarks(self) -> Iterator[Metric]:
         runs = GaugeMetricFamily(

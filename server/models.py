@@ -210,6 +210,12 @@ class StatsReport(BaseModel):
     blocked_p99_s: Seconds | None = None
     queue_depth: Count | None = Field(default=None, description="batches ready when asked")
     coverage: Coverage | None = None
+    decode: dict[TrackerKey, Count] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="device decode: rows by where they were decoded so far (device, or the "
+        "reason they went to the CPU)",
+    )
 
     def loading(self) -> dict[str, float | int | None]:
         """The recent-window loading figures that were sent (see ``server.ranks``)."""

@@ -1,4 +1,5 @@
-"""Image facts from the bytes alone: format, size, channels, and whether the file is complete.
+"""Image facts from the bytes alone: format, size, channels, a JPEG's EXIF orientation, and
+whether the file is complete.
 
 Reads only headers (no pixel decode), so a build can check millions of files cheaply
 (``--verify header``) and the loader can pick a reduced decode scale before decoding.
@@ -11,7 +12,14 @@ from dataclasses import dataclass
 
 from shards.format import sniff_image_format
 
-__all__ = ["MAX_PIXELS", "ImageInfo", "image_info", "is_complete", "pixel_bomb"]
+__all__ = [
+    "MAX_PIXELS",
+    "ImageInfo",
+    "exif_orientation",
+    "image_info",
+    "is_complete",
+    "pixel_bomb",
+]
 
 MAX_PIXELS = 1 << 26
 """Most pixels a PNG or WebP may have (67 M, e.g. 8192 x 8192): far below OpenCV's own limit
@@ -22,6 +30,9 @@ _Buffer = bytes | memoryview
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_SEQUENTIAL_HUFFMAN = {0xC0, 0xC1}
+_APP1 = 0xE1
+_EXIF = b"Exif\0\0"
+_ORIENTATION_TAG = 0x0112
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,9 @@ class ImageInfo:
 
     ``progressive``: a JPEG whose frame is not sequential DCT (progressive, lossless or
     hierarchical; arithmetic-coded too), which batched GPU decoders reject. ``bits``: sample
-    precision (JPEG 8 or 12, PNG bit depth; 8 for WebP).
+    precision (JPEG 8 or 12, PNG bit depth; 8 for WebP). ``orientation``: a JPEG's EXIF
+    orientation tag (1 to 8; 1, "as stored", when there is none or it cannot be read). Width and
+    height are as stored, before any rotation the tag asks for.
     """
 
     format: str
@@ -39,6 +52,7 @@ class ImageInfo:
     channels: int
     progressive: bool = False
     bits: int = 8
+    orientation: int = 1
 
 
 def image_info(data: bytes | memoryview) -> ImageInfo | None:
@@ -97,6 +111,7 @@ def is_complete(data: bytes | memoryview) -> bool:
 
 def _jpeg_info(buf: _Buffer) -> ImageInfo | None:
     i, n = 2, len(buf)
+    orientation = 1
     while i + 4 <= n:
         if buf[i] != 0xFF:
             return None
@@ -117,11 +132,42 @@ def _jpeg_info(buf: _Buffer) -> ImageInfo | None:
             if width == 0 or height == 0:
                 return None
             progressive = marker not in _JPEG_SEQUENTIAL_HUFFMAN
-            return ImageInfo("jpg", width, height, channels, progressive, bits)
+            return ImageInfo("jpg", width, height, channels, progressive, bits, orientation)
         if marker in (0xDA, 0xD9):
             return None
+        if marker == _APP1 and orientation == 1:
+            orientation = exif_orientation(buf[i + 4 : min(i + 2 + length, n)])
         i += 2 + length
     return None
+
+
+def exif_orientation(segment: _Buffer) -> int:
+    """The orientation tag (0x0112) of IFD0 in a JPEG APP1 segment's payload (``Exif\\0\\0``
+    then a TIFF header, either byte order); 1 when the segment is not EXIF, has no such tag, or
+    is malformed or cut short (never raises), and for values outside 1..8."""
+    if len(segment) < 14 or bytes(segment[:6]) != _EXIF:
+        return 1
+    tiff = segment[6:]
+    order = bytes(tiff[:2])
+    if order not in (b"II", b"MM"):
+        return 1
+    e = "<" if order == b"II" else ">"
+    n = len(tiff)
+    (magic, ifd) = struct.unpack_from(e + "HI", tiff, 2)
+    if magic != 42 or ifd + 2 > n:
+        return 1
+    (entries,) = struct.unpack_from(e + "H", tiff, ifd)
+    for k in range(entries):
+        at = ifd + 2 + 12 * k
+        if at + 12 > n:
+            return 1
+        tag, kind, count = struct.unpack_from(e + "HHI", tiff, at)
+        if tag == _ORIENTATION_TAG:
+            if kind != 3 or count < 1:  # SHORT
+                return 1
+            (value,) = struct.unpack_from(e + "H", tiff, at + 8)
+            return value if 1 <= value <= 8 else 1
+    return 1
 
 
 def _png_info(buf: _Buffer) -> ImageInfo | None:

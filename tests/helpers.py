@@ -1,5 +1,6 @@
 """Helpers every test folder may import: where the headless browser is, if anywhere, a
-decompression bomb, the environment of a child process, and the README's recipe blocks."""
+decompression bomb, a JPEG's EXIF orientation segment, the environment of a child process,
+and the README's recipe blocks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import struct
 import zlib
 from pathlib import Path
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "README", "child_env", "png_bomb", "recipe"]
+__all__ = [
+    "CHROMEDRIVER",
+    "CHROMIUM",
+    "README",
+    "child_env",
+    "png_bomb",
+    "recipe",
+    "with_exif_orientation",
+]
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -46,3 +55,15 @@ def recipe(name: str) -> str:
     found = re.search(rf"<!-- recipe: {re.escape(name)} -->\n```\w*\n(.*?)```", text, re.S)
     assert found, f"README.md has no recipe block {name!r}"
     return found.group(1)
+
+
+def with_exif_orientation(data: bytes, orientation: int, *, big_endian: bool = False) -> bytes:
+    """``data`` (a JPEG) with an APP1 EXIF segment after SOI whose IFD0 holds one entry: the
+    orientation tag (0x0112, SHORT) set to ``orientation``, in either TIFF byte order."""
+    e = ">" if big_endian else "<"
+    order = b"MM" if big_endian else b"II"
+    value = struct.pack(e + "H", orientation) + b"\0\0"
+    ifd = struct.pack(e + "H", 1) + struct.pack(e + "HHI", 0x0112, 3, 1) + value
+    tiff = order + struct.pack(e + "HI", 42, 8) + ifd + struct.pack(e + "I", 0)
+    payload = b"Exif\0\0" + tiff
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]

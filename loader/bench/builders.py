@@ -1,9 +1,15 @@
 """Builders of the bench modes over our own readers: ``map`` (``FolderDataset`` +
 ``folder_loader``, one file per sample; with ``--http`` one GET each), ``tar-naive`` and
-``tar-per-worker`` (the baselines), and ``tar-aware`` (``make_loader`` over ``ShardDataset``;
-with a ``transform``, the modes of ``loader.bench.transform_modes``).
+``tar-per-worker`` (the baselines), ``tar-aware`` (``make_loader`` over ``ShardDataset``;
+with a ``transform``, the modes of ``loader.bench.transform_modes``), and ``device-bytes``:
+``tar-aware`` with ``decode="device"``, whose workers do what they do when a GPU decodes (read,
+plan each crop from the header, batch the compressed bytes) and hand over ``ByteBatch``es that
+nothing decodes. Its ratio is to the read limit (``--decode none``): how close the CPU side
+comes to feeding a decoder that is never the bottleneck (docs/architecture.md, "Device decode").
 
 Every one yields ``Batch`` objects built by ``BatchBuilder`` with the same decoder, so modes
+
+The others yield ``Batch`` objects built by ``BatchBuilder`` with the same decoder, so modes
 differ only in how samples are found, read and handed to the main process.
 """
 
@@ -28,6 +34,7 @@ from loader.transforms.sample import SampleTransform
 
 __all__ = [
     "HttpFolderDataset",
+    "device_bytes_mode",
     "map_mode",
     "tar_aware_mode",
     "tar_naive_mode",
@@ -131,3 +138,15 @@ def tar_aware_mode(setup: ModeSetup, transform: SampleTransform | None = None) -
     if cache_dir is not None:
         storage += ", node-local cache (empty at start)"
     return BuiltMode(loader, setup.source.num_samples, storage, cache_dir)
+
+
+def device_bytes_mode(setup: ModeSetup) -> BuiltMode:
+    if setup.decode:
+        raise ModeUnavailable(
+            "not_applicable",
+            "device-bytes decodes nothing in the workers: compare it with the read limit "
+            "(--decode none)",
+        )
+    options = _tar_options(setup) | {"decode": "device"}
+    loader = make_loader(setup.source, num_workers=setup.workers, **options)
+    return BuiltMode(loader, setup.source.num_samples, storage_label(setup, "shard open/request"))

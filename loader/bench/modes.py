@@ -82,6 +82,12 @@ MODES: tuple[Mode, ...] = (
         False,
         "tar-aware + ColorJitter and RandomErasing per sample in NumPy/OpenCV",
     ),
+    Mode(
+        "device-bytes",
+        _OURS + "device_bytes_mode",
+        False,
+        "tar-aware with decode='device': workers read, plan crops and batch bytes (--decode none)",
+    ),
 )
 MODE_NAMES: tuple[str, ...] = tuple(mode.name for mode in MODES)
 DEFAULT_MODES: tuple[str, ...] = tuple(mode.name for mode in MODES if mode.default)

@@ -5,9 +5,11 @@ tensors on its device, all or nothing: like nvJPEG's batched decode, a stream it
 the whole call, and the caller re-decodes per image to find which one.
 
 - ``CudaJpeg``: TorchCodec's ``decode_jpeg`` on the list with ``device="cuda"`` (nvJPEG), or
-  ``torchvision.io.decode_jpeg`` where TorchCodec is missing. Both are imported when the first
-  ``CudaJpeg`` is made, never at module import: the default install is CPU-only and has
-  neither (``pip install 'shardfeed[gpu]'`` brings TorchCodec).
+  ``torchvision.io.decode_jpeg`` where TorchCodec does not import. Both are imported when the
+  first ``CudaJpeg`` is made, never at module import: the default install is CPU-only and has
+  neither (``pip install 'shardfeed[gpu]'`` brings TorchCodec). A library that is installed but
+  broken (``OSError``/``RuntimeError`` from its native parts) is logged once, with the reason,
+  and the next one is tried.
 - ``CpuJpegStandIn``: OpenCV on the CPU with the same interface, so the byte batch, the routing
   and every fallback run on machines without a GPU. Beside what OpenCV cannot decode it refuses
   the streams its ``refuse`` predicate picks, as a GPU decoder refuses some streams the CPU
@@ -16,9 +18,11 @@ the whole call, and the caller re-decodes per image to find which one.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -26,13 +30,31 @@ import torch
 
 from loader.decode import DecodeError
 
-__all__ = ["CpuJpegStandIn", "CudaJpeg", "GpuDecodeUnavailable", "JpegBackend", "jpeg_backend"]
+__all__ = [
+    "GPU_LIBRARIES",
+    "CpuJpegStandIn",
+    "CudaJpeg",
+    "GpuDecodeUnavailable",
+    "GpuLibrary",
+    "JpegBackend",
+    "StreamLike",
+    "gpu_library_status",
+    "jpeg_backend",
+    "load_gpu_library",
+]
+
+log = logging.getLogger("shardfeed.loader")
 
 _FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+GPU_LIBRARIES: Final = (
+    ("torchcodec", "torchcodec.decoders", "decode_jpeg"),
+    ("torchvision", "torchvision.io", "decode_jpeg"),
+)
+"""(name, module, function) of each GPU JPEG library, in the order they are tried."""
 
 
 class GpuDecodeUnavailable(RuntimeError):
-    """Neither TorchCodec nor a CUDA-capable torchvision can be imported here."""
+    """Neither TorchCodec nor torchvision can be imported here (the message says why)."""
 
 
 class JpegBackend(Protocol):
@@ -76,19 +98,48 @@ class CpuJpegStandIn:
         return images
 
 
+class StreamLike(Protocol):
+    """What ``CudaJpeg`` needs of a CUDA stream (``torch.cuda.Stream``; tests pass fakes)."""
+
+    def synchronize(self) -> None: ...
+
+
 class CudaJpeg:
     """nvJPEG batched decode through TorchCodec (preferred) or torchvision, on a CUDA device.
 
-    Raises ``GpuDecodeUnavailable`` when made where neither imports. Decodes on the caller's
-    current CUDA stream, as both libraries do.
+    Raises ``GpuDecodeUnavailable`` when made where neither imports (see ``load_gpu_library``).
+    ``library`` and ``current_stream`` default to the first GPU library that imports and
+    ``torch.cuda.current_stream``; tests pass stand-ins.
+
+    Stream order. TorchCodec 0.16 and torchvision 0.26 allocate their output on the caller's
+    current stream, then let nvJPEG write it from a stream of their own that does not wait for
+    the caller's: a block the caching allocator recycles from a tensor freed on the current
+    stream may still be read by kernels queued there, and nvJPEG overwrites it first. So before
+    each library call the current stream is synchronised: everything queued on it has run, and
+    no recycled block is still in use. The libraries make the current stream wait for their own
+    before returning, so the images are then safe to read there. ``DevicePrefetcher`` decodes in
+    its own thread, so the wait never blocks the training loop's thread
+    (docs/architecture.md, "Device decode").
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        *,
+        library: GpuLibrary | None = None,
+        current_stream: Callable[[torch.device], StreamLike] | None = None,
+    ) -> None:
         if device.type != "cuda":
             raise ValueError(f"expected a CUDA device for nvJPEG, got device={device}")
         self.device = device
-        self.name, self._decode, self._mode = _import_decode_jpeg()
+        self.library = library if library is not None else load_gpu_library()
+        self.name = self.library.name
+        self._current_stream = current_stream or torch.cuda.current_stream
         self.batched = True
+
+    def _call(self, encoded: torch.Tensor | list[torch.Tensor]) -> Any:
+        self._current_stream(self.device).synchronize()
+        return self.library.decode(encoded, device=self.device, **self.library.mode)
 
     def decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
         """One batched call; where the library takes no list (a ``TypeError``), one call per
@@ -98,11 +149,11 @@ class CudaJpeg:
         decoded: Any = None
         if self.batched:
             try:
-                decoded = self._decode(encoded, device=self.device, **self._mode)
+                decoded = self._call(encoded)
             except TypeError:
                 self.batched = False
         if not self.batched:
-            decoded = [self._decode(e, device=self.device, **self._mode) for e in encoded]
+            decoded = [self._call(e) for e in encoded]
         images = list(decoded) if isinstance(decoded, list | tuple) else [decoded]
         if len(images) != len(encoded):
             raise RuntimeError(
@@ -119,27 +170,61 @@ class CudaJpeg:
         return out
 
 
-def _import_decode_jpeg() -> tuple[str, Callable[..., Any], dict[str, Any]]:
-    """(library name, its ``decode_jpeg``, the keyword that asks it for RGB output)."""
-    decode: Callable[..., Any]
-    try:
-        from torchcodec.decoders import decode_jpeg as codec_decode
+class GpuLibrary(NamedTuple):
+    """A GPU JPEG library that imported: its ``name``, its ``decode_jpeg`` and the keywords that
+    ask it for RGB output."""
 
-        name, decode = "torchcodec", codec_decode
-    except ImportError:
-        try:
-            from torchvision.io import decode_jpeg as vision_decode
-        except ImportError:
-            raise GpuDecodeUnavailable(
-                "expected TorchCodec or torchvision for decode='device' on CUDA, got neither: "
-                "pip install 'shardfeed[gpu]' (or decode on the CPU)"
-            ) from None
-        name, decode = "torchvision", vision_decode
+    name: str
+    decode: Callable[..., Any]
+    mode: dict[str, Any]
+
+
+def _try_import(module: str, attribute: str) -> tuple[Callable[..., Any] | None, str | None]:
+    """``(module.attribute, None)``, or ``(None, why)``: the exception's type and message. A
+    library that is installed but cannot load its native parts raises ``OSError`` or
+    ``RuntimeError`` (a missing ``libnvjpeg``, a torch it was not built for), not only
+    ``ImportError``; any exception is caught so that a broken install never stops the caller."""
     try:
-        takes_mode = "mode" in inspect.signature(decode).parameters
+        return getattr(importlib.import_module(module), attribute), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def gpu_library_status() -> dict[str, str]:
+    """For each GPU JPEG library, in the order ``CudaJpeg`` tries them: ``"available"`` or why
+    not (``"ModuleNotFoundError: No module named 'torchcodec'"``). ``shardfeed doctor`` shows it."""
+    return {
+        name: "available" if why is None else why
+        for name, (_, why) in ((name, _try_import(m, a)) for name, m, a in GPU_LIBRARIES)
+    }
+
+
+def load_gpu_library() -> GpuLibrary:
+    """The first GPU JPEG library of ``GPU_LIBRARIES`` that imports. Each one that fails is
+    logged once here, with the exception's type and message, before the next is tried; raises
+    ``GpuDecodeUnavailable`` naming every failure when none imports."""
+    failures = []
+    for name, module, attribute in GPU_LIBRARIES:
+        decode, why = _try_import(module, attribute)
+        if decode is not None:
+            return GpuLibrary(name, decode, {"mode": "RGB"} if _takes_mode(decode) else {})
+        failures.append(f"{name}: {why}")
+        missing = why is not None and why.startswith("ModuleNotFoundError")
+        level = logging.INFO if missing else logging.WARNING
+        log.log(
+            level, "GPU JPEG decode: %s did not import (%s); trying the next library", name, why
+        )
+    raise GpuDecodeUnavailable(
+        "expected TorchCodec or torchvision for decode='device' on CUDA, got "
+        f"{'; '.join(failures)}: pip install 'shardfeed[gpu]' (or decode on the CPU)"
+    )
+
+
+def _takes_mode(decode: Callable[..., Any]) -> bool:
+    try:
+        return "mode" in inspect.signature(decode).parameters
     except (TypeError, ValueError):
-        takes_mode = False
-    return name, decode, {"mode": "RGB"} if takes_mode else {}
+        return False
 
 
 def jpeg_backend(device: torch.device, kind: str = "auto") -> JpegBackend:

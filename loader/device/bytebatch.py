@@ -2,19 +2,23 @@
 "Device decode").
 
 When the decoder decodes on the device (``decodes_on_device``), a worker builds a
-``ByteBatchBuilder`` instead of a ``BatchBuilder``. Per sample it copies the compressed bytes
-into a staging array and asks the decoder's worker half (``plan``) for the crop box, the flip
-and whether the header sends the sample to the CPU. ``plan`` draws from the worker's generator
-exactly what the CPU path's decoder draws for the same bytes (``ImageDecoder.draw``), so for a
-given seed both paths crop the same boxes (docs/architecture.md, section "Device decode").
+``ByteBatchBuilder`` instead of a ``BatchBuilder``. Per sample it asks the decoder's worker half
+(``plan``) for the crop box, the flip and whether the header sends the sample to the CPU, and
+copies the compressed bytes once, straight into the batch's buffer. ``plan`` draws from the
+worker's generator exactly what the CPU path's decoder draws for the same bytes
+(``ImageDecoder.draw``), so for a given seed both paths crop the same boxes
+(docs/architecture.md, section "Device decode").
 
-``finish()`` copies the staged bytes into one buffer and hands over a ``ByteBatch``: that
-buffer plus one small int64 array of per-sample columns. Between processes it travels like a
-decoded ``Batch`` (``loader.batch``): the byte buffer as one shared-memory segment (a pooled
-one, lent by handle, inside a DataLoader worker), the columns by value; no per-sample Python
-objects cross. Ownership: the staging array belongs to the builder and is never handed over;
-a handed-over buffer belongs to the receiver, and a pooled one goes back to its worker's pool
-only when the receiver has dropped every reference to it (``loader.worker.pools``).
+``finish()`` hands over a ``ByteBatch``: that buffer plus one small int64 array of per-sample
+columns. Between processes it travels like a decoded ``Batch`` (``loader.batch``): the byte
+buffer as one shared-memory segment (a pooled one, lent by handle, inside a DataLoader worker),
+the columns by value; no per-sample Python objects cross. The buffer is taken at a batch's
+first sample, sized (a power of two, at least ``MIN_BUFFER``) to hold the previous batch; a
+sample that does not fit moves the batch to one at least twice as large, and the old one goes
+back to its pool unlent. Ownership: the buffer of the batch being built
+belongs to the builder; once handed over it belongs to the receiver, and a pooled one goes back
+to its worker's pool only when the receiver has dropped every reference to it
+(``loader.worker.pools``).
 """
 
 from __future__ import annotations
@@ -195,12 +199,23 @@ class ByteBatchBuilder:
             shared_memory = get_worker_info() is not None
         self.shared_memory = shared_memory
         self._pools = pools
-        self._staging = np.empty(MIN_BUFFER, dtype=np.uint8)
+        self._next_size = MIN_BUFFER
+        self._storage: torch.UntypedStorage | None = None
+        self._pool: ImagePool | None = None
+        self._data: torch.Tensor | None = None
+        self._view = np.empty(0, dtype=np.uint8)
         self._used = 0
         self._rows: list[tuple[int, ...]] = []
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def __del__(self) -> None:
+        """A builder dropped with a batch half built (an epoch abandoned) gives its pooled
+        buffer back, unlent."""
+        pool, storage = getattr(self, "_pool", None), getattr(self, "_storage", None)
+        if pool is not None and storage is not None:
+            pool.release(storage)
 
     @property
     def full(self) -> bool:
@@ -230,11 +245,9 @@ class ByteBatchBuilder:
         raw = np.frombuffer(data, dtype=np.uint8)
         n = raw.size
         start, stop = self._used, self._used + n
-        if stop > self._staging.size:
-            grown = np.empty(max(stop, 2 * self._staging.size), dtype=np.uint8)
-            grown[:start] = self._staging[:start]
-            self._staging = grown
-        self._staging[start:stop] = raw
+        if stop > self._view.size:
+            self._grow(stop)
+        self._view[start:stop] = raw
         self._used = stop
         self._rows.append((label, gid, padded, n, start, stop, *box, flip, cpu))
         return n
@@ -256,17 +269,30 @@ class ByteBatchBuilder:
         if not self._rows:
             raise ValueError("expected at least one filled slot, got an empty batch")
         n = self._used
-        data = self._buffer(n)
-        data.numpy()[:] = self._staging[:n]
+        data = (self._data if self._data is not None else self._grow(0))[:n]
         packed = np.array(self._rows, dtype=np.int64).T.copy()
+        self._next_size = n
         self._rows, self._used = [], 0
+        self._storage, self._pool, self._data = None, None, None
+        self._view = np.empty(0, dtype=np.uint8)
         return _from_packed(data, packed)
 
-    def _buffer(self, n: int) -> torch.Tensor:
-        size = max(MIN_BUFFER, 1 << max(n - 1, 0).bit_length())
+    def _grow(self, needed: int) -> torch.Tensor:
+        """Move the batch to a buffer of at least ``needed`` bytes (see the module doc); returns
+        it as a uint8 tensor."""
+        size = max(MIN_BUFFER, needed, self._next_size, 2 * self._view.size)
+        size = 1 << max(size - 1, 0).bit_length()
         pool = self._pools(size) if self._pools is not None and self.shared_memory else None
         if pool is not None:
-            return uint8_view(pool.acquire(), (n,))
-        if self.shared_memory:
-            return uint8_view(torch.UntypedStorage._new_shared(max(n, 1)), (n,))
-        return torch.empty(n, dtype=torch.uint8)
+            storage = pool.acquire()
+        elif self.shared_memory:
+            storage = torch.UntypedStorage._new_shared(size)
+        else:
+            storage = torch.UntypedStorage(size)
+        data = uint8_view(storage, (size,))
+        view = data.numpy()
+        view[: self._used] = self._view[: self._used]
+        if self._pool is not None and self._storage is not None:
+            self._pool.release(self._storage)
+        self._storage, self._pool, self._data, self._view = storage, pool, data, view
+        return data

@@ -1,12 +1,15 @@
-"""Decoding on the device: ``DeviceDecoder`` plans in the worker, decodes on
-the GPU (docs/architecture.md, section "Device decode").
+"""Decoding on the device: ``DeviceDecoder`` plans in the worker, decodes on the GPU
+(docs/architecture.md, section "Device decode").
 
 One object, two halves:
 
 - the worker half, ``plan``: reads the image header (``shards.imageinfo``), draws the crop box
   and flip from the worker's generator exactly as the CPU decoder would
-  (``ImageDecoder.draw``), and flags what the GPU decoder cannot take (``needs_cpu``: CMYK and
-  other non-RGB JPEGs, 12-bit, progressive, PNG, WebP). ``ByteBatchBuilder`` calls it;
+  (``ImageDecoder.draw``), and flags what the GPU decoder cannot take or would decode to other
+  pixels (``cpu_reason``: ``"format"`` for CMYK and other non-RGB JPEGs, 12-bit, progressive,
+  PNG, WebP; ``"orientation"`` for a JPEG whose EXIF orientation is not 1, which TorchCodec
+  rotates on CUDA while the CPU path and the shard builder keep the pixels as stored).
+  ``ByteBatchBuilder`` calls it;
 - the device half, ``decode_batch``: decodes a whole ``ByteBatch`` at once with a batched JPEG
   backend (nvJPEG on CUDA, an OpenCV stand-in on the CPU: ``loader.device._jpegbackends``), crops,
   resizes and flips each image on the device, and writes a uint8 ``[B, S, S, 3]`` batch there.
@@ -15,7 +18,8 @@ One object, two halves:
 Fallbacks, so nothing is lost: flagged samples, and any the backend rejects, are decoded on
 the CPU with the same box and flip (``ImageDecoder.decode_crop``). A batch the backend rejects
 is re-decoded image by image to find the culprits. Samples that fail there too come back as
-``failures`` for the prefetcher's bad-sample policy.
+``failures`` for the prefetcher's bad-sample policy. Every row is counted where it was decoded
+(``DecodeCounts``): on the device, on the CPU by reason, or nowhere.
 
 Resampling on the device is bilinear without antialiasing, as OpenCV's ``INTER_LINEAR`` on the
 CPU path; where that path decodes at 1/2, 1/4 or 1/8 scale (a crop at least that many times the
@@ -45,10 +49,12 @@ if TYPE_CHECKING:
     from shards.imageinfo import ImageInfo
 
 __all__ = [
+    "ROW_COUNTS",
     "BatchDecoder",
     "DecodeCounts",
     "DecodedBatch",
     "DeviceDecoder",
+    "cpu_reason",
     "crop_resize",
     "needs_cpu",
 ]
@@ -57,28 +63,61 @@ _REDUCTIONS: Final = (8, 4, 2)
 _FULL_FLAGS: Final = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
-def needs_cpu(info: ImageInfo | None) -> bool:
-    """Whether the header sends a sample to the CPU decoder: anything but an 8-bit sequential
-    (baseline or extended Huffman) JPEG with 1 or 3 components, or a header that cannot be read."""
+def cpu_reason(info: ImageInfo | None) -> str | None:
+    """Why the header sends a sample to the CPU decoder, or ``None`` for the device: ``"format"``
+    for anything but an 8-bit sequential (baseline or extended Huffman) JPEG with 1 or 3
+    components, or a header that cannot be read; ``"orientation"`` for a JPEG whose EXIF
+    orientation is not 1 (one sample, one set of pixels, whichever path decodes it)."""
     if info is None or info.format != "jpg":
-        return True
-    return info.progressive or info.bits != 8 or info.channels not in (1, 3)
+        return "format"
+    if info.progressive or info.bits != 8 or info.channels not in (1, 3):
+        return "format"
+    return "orientation" if info.orientation != 1 else None
+
+
+def needs_cpu(info: ImageInfo | None) -> bool:
+    """Whether ``cpu_reason`` sends the sample to the CPU decoder."""
+    return cpu_reason(info) is not None
+
+
+ROW_COUNTS: Final = ("device", "orientation", "format", "error", "failed")
+"""The keys of ``DecodeCounts.rows()``: each row of a byte batch lands in exactly one."""
 
 
 @dataclass
 class DecodeCounts:
-    """Where the samples of byte batches were decoded, since the decoder was made (or pickled).
+    """Where the rows of byte batches were decoded. Each row is counted once:
 
-    ``device``: by the batched backend; ``flagged``: sent to the CPU by their header;
-    ``rejected``: refused by the backend, then decoded on the CPU; ``failed``: decoded nowhere
-    (handed to the bad-sample policy); ``retried_batches``: batches re-decoded image by image.
+    ``device``: by the batched backend; ``orientation``, ``format``: sent to the CPU by their
+    header (``cpu_reason``); ``error``: refused by the backend, then decoded on the CPU;
+    ``failed``: decoded nowhere (handed to the bad-sample policy). ``retried_batches``: batches
+    re-decoded image by image (not rows).
     """
 
     device: int = 0
-    flagged: int = 0
-    rejected: int = 0
+    orientation: int = 0
+    format: int = 0
+    error: int = 0
     failed: int = 0
     retried_batches: int = 0
+
+    @property
+    def flagged(self) -> int:
+        """Rows the header sent to the CPU."""
+        return self.orientation + self.format
+
+    @property
+    def rejected(self) -> int:
+        """Rows the backend refused that the CPU decoded."""
+        return self.error
+
+    def add(self, other: DecodeCounts) -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def rows(self) -> dict[str, int]:
+        """The row counts by where they were decoded (``ROW_COUNTS``)."""
+        return {key: getattr(self, key) for key in ROW_COUNTS}
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -86,10 +125,12 @@ class DecodeCounts:
 
 class DecodedBatch(NamedTuple):
     """``images`` uint8 ``[B, S, S, 3]`` on the device; ``failures`` maps each row decoded
-    nowhere to the reason (its pixels are unspecified)."""
+    nowhere to the reason (its pixels are unspecified); ``counts``: this batch's rows by where
+    they were decoded."""
 
     images: torch.Tensor
     failures: dict[int, str]
+    counts: DecodeCounts
 
 
 class BatchDecoder(Protocol):
@@ -170,7 +211,7 @@ class DeviceDecoder:
                 )
             height, width = image.shape[:2]
         box, flip = self._cpu.draw(width, height, rng)
-        return CropPlan(box, flip, needs_cpu(info))
+        return CropPlan(box, flip, cpu_reason(info) is not None)
 
     def _backend(self, device: torch.device) -> JpegBackend:
         if not isinstance(self.backend, str):
@@ -189,27 +230,34 @@ class DeviceDecoder:
         out = torch.empty((n, s, s, 3), dtype=torch.uint8, device=device)
         flagged = batch.cpu.nonzero().flatten().tolist()
         on_device = (~batch.cpu).nonzero().flatten().tolist()
-        rejected = self._decode_on_device(batch, on_device, out, device)
+        counts = DecodeCounts()
+        rejected = self._decode_on_device(batch, on_device, out, device, counts)
         failures: dict[int, str] = {}
         host = np.empty((s, s, 3), dtype=np.uint8)
         boxes, flips = batch.boxes.tolist(), batch.flips.tolist()
+        refused = set(rejected)
         for row in flagged + rejected:
+            data = sample_bytes(batch, row)
             try:
-                self._cpu.decode_crop(
-                    sample_bytes(batch, row), host, CropBox(*boxes[row]), flips[row]
-                )
+                self._cpu.decode_crop(data, host, CropBox(*boxes[row]), flips[row])
             except (DecodeError, ValueError) as exc:
                 failures[row] = str(exc)
+                counts.failed += 1
                 continue
             out[row].copy_(torch.from_numpy(host))
-        self.counts.device += len(on_device) - len(rejected)
-        self.counts.flagged += len(flagged)
-        self.counts.rejected += len(rejected)
-        self.counts.failed += len(failures)
-        return DecodedBatch(out, failures)
+            reason = "error" if row in refused else cpu_reason(image_info(data)) or "format"
+            setattr(counts, reason, getattr(counts, reason) + 1)
+        counts.device += len(on_device) - len(rejected)
+        self.counts.add(counts)
+        return DecodedBatch(out, failures, counts)
 
     def _decode_on_device(
-        self, batch: ByteBatch, rows: list[int], out: torch.Tensor, device: torch.device
+        self,
+        batch: ByteBatch,
+        rows: list[int],
+        out: torch.Tensor,
+        device: torch.device,
+        counts: DecodeCounts,
     ) -> list[int]:
         """Decode ``rows`` with the backend into ``out``; return the rows it could not do."""
         if not rows:
@@ -221,7 +269,7 @@ class DeviceDecoder:
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, ValueError):
-            self.counts.retried_batches += 1
+            counts.retried_batches += 1
             images = [_decode_one(backend, stream) for stream in encoded]
         rejected = []
         boxes, flips = batch.boxes.tolist(), batch.flips.tolist()

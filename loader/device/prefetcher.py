@@ -5,7 +5,8 @@ typically) and yields ``DeviceBatch``: float32 ``[B, 3, H, W]`` images normalise
 ``mean``/``std``, in channels_last memory format by default. It works one batch ahead: while the
 consumer computes on batch ``k``, batch ``k + 1`` is already being copied and converted.
 
-On CUDA, for each batch:
+On CUDA, for each batch, in one helper thread while the consumer trains on the previous batch
+(``loader.device._overlap``, which states the order and its invariants):
 
 1. the host images are pinned (skipped when the DataLoader's ``pin_memory`` already did);
 2. on a side stream, the uint8 NHWC images (plus labels and padding flags) are copied with
@@ -15,7 +16,8 @@ On CUDA, for each batch:
    device tensor of the batch is ``record_stream``-ed on the consumer stream.
 
 Invariants. Side-stream work for a batch is complete, from the consumer stream's point of view,
-before any kernel the consumer enqueues after receiving it; the host never blocks on it. The
+before any kernel the consumer enqueues after receiving it; the consumer's thread never blocks
+on it (it waits only for a batch the helper has not finished preparing: waiting for data). The
 device tensors were allocated on the side stream; ``record_stream`` keeps the caching allocator
 from handing their memory to the side stream again until the consumer stream's work queued up to
 the batch's release has finished. The pinned host tensors are held by the prefetcher until the
@@ -49,12 +51,15 @@ back like any other. Samples decoded nowhere meet the dataset's bad-sample polic
 process): ``"raise"`` raises
 ``BadSampleError``; ``"skip"`` warns and replaces the row with a copy of the batch's first good
 sample marked ``padded``, as a worker does for a sample it cannot decode, so delivery counts are
-those of the CPU path.
+those of the CPU path. ``decode_counts`` says where the rows were decoded, over the prefetcher's
+life; at the end of a pass one warning is logged when more than ``FALLBACK_WARN_FRACTION`` of
+them were not decoded on the device, so an all-CPU run is never silent.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import NamedTuple
 
@@ -63,13 +68,17 @@ import torch
 from loader._checks import check_int
 from loader.badsamples import BadSampleError, BadSamplePolicy, SkipCounter
 from loader.batch import Batch
+from loader.device._overlap import TorchStreams, overlapped
 from loader.device.bytebatch import ByteBatch
-from loader.device.decoder import BatchDecoder, DecodedBatch
+from loader.device.decoder import BatchDecoder, DecodeCounts, DecodedBatch
 from loader.transforms.batch import BatchTransform, run_batch_transform
 
-__all__ = ["DeviceBatch", "DevicePrefetcher", "resolve_device"]
+__all__ = ["FALLBACK_WARN_FRACTION", "DeviceBatch", "DevicePrefetcher", "resolve_device"]
 
 log = logging.getLogger("shardfeed.loader")
+
+FALLBACK_WARN_FRACTION = 0.01
+"""More than this share of byte-batch rows decoded off the device draws one warning."""
 
 
 class DeviceBatch(NamedTuple):
@@ -152,6 +161,10 @@ class DevicePrefetcher:
         self.batch_transform = batch_transform
         self.seed = check_int("seed", getattr(dataset, "seed", 0) if seed is None else seed, 0)
         self._epoch, self._passes = 0, 0
+        self._streams = TorchStreams()
+        self._counts = DecodeCounts()
+        self._counts_lock = threading.Lock()
+        self._warned = False
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -166,9 +179,13 @@ class DevicePrefetcher:
         epoch = getattr(getattr(self.loader, "dataset", None), "next_epoch", None)
         self._epoch = epoch if isinstance(epoch, int) else self._passes
         self._passes += 1
-        if self.device.type == "cuda":
-            return self._iter_cuda()
-        return (self._convert(self._decoded(item)) for item in self.loader)
+        try:
+            if self.device.type == "cuda":
+                yield from self._iter_cuda()
+            else:
+                yield from (self._convert(self._decoded(item)) for item in self.loader)
+        finally:
+            self._warn_fallbacks()
 
     def _decoded(self, item: Batch | ByteBatch) -> Batch:
         """A ``Batch`` as it is; a ``ByteBatch`` decoded on the device, bad samples handled."""
@@ -180,6 +197,7 @@ class DevicePrefetcher:
                 "DevicePrefetcher(..., decoder=...) or a loader whose dataset has one"
             )
         decoded = self.decoder.decode_batch(item, self.device)
+        self._count(decoded.counts)
         batch = Batch(decoded.images, item.labels, item.ids, item.padded, item.nbytes)
         return self._bad_samples(batch, decoded) if decoded.failures else batch
 
@@ -248,31 +266,21 @@ class DevicePrefetcher:
         )
 
     def _iter_cuda(self) -> Iterator[DeviceBatch]:
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
         batches = iter(self.loader)
         defer = getattr(batches, "defer_records", None)
         received: Callable[[Batch | ByteBatch], None] | None = defer() if callable(defer) else None
-        pending = self._launch(batches, side)
-        while pending is not None:
-            host, ready, event = pending
-            consumer = torch.cuda.current_stream(self.device)
-            consumer.wait_event(event)
-            for tensor in (ready.images, ready.labels, ready.padded):
-                tensor.record_stream(consumer)
-            pending = self._launch(batches, side)
-            if received is not None:
-                received(host)
-            del host
-            yield ready
+        return overlapped(
+            batches,
+            self._prepare,
+            ops=self._streams,
+            device=self.device,
+            device_tensors=lambda ready: (ready.images, ready.labels, ready.padded),
+            handed_over=received,
+        )
 
-    def _launch(
-        self, batches: Iterator[Batch | ByteBatch], side: torch.cuda.Stream
-    ) -> tuple[Batch | ByteBatch, DeviceBatch, torch.cuda.Event] | None:
-        """Start the next batch's copy and conversion on ``side``; ``None`` when exhausted."""
-        item = next(batches, None)
-        if item is None:
-            return None
+    def _prepare(self, item: Batch | ByteBatch) -> tuple[Batch | ByteBatch, DeviceBatch]:
+        """Pin, decode, copy and convert one batch (``overlapped`` runs it in its helper thread,
+        on the side stream)."""
         host: Batch | ByteBatch
         if isinstance(item, ByteBatch):
             host = item._replace(labels=_pinned(item.labels), padded=_pinned(item.padded))
@@ -283,11 +291,37 @@ class DevicePrefetcher:
                 labels=_pinned(batch.labels),
                 padded=_pinned(batch.padded),
             )
-        with torch.cuda.stream(side):
-            ready = self._convert(self._decoded(host))
-            event = torch.cuda.Event()
-            event.record(side)
-        return host, ready, event
+        return host, self._convert(self._decoded(host))
+
+    @property
+    def decode_counts(self) -> dict[str, int]:
+        """The rows of byte batches this prefetcher has handed to its decoder, over its life, by
+        where they were decoded: ``"device"``, on the CPU by reason (``"orientation"``,
+        ``"format"``, ``"error"``: the device decoder refused it) or nowhere (``"failed"``).
+        Each row is counted once (``loader.device.decoder.ROW_COUNTS``); all zero for batches
+        decoded in the workers."""
+        with self._counts_lock:
+            return self._counts.rows()
+
+    def _count(self, counts: DecodeCounts) -> None:
+        with self._counts_lock:
+            self._counts.add(counts)
+
+    def _warn_fallbacks(self) -> None:
+        """Warn once when more than ``FALLBACK_WARN_FRACTION`` of the rows so far were not
+        decoded on the device."""
+        rows = self.decode_counts
+        total = sum(rows.values())
+        off = total - rows["device"]
+        if self._warned or not total or off <= FALLBACK_WARN_FRACTION * total:
+            return
+        self._warned = True
+        reasons = ", ".join(f"{k} {v}" for k, v in rows.items() if k != "device" and v)
+        log.warning(
+            "device decode: %d of %d rows (%.1f%%) were not decoded on %s (%s); expected at "
+            "most %.0f%%: see DevicePrefetcher.decode_counts",
+            off, total, 100 * off / total, self.device, reasons, 100 * FALLBACK_WARN_FRACTION,
+        )  # fmt: skip
 
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:

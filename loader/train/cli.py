@@ -121,9 +121,11 @@ def _train(args: argparse.Namespace) -> int:
             sys.stdout.write(
                 f"epoch {r.epoch} rank {r.rank}/{r.world_size}: {r.steps} steps, "
                 f"{r.samples_per_s:.0f} samples/s, blocked {100 * r.blocked_fraction:.0f}%, "
+                f"host wait {r.host_wait_ms_per_step:.1f} ms/step, "
                 f"loss {format_loss(r.loss)}, acc {r.accuracy:.3f}, duplicates {r.duplicates}, "
                 f"missing {r.missing}, padded {r.padded}"
                 + (f", resumed from step {r.resumed_from_step}" if r.resumed_from_step else "")
+                + (f", decoded {r.decode_counts}" if any(r.decode_counts.values()) else "")
                 + "\n"
             )
     return 0

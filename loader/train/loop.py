@@ -100,6 +100,8 @@ class EpochReport:
     padded: int
     step_losses: list[float] = field(default_factory=list)
     resumed_from_step: int | None = None
+    host_wait_ms_per_step: float = 0.0
+    decode_counts: dict[str, int] = field(default_factory=dict)
 
 
 def train(options: TrainOptions) -> list[EpochReport]:
@@ -155,6 +157,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
     mix = None
     if options.mixup > 0 or options.cutmix > 0:
         mix = MixupCutmix(classes, mixup_alpha=options.mixup, cutmix_alpha=options.cutmix)
+    prefetcher = DevicePrefetcher(loader, device, batch_transform=mix)
     reports: list[EpochReport] = []
     all_ids: list[np.ndarray] = []
     try:
@@ -162,9 +165,7 @@ def train(options: TrainOptions) -> list[EpochReport]:
             if checkpoint is None or epoch != first_epoch:
                 tracker.start_epoch(epoch)
             dataset.set_epoch(epoch)
-            report, ids = _run_epoch(
-                model, opt, loader, device, tracker, reporter, epoch, steps, mix
-            )
+            report, ids = _run_epoch(model, opt, prefetcher, tracker, reporter, epoch, steps)
             report.rank, report.world_size = rank, world
             if checkpoint is not None and epoch == first_epoch:
                 report.resumed_from_step = int(checkpoint["step"])
@@ -172,11 +173,13 @@ def train(options: TrainOptions) -> list[EpochReport]:
             reports.append(report)
             all_ids.append(ids)
             log.info(
-                "epoch %d rank %d/%d: %d steps, %.0f samples/s, blocked %.0f%%, loss %s, "
-                "acc %.3f, duplicates %d, missing %d, padded %d",
+                "epoch %d rank %d/%d: %d steps, %.0f samples/s, blocked %.0f%%, host wait "
+                "%.1f ms/step, loss %s, acc %.3f, duplicates %d, missing %d, padded %d, "
+                "decoded %s",
                 epoch, rank, world, report.steps, report.samples_per_s,
-                100 * report.blocked_fraction, format_loss(report.loss), report.accuracy,
-                report.duplicates, report.missing, report.padded,
+                100 * report.blocked_fraction, report.host_wait_ms_per_step,
+                format_loss(report.loss), report.accuracy, report.duplicates, report.missing,
+                report.padded, report.decode_counts,
             )  # fmt: skip
     finally:
         steps.close()
@@ -204,13 +207,11 @@ def _resume_from(options: TrainOptions) -> dict[str, Any] | None:
 def _run_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    loader: Any,
-    device: torch.device,
+    prefetcher: DevicePrefetcher,
     tracker: DuplicateTracker,
     reporter: Any,
     epoch: int,
     steps: CheckpointSteps,
-    mix: MixupCutmix | None = None,
 ) -> tuple[EpochReport, np.ndarray]:
     model.train()
     losses: list[float] = []
@@ -218,7 +219,8 @@ def _run_epoch(
     blocked = 0.0
     ids: list[np.ndarray] = []
     start = time.perf_counter()
-    batches = iter(DevicePrefetcher(loader, device, batch_transform=mix))
+    loader: Any = prefetcher.loader
+    batches = iter(prefetcher)
     while True:
         wait = time.perf_counter()
         batch = next(batches, None)
@@ -256,6 +258,7 @@ def _run_epoch(
                 queue_depth=queue_depth(loader),
                 ids=batch.ids,
                 padded=padded,
+                decode_counts=prefetcher.decode_counts,
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
@@ -273,6 +276,8 @@ def _run_epoch(
         missing=counts.missing,
         padded=counts.padded,
         step_losses=losses,
+        host_wait_ms_per_step=round(1000 * blocked / len(losses), 3) if losses else 0.0,
+        decode_counts=prefetcher.decode_counts,
     )
     return report, np.concatenate(ids) if ids else np.zeros(0, np.int64)
 

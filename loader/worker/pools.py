@@ -158,6 +158,14 @@ class ImagePool:
         self._buffers.append((storage, flag))
         return storage
 
+    def release(self, storage: torch.UntypedStorage) -> None:
+        """Mark ``storage``, which ``acquire`` returned and which was never lent, ``FREE`` again
+        (a byte batch that outgrew it). Storages the pool does not hold are left alone."""
+        for pooled, flag in self._buffers:
+            if pooled is storage:
+                flag[0] = FREE
+                return
+
     def free_count(self) -> int:
         """How many pooled buffers are ``FREE`` now."""
         return sum(int(flag[0] == FREE) for _, flag in self._buffers)

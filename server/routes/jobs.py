@@ -73,6 +73,7 @@ def post_stats(
                     else report.coverage.model_dump(exclude={"seen"})
                 ),
                 seen=seen,
+                decode=report.decode,
             ),
             keep=settings.job_max_reports,
             max_jobs=settings.job_max_jobs,

@@ -266,11 +266,23 @@ function renderJob(job) {
       el("span", { "data-field": "missing", "data-scope": scope, title: why }, miss), " missing · ",
       `blocked ${fmt1(job.blocked_s)} s`,
       job.resumed_at_step == null ? "" :
-        el("span", { "data-field": "resumed_at_step" }, ` · resumed at step ${fmtInt(job.resumed_at_step)}`)));
+        el("span", { "data-field": "resumed_at_step" }, ` · resumed at step ${fmtInt(job.resumed_at_step)}`),
+      decodeLine(job)));
   const from = (job.first_at || 0) - (job.bucket_s || 0);
   card.append(lineChart((job.series || []).filter((p) => p.t >= from)));
   card.append(rankBars(job.loading));
   return card;
+}
+
+// Device decode: the share of rows decoded on the device and the CPU fallbacks by reason.
+function decodeLine(job) {
+  const rows = Object.entries(job.decode || {});
+  const total = rows.reduce((sum, [, n]) => sum + n, 0);
+  if (total === 0) return "";
+  const off = rows.filter(([where, n]) => where !== "device" && n > 0)
+    .map(([where, n]) => `${where} ${fmtInt(n)}`).join(", ");
+  return el("span", { "data-field": "decode", "data-fallback": String(job.decode_fallback_fraction) },
+    ` · decoded on device ${pct(1 - job.decode_fallback_fraction)}` + (off ? ` (CPU: ${off})` : ""));
 }
 
 const MAX_RANK_BARS = 64;

@@ -476,12 +476,12 @@ def test_bad_backend_settings_are_rejected() -> None:
 def test_without_a_gpu_library_the_cuda_backend_says_what_to_install() -> None:
     import importlib.util
 
-    from loader.device._jpegbackends import GpuDecodeUnavailable, _import_decode_jpeg
+    from loader.device._jpegbackends import GpuDecodeUnavailable, load_gpu_library
 
     if any(importlib.util.find_spec(name) for name in ("torchcodec", "torchvision")):
         pytest.skip("checks the message where neither TorchCodec nor torchvision is installed")
     with pytest.raises(GpuDecodeUnavailable, match=r"pip install 'shardfeed\[gpu\]'"):
-        _import_decode_jpeg()
+        load_gpu_library()
 
 
 def test_plan_draws_as_many_numbers_as_the_cpu_decoder() -> None:

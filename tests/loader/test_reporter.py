@@ -335,3 +335,11 @@ def test_queue_depth_counts_batches_a_real_loader_holds_ready(tmp_path: Path) ->
             pass
     finally:
         stop_workers(loader)
+
+
+def test_device_decode_counts_are_sent_as_the_latest_totals(recorder: Recorder) -> None:
+    with StatsReporter(recorder.url, "decode", interval_s=60.0) as reporter:
+        assert reporter.snapshot()["decode"] == {}
+        reporter.record(samples=4, decode_counts={"device": 3, "orientation": 1})
+        reporter.record(samples=4, decode_counts={"device": 6, "orientation": 2})
+    assert recorder.bodies()[-1]["decode"] == {"device": 6, "orientation": 2}

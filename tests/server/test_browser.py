@@ -160,3 +160,21 @@ def test_dashboard_marks_the_slowest_of_four_ranks(
     keep = os.environ.get("DASHBOARD_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep.removesuffix(".png") + "-ranks.png")
+
+
+def test_dashboard_shows_where_a_jobs_rows_were_decoded(
+    browser: Any, served_run: ServedRun
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, token = served_run.server.url, served_run.server.token or ""
+    body = {"samples": 200, "elapsed_s": 1.0, "decode": {"device": 197, "orientation": 2,
+                                                         "format": 1, "error": 0}}  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(f"{url}/api/jobs/gpu-decode/stats", json=body, headers=headers).is_success
+    browser.get(f"{url}/")
+    field = "[data-job=gpu-decode] [data-field=decode]"
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, field))
+    text = browser.find_element(By.CSS_SELECTOR, field).text
+    assert "decoded on device 98.5%" in text and "(CPU: orientation 2, format 1)" in text

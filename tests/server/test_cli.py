@@ -31,6 +31,7 @@ def modules_loaded_for(command: str | None) -> list[str]:
     [
         ("shard", []),
         ("verify", []),
+        ("doctor", []),
         ("train", ["torch"]),
         ("bench", ["torch"]),
         ("serve", list(HEAVY)),

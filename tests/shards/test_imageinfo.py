@@ -5,8 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shards.imageinfo import ImageInfo, image_info, is_complete
+from shards.imageinfo import ImageInfo, exif_orientation, image_info, is_complete
+from tests.helpers import with_exif_orientation
 from tests.shards.helpers import DATA, encode, make_pixels
 
 W, H = 37, 23  # not square and not equal, so a width/height swap shows
@@ -115,3 +118,33 @@ def test_jpeg_with_zero_height_is_rejected() -> None:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 7] = b"\0\0"
     assert image_info(bytes(data)) is None
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_jpeg_exif_orientation_is_read_for_each_of_the_eight(big_endian: bool) -> None:
+    plain = encode(".jpg", make_pixels(0, width=20, height=12))
+    assert image_info(plain) == ImageInfo("jpg", 20, 12, 3)
+    for orientation in range(1, 9):
+        info = image_info(with_exif_orientation(plain, orientation, big_endian=big_endian))
+        assert info == ImageInfo("jpg", 20, 12, 3, orientation=orientation)
+
+
+@pytest.mark.parametrize("value", [0, 9, 0xFFFF])
+def test_an_orientation_outside_one_to_eight_reads_as_one(value: int) -> None:
+    plain = encode(".jpg", make_pixels(0, width=20, height=12))
+    assert image_info(with_exif_orientation(plain, value)) == ImageInfo("jpg", 20, 12, 3)
+
+
+def test_a_cut_or_foreign_app1_segment_reads_as_one() -> None:
+    tagged = with_exif_orientation(b"\xff\xd8", 6)[6:]  # the segment's payload
+    entry_end = len(tagged) - 4  # the next-IFD offset that follows is not needed
+    for cut in range(entry_end):
+        assert exif_orientation(tagged[:cut]) == 1
+    assert exif_orientation(tagged[:entry_end]) == exif_orientation(tagged) == 6
+    assert exif_orientation(b"http://ns.adobe.com/xap/1.0/\0" + tagged) == 1
+
+
+@given(st.binary(max_size=64))
+def test_exif_orientation_never_raises(payload: bytes) -> None:
+    assert 1 <= exif_orientation(b"Exif\0\0" + payload) <= 8
+    assert 1 <= exif_orientation(payload) <= 8

@@ -1,5 +1,5 @@
 """``loader.bench.decodecompare`` on the CPU: both decodes run over real workers, every sample
-is counted once per timed epoch, and the device run reports its routing."""
+is counted once per timed epoch, and the device run reports where its rows were decoded."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ def test_compare_reports_both_decodes_and_the_ratio(
     runs = {run["decode"]: run for run in doc["runs"]}
     assert set(runs) == {"opencv", "device"}
     assert all(run["samples"] == 19 and run["samples_per_s"] > 0 for run in runs.values())
-    assert runs["device"]["routing"] == {
-        "device": 38, "flagged": 0, "rejected": 0, "failed": 0, "retried_batches": 0
+    assert runs["device"]["decode_counts"] == {
+        "device": 38, "orientation": 0, "format": 0, "error": 0, "failed": 0
     }  # fmt: skip
+    assert sum(runs["opencv"]["decode_counts"].values()) == 0
+    assert all(run["host_wait_ms_per_step"] > 0 for run in runs.values())
     assert doc["device_over_opencv"] > 0 and doc["workers"] == 2
 
 
