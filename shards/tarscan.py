@@ -180,6 +180,10 @@ def _seekable(f: BinaryIO) -> bool:
 def _walk(
     src: _Reader, url: str, want: Callable[[str], bool] | None
 ) -> Iterator[tuple[Member, bytes | None]]:
+    # One header block at a time, never the payloads unless wanted: a local shard costs one
+    # 512-byte read per member. Extended headers (GNU long name 'L', PAX 'x' and 'g') describe
+    # the member after them, so their fields wait in ``long_name``/``local``/``global_``, and
+    # ``first`` remembers where the member's first header began (its sample's byte offset).
     pos = 0
     long_name: str | None = None
     local: dict[str, str] = {}
@@ -225,7 +229,7 @@ def _walk(
             name = records["path"]
         if "size" in records:
             size = _pax_size(records["size"], pos, url)
-        size = data_size(block, size)
+        size = data_size(block, size)  # a link's payload is empty whatever its header says
         following = data_offset + size + (-size % BLOCK)
         start = pos if first is None else first
         if local:
@@ -235,6 +239,7 @@ def _walk(
         payload_bytes: bytes | None = None
         if is_file and want is not None and want(name):
             payload_bytes = src.read_at(data_offset, size)
+        # Checked before yielding, so a reader never gets a member whose bytes are not all there.
         complete = src.reaches(following)
         if not complete:
             raise ShardFormatError(
