@@ -19,6 +19,7 @@ work runs on the executor's threads, and every public method first waits for it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mmap
 import os
@@ -33,13 +34,13 @@ import numpy as np
 from loader._checks import check_int, check_non_negative
 from loader._errors import MissingShardError, ShardReadError
 from loader._scanio import StreamScan, check_rows, scan_mapped, wrap_scan_error
-from loader.remote.errors import RemoteReadError
-from loader.remote.files import CHUNK_BYTES, RemoteFile, checked_size
+from loader.remote.files import CHUNK_BYTES, RemoteFile, checked_size, pinned
 from loader.remote.location import is_local, local_path
 from loader.remote.options import RemoteOptions
 from loader.remote.ranged import RangedRead
+from loader.remote.redact import redact
 from loader.sources import ShardSource
-from shards.format import BLOCK, read_index
+from shards.format import BLOCK, end_of_archive, read_index
 from shards.tarscan import header_name
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 __all__ = ["RawSample", "ShardReader"]
 
 log = logging.getLogger(__name__)
+
+_TAIL_MIN = len(end_of_archive())  # our writer: the last sample, then two zero blocks
+_TAIL_MAX = _TAIL_MIN + 20 * BLOCK  # other tar writers pad to a 10240-byte record
 
 
 class RawSample(NamedTuple):
@@ -78,8 +82,11 @@ class ShardReader:
     a slow network file system: every open and every ranged request sleeps that long first.
     Errors are ``ShardReadError`` (``MissingShardError`` for a missing file) naming the URL:
     truncated shard (index past the end of the file, or a scan that meets the end mid-member),
-    sidecar or scan sample count different from ``shard.nsamples``, or a corrupt tar header.
-    The shard's sha256 is not checked here.
+    sidecar or scan sample count different from ``shard.nsamples``, a sidecar whose sha256 is
+    not ``shard.index_sha256`` or whose last row does not end where the archive's end begins (an
+    index of another shard), or a corrupt tar header. The shard's own sha256 is checked only by
+    the cache (``loader.remote.cache``); a remote shard whose validator is no longer the one
+    seen when the dataset was resolved (``shard.validator``) is refused.
     """
 
     def __init__(
@@ -201,25 +208,48 @@ class ShardReader:
         try:
             self._settle()
         except Exception as exc:  # the read-ahead's error; nobody reads this shard now
-            log.debug("%s: read-ahead failed: %s", self.shard.url, exc)
+            log.debug("%s: read-ahead failed: %s", redact(self.shard.url), redact(exc))
         self._head = None
         if self._map is not None:
             try:
                 self._map.close()
             except BufferError:
-                log.debug("%s: sample views still alive; unmapped when they go", self.shard.url)
+                url = redact(self.shard.url)
+                log.debug("%s: sample views still alive; unmapped when they go", url)
             self._map = None
+        if self._remote is not None:
+            self._remote.close()
         self._remote = None
         if self._cached is not None:
             self._cached.close()
             self._cached = None
 
-    def _from_cache(self, url: str, size: int | None, sha256: str | None) -> CachedFile:
+    def _from_cache(
+        self,
+        url: str,
+        size: int | None,
+        sha256: str | None,
+        validator: str | None,
+        *,
+        own: bool = True,
+    ) -> CachedFile:
+        """The cached copy of ``url``, trusted only under ``sha256`` and ``validator``. When
+        ``validator`` is ``url``'s own (``own``) and the server's, a download is checked
+        against the server afterwards (a file rewritten meanwhile is refused)."""
         cache = self._options.cache
         assert cache is not None
+
+        def verify(remote: RemoteFile) -> None:
+            checked_size(remote, size, validator)
+
         try:
             return cache.open(
-                self._remote_file(url), size=size, sha256=sha256, counters=self._options.counters
+                self._remote_file(url),
+                size=size,
+                sha256=sha256,
+                validator=validator,
+                verify=verify if own and pinned(validator) else None,
+                counters=self._options.counters,
             )
         except FileNotFoundError:
             raise MissingShardError(f"shard file {url} not found") from None
@@ -239,12 +269,13 @@ class ShardReader:
         cache = self._options.cache
         if not self._local and cache is None:
             self._remote = self._remote_file(url)
-            self._size = checked_size(self._remote, self.shard.filesize)
+            self._size = checked_size(self._remote, self.shard.filesize, self.shard.validator)
             return
         if self._local:
             path = local_path(url)
         else:
-            self._cached = self._from_cache(url, self.shard.filesize, self.shard.sha256)
+            shard = self.shard
+            self._cached = self._from_cache(url, shard.filesize, shard.sha256, shard.validator)
             path = self._cached.path
         self._wait()
         try:
@@ -267,21 +298,32 @@ class ShardReader:
         index_url = self.shard.index_url
         if index_url is None:
             return False
+        expected = self.shard.index_sha256
         try:
             if self._local:
                 self._wait()
                 with open(local_path(index_url), "rb") as f:
-                    index = read_index(f)
+                    raw = f.read()
             elif self._options.cache is not None:
-                with self._from_cache(index_url, None, self.shard.index_sha256) as cached:
+                # cached as one unit with its shard: under its own sha256, else the shard's
+                unit = None if expected else (self.shard.sha256 or self.shard.validator)
+                with self._from_cache(index_url, None, expected, unit, own=False) as cached:
                     with open(cached.path, "rb") as f:
-                        index = read_index(f)
+                        raw = f.read()
             else:
-                index = read_index(self._remote_file(index_url).read_all())
+                raw = self._remote_file(index_url).read_all()
+            if expected is not None and (got := hashlib.sha256(raw).hexdigest()) != expected:
+                raise ShardReadError(
+                    f"shard {self.shard.url}: sidecar {index_url} has sha256 {got}, expected "
+                    f"index_sha256={expected}: the index changed or belongs to another shard; "
+                    "rebuild the manifest"
+                )
+            index = read_index(raw)
         except FileNotFoundError:
-            log.warning("sidecar %s is missing; scanning %s instead", index_url, self.shard.url)
+            where = (redact(index_url), redact(self.shard.url))
+            log.warning("sidecar %s is missing; scanning %s instead", *where)
             return False
-        except RemoteReadError:
+        except ShardReadError:
             raise
         except (OSError, ValueError) as exc:
             raise ShardReadError(f"shard {self.shard.url}: bad sidecar {index_url}: {exc}") from exc
@@ -313,6 +355,14 @@ class ShardReader:
             )
         if n:
             check_rows(index, self._size, url, what)
+            tail = self._size - int(index["end"][-1])
+            if keys is None and not _TAIL_MIN <= tail <= _TAIL_MAX:
+                raise ShardReadError(
+                    f"shard {url}: {what} does not fit it: its last sample ends at byte "
+                    f"{int(index['end'][-1])} of {self._size}, expected the archive's end "
+                    f"{_TAIL_MIN}..{_TAIL_MAX} bytes before the end of the file: the index "
+                    "belongs to another shard or is stale; rebuild the shard's index"
+                )
         self._index, self._keys, self._names = index, keys, names
         image = index["image_offset"]
         where = np.where(image >= 0, image, index["offset"])
