@@ -1,11 +1,14 @@
 """A shard's index: header scans of whole shards (over a memory map, or as one chunked pass
-over a remote file), and the checks every index passes, scanned or loaded from a sidecar."""
+over a remote file), and the checks every index passes, scanned or loaded from a sidecar (a
+sidecar also has its sha256 checked when one is known, and must end where its shard's archive
+ends)."""
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +17,7 @@ from loader._errors import ShardReadError
 from loader.remote.files import CHUNK_BYTES, ChunkedStream, RemoteFile
 from loader.remote.location import is_local, local_path
 from loader.remote.retry import RetryPolicy
+from shards.format import BLOCK, end_of_archive
 from shards.tarscan import (
     IMAGE_SUFFIXES,
     SampleGrouper,
@@ -27,10 +31,15 @@ from shards.tarscan import (
     split_key,
 )
 
+_TAIL_MIN = len(end_of_archive())  # our writer: the last sample, then two zero blocks
+_TAIL_MAX = _TAIL_MIN + 20 * BLOCK  # other tar writers pad to a 10240-byte record
+
 __all__ = [
     "Scanned",
     "StreamScan",
     "check_rows",
+    "check_sha",
+    "check_tail",
     "scan_location",
     "scan_mapped",
     "wrap_scan_error",
@@ -185,4 +194,32 @@ def check_rows(index: np.ndarray, size: int, url: str, what: str) -> None:
         raise ShardReadError(
             f"shard {url}: {what} is inconsistent (rows overlap or images lie outside their "
             "samples); rebuild the shard"
+        )
+
+
+def check_sha(raw: bytes, expected: str | None, url: str, index_url: str) -> None:
+    """A sidecar's bytes against the ``index_sha256`` its source names (``None``: none)."""
+    if expected is not None and (got := hashlib.sha256(raw).hexdigest()) != expected:
+        raise ShardReadError(
+            f"shard {url}: sidecar {index_url} has sha256 {got}, expected index_sha256="
+            f"{expected}: the index changed or belongs to another shard; rebuild the manifest"
+        )
+
+
+def check_tail(
+    index: np.ndarray, size: int, read: Callable[[int, int], bytes] | None, url: str, what: str
+) -> None:
+    """A sidecar's last sample must end where the archive's end begins: ``_TAIL_MIN`` to
+    ``_TAIL_MAX`` bytes before the end of the file, all zero when ``read`` (bytes ``[a, b)`` of
+    the shard) is given (an index of another shard ends elsewhere)."""
+    end = int(index["end"][-1])
+    tail = size - end
+    fits = _TAIL_MIN <= tail <= _TAIL_MAX
+    if fits and read is not None:
+        fits = bytes(read(end, size)).count(0) == tail
+    if not fits:
+        raise ShardReadError(
+            f"shard {url}: {what} does not fit it: its last sample ends at byte {end} of "
+            f"{size}, expected the archive's zero end blocks from there to the end of the "
+            "file: the index belongs to another shard or is stale; rebuild the shard's index"
         )

@@ -19,12 +19,11 @@ work runs on the executor's threads, and every public method first waits for it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mmap
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from itertools import repeat
 from typing import TYPE_CHECKING, NamedTuple
@@ -33,14 +32,22 @@ import numpy as np
 
 from loader._checks import check_int, check_non_negative
 from loader._errors import MissingShardError, ShardReadError
-from loader._scanio import StreamScan, check_rows, scan_mapped, wrap_scan_error
-from loader.remote.files import CHUNK_BYTES, RemoteFile, checked_size, pinned
+from loader._scanio import (
+    StreamScan,
+    check_rows,
+    check_sha,
+    check_tail,
+    scan_mapped,
+    wrap_scan_error,
+)
+from loader.remote.errors import RemoteReadError
+from loader.remote.files import CHUNK_BYTES, RemoteFile, checked_size
 from loader.remote.location import is_local, local_path
 from loader.remote.options import RemoteOptions
 from loader.remote.ranged import RangedRead
 from loader.remote.redact import redact
 from loader.sources import ShardSource
-from shards.format import BLOCK, end_of_archive, read_index
+from shards.format import BLOCK, read_index
 from shards.tarscan import header_name
 
 if TYPE_CHECKING:
@@ -49,9 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["RawSample", "ShardReader"]
 
 log = logging.getLogger(__name__)
-
-_TAIL_MIN = len(end_of_archive())  # our writer: the last sample, then two zero blocks
-_TAIL_MAX = _TAIL_MIN + 20 * BLOCK  # other tar writers pad to a 10240-byte record
 
 
 class RawSample(NamedTuple):
@@ -225,38 +229,12 @@ class ShardReader:
             self._cached = None
 
     def _from_cache(
-        self,
-        url: str,
-        size: int | None,
-        sha256: str | None,
-        validator: str | None,
-        *,
-        own: bool = True,
+        self, url: str, size: int | None, sha: str | None, validator: str | None, own: bool = True
     ) -> CachedFile:
-        """The cached copy of ``url``, trusted only under ``sha256`` and ``validator``. When
-        ``validator`` is ``url``'s own (``own``) and the server's, a download is checked
-        against the server afterwards (a file rewritten meanwhile is refused)."""
-        cache = self._options.cache
-        assert cache is not None
-
-        def verify(remote: RemoteFile) -> None:
-            checked_size(remote, size, validator)
-
-        try:
-            return cache.open(
-                self._remote_file(url),
-                size=size,
-                sha256=sha256,
-                validator=validator,
-                verify=verify if own and pinned(validator) else None,
-                counters=self._options.counters,
-            )
-        except FileNotFoundError:
-            raise MissingShardError(f"shard file {url} not found") from None
+        return self._options.cached(url, self._latency_s, size, sha, validator, own=own)
 
     def _remote_file(self, url: str) -> RemoteFile:
-        o = self._options
-        return RemoteFile(url, latency_s=self._latency_s, retry=o.retry, counters=o.counters)
+        return self._options.remote_file(url, self._latency_s)
 
     def _wait(self) -> None:
         if self._latency_s > 0:
@@ -307,22 +285,19 @@ class ShardReader:
             elif self._options.cache is not None:
                 # cached as one unit with its shard: under its own sha256, else the shard's
                 unit = None if expected else (self.shard.sha256 or self.shard.validator)
-                with self._from_cache(index_url, None, expected, unit, own=False) as cached:
+                with self._from_cache(index_url, None, expected, unit, False) as cached:
                     with open(cached.path, "rb") as f:
                         raw = f.read()
             else:
                 raw = self._remote_file(index_url).read_all()
-            if expected is not None and (got := hashlib.sha256(raw).hexdigest()) != expected:
-                raise ShardReadError(
-                    f"shard {self.shard.url}: sidecar {index_url} has sha256 {got}, expected "
-                    f"index_sha256={expected}: the index changed or belongs to another shard; "
-                    "rebuild the manifest"
-                )
+            check_sha(raw, expected, self.shard.url, index_url)
             index = read_index(raw)
         except FileNotFoundError:
             where = (redact(index_url), redact(self.shard.url))
             log.warning("sidecar %s is missing; scanning %s instead", *where)
             return False
+        except RemoteReadError as exc:
+            raise exc.prefixed(f"shard {self.shard.url}: sidecar {index_url}") from exc
         except ShardReadError:
             raise
         except (OSError, ValueError) as exc:
@@ -355,14 +330,8 @@ class ShardReader:
             )
         if n:
             check_rows(index, self._size, url, what)
-            tail = self._size - int(index["end"][-1])
-            if keys is None and not _TAIL_MIN <= tail <= _TAIL_MAX:
-                raise ShardReadError(
-                    f"shard {url}: {what} does not fit it: its last sample ends at byte "
-                    f"{int(index['end'][-1])} of {self._size}, expected the archive's end "
-                    f"{_TAIL_MIN}..{_TAIL_MAX} bytes before the end of the file: the index "
-                    "belongs to another shard or is stale; rebuild the shard's index"
-                )
+            if keys is None:
+                check_tail(index, self._size, self._tail_reader(), url, what)
         self._index, self._keys, self._names = index, keys, names
         image = index["image_offset"]
         where = np.where(image >= 0, image, index["offset"])
@@ -372,6 +341,13 @@ class ShardReader:
             index["label"].tolist(),
             where.tolist(),
         )
+
+    def _tail_reader(self) -> Callable[[int, int], bytes] | None:
+        """Where a sidecar's tail bytes are read: the map, else (one small request) the
+        remote file when no ``index_sha256`` vouches for the index."""
+        if (mapped := self._map) is not None:
+            return lambda a, b: mapped[a:b]
+        return self._remote.fetch if self._remote and not self.shard.index_sha256 else None
 
     def _read_mapped(self, start: int, stop: int) -> Iterator[RawSample]:
         assert self._map is not None

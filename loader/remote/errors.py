@@ -30,6 +30,13 @@ class RemoteReadError(ShardReadError):
         self.attempts = attempts
         self.cause = redact(cause)
 
+    def prefixed(self, prefix: str) -> RemoteReadError:
+        """The same failure, its message led by ``prefix`` (what the file was read for)."""
+        return RemoteReadError(
+            f"{prefix}: {self}",
+            url=self.url, byte_range=self.byte_range, attempts=self.attempts, cause=self.cause,
+        )  # fmt: skip
+
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (str(self), self.url, self.byte_range, self.attempts, self.cause))
 
