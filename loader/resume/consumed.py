@@ -3,8 +3,8 @@
 ``Progress`` is fed one batch at a time, as the loop receives it (``ClosingDataLoader``'s
 iterator, or ``DevicePrefetcher`` when it hands a batch over). Each batch is attributed to the
 worker whose plan holds its first real id (an all-padding batch to the worker that pads), its
-real ids are marked taken, and that worker's batch count goes up. It is not thread-safe: feed it
-from the thread that runs the loop.
+real ids are marked taken, and that worker's batch count and padded-row count go up. It is not
+thread-safe: feed it from the thread that runs the loop.
 """
 
 from __future__ import annotations
@@ -40,16 +40,22 @@ class Progress:
         n = int(sizes.sum())
         self.fingerprint, self.seed, self.epoch = fingerprint, seed, epoch
         self.rank, self.topology = rank, topology
+        padded: dict[int, list[int]] | None = {}
         if resume is not None and resume.epoch == epoch:
             base, batches = resume.plan_for(topology)
             self.base = base.copy()
             self.taken = resume.taken.copy()
+            if batches:  # the saved plan goes on: so do its padded rows
+                padded = resume.padded
         else:
             self.base = np.zeros(n, dtype=bool)
             self.taken = np.zeros(n, dtype=bool)
             batches = {}
         self.batches = {r: list(c) for r, c in batches.items()}
         self.batches.setdefault(rank, [0] * topology.num_workers)
+        self.padded = None if padded is None else {r: list(c) for r, c in padded.items()}
+        if self.padded is not None:
+            self.padded.setdefault(rank, [0] * topology.num_workers)
         plans = plan_rank(
             sizes,
             seed=seed,
@@ -78,9 +84,12 @@ class Progress:
     def record(self, ids: torch.Tensor | np.ndarray, padded: torch.Tensor | np.ndarray) -> None:
         """Mark one received batch: its real ids taken, its worker one batch further."""
         ids_np = np.asarray(ids, dtype=np.int64).ravel()
-        real = ids_np[~np.asarray(padded, dtype=bool).ravel()]
+        pad = np.asarray(padded, dtype=bool).ravel()
+        real = ids_np[~pad]
         worker = self._worker_of(int(real[0])) if real.size else self._pad_worker
         self.batches[self.rank][worker] += 1
+        if self.padded is not None:
+            self.padded[self.rank][worker] += int(pad.sum())
         self.taken[real] = True
 
     def state(self) -> LoaderState:
@@ -95,6 +104,7 @@ class Progress:
             batches={self.rank: list(self.batches[self.rank])},
             base=self.base.copy(),
             taken=self.taken.copy(),
+            padded=None if self.padded is None else {self.rank: list(self.padded[self.rank])},
         )
 
     def _worker_of(self, gid: int) -> int:
