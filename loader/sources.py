@@ -43,6 +43,7 @@ from loader.remote.redact import redact
 from loader.remote.retry import RetryPolicy
 from shards.format import MANIFEST_NAME, read_index
 from shards.manifest import Manifest, ManifestError
+from shards.tarscan import ShardFormatError
 
 __all__ = ["DatasetSource", "ShardSource", "resolve_source"]
 
@@ -223,7 +224,10 @@ def _describe_shard(url: str, first: int, retry: RetryPolicy | None, token: str)
     except FileNotFoundError:
         raise FileNotFoundError(f"shard {redact(url)} not found") from None
     rows = _sidecar_rows(sidecar, retry)
-    nsamples = len(scan_location(url, retry).index) if rows is None else rows[0]
+    try:
+        nsamples = len(scan_location(url, retry).index) if rows is None else rows[0]
+    except ShardFormatError as exc:
+        raise ShardFormatError(redact(exc)) from None
     log.debug(
         "shard %s: %d samples (%s)", redact(url), nsamples, "scan" if rows is None else "sidecar"
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loader.remote.redact import redact
 from server._schema import SCHEMA_VERSION, StoreError, migrate
 from server.jobs import JobReport, RankState, advance_rank
 
@@ -72,7 +73,7 @@ class RunRecord:
             "status": self.status,
             "progress": self.progress,
             "error": self.error,
-            "config": self.config,
+            "config": {k: redact(v) if isinstance(v, str) else v for k, v in self.config.items()},
             "cancel_requested": self.cancel_requested,
             "created_at": self.created_at,
             "started_at": self.started_at,
@@ -253,6 +254,7 @@ class Store:
         """End a queued or running run with a final ``status``; a finished run is left as is."""
         if status not in FINISHED:
             raise ValueError(f"expected a final status in {sorted(FINISHED)}, got {status=}")
+        error = None if error is None else redact(error)
         with self._transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?, "

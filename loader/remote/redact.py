@@ -20,8 +20,8 @@ import re
 __all__ = ["REDACTED", "redact"]
 
 REDACTED = "***"
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-_USERINFO = re.compile(r"^(?P<scheme>[^:]+://)(?P<info>[^/?#@]*)@")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@]*@")
+_PARAM = re.compile(r"(?P<lead>[?&])(?P<name>[^=&#\s?]+)=(?P<value>[^&#\s]*)")
 _SECRET_NAMES = frozenset({
     "sig", "signature", "token", "access_token", "id_token", "key", "api_key", "apikey",
     "password", "passwd", "pwd", "secret", "client_secret", "auth", "authorization",
@@ -36,20 +36,15 @@ def _secret(name: str) -> bool:
     return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
 
 
-def _redact_url(url: str) -> str:
-    url = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", url, count=1)
-    head, mark, query = url.partition("?")
-    if not mark:
-        return url
-    query, hash_mark, fragment = query.partition("#")
-    params = []
-    for param in query.split("&"):
-        name, eq, value = param.partition("=")
-        params.append(f"{name}={REDACTED}" if eq and value and _secret(name) else param)
-    return f"{head}?{'&'.join(params)}{hash_mark}{fragment}"
+def _param(match: re.Match[str]) -> str:
+    if match["value"] and _secret(match["name"]):
+        return f"{match['lead']}{match['name']}={REDACTED}"
+    return match[0]
 
 
 def redact(text: object) -> str:
     """``text`` (a URL, a message holding URLs, or anything ``str()`` turns into one) with the
-    secrets of every URL in it hidden (see the module docstring)."""
-    return _URL.sub(lambda m: _redact_url(m[0]), str(text))
+    secrets of every URL in it hidden (see the module docstring). A hidden value runs to the
+    next ``&``, ``#`` or white space, quotes included: what may be secret is never cut short."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", str(text))
+    return _PARAM.sub(_param, text)
