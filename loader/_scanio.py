@@ -144,6 +144,8 @@ class StreamScan:
                 yield self._count, sample.key, label, data, at
                 self._count += 1
                 if self._until is not None and self._count >= self._until:
+                    if not self._remote.seekable:  # let a forward GET's connection go
+                        self._remote.close()
                     return
             if item is None:
                 self.result = _scanned(done, labels)

@@ -228,14 +228,6 @@ class ShardReader:
             self._cached.close()
             self._cached = None
 
-    def _from_cache(
-        self, url: str, size: int | None, sha: str | None, validator: str | None, own: bool = True
-    ) -> CachedFile:
-        return self._options.cached(url, self._latency_s, size, sha, validator, own=own)
-
-    def _remote_file(self, url: str) -> RemoteFile:
-        return self._options.remote_file(url, self._latency_s)
-
     def _wait(self) -> None:
         if self._latency_s > 0:
             time.sleep(self._latency_s)
@@ -246,14 +238,16 @@ class ShardReader:
         url = self.shard.url
         cache = self._options.cache
         if not self._local and cache is None:
-            self._remote = self._remote_file(url)
+            self._remote = self._options.remote_file(url, self._latency_s)
             self._size = checked_size(self._remote, self.shard.filesize, self.shard.validator)
             return
         if self._local:
             path = local_path(url)
         else:
             shard = self.shard
-            self._cached = self._from_cache(url, shard.filesize, shard.sha256, shard.validator)
+            self._cached = self._options.cached(
+                url, self._latency_s, shard.filesize, shard.sha256, shard.validator
+            )
             path = self._cached.path
         self._wait()
         try:
@@ -284,12 +278,16 @@ class ShardReader:
                     raw = f.read()
             elif self._options.cache is not None:
                 # cached as one unit with its shard: under its own sha256, else the shard's
-                unit = None if expected else (self.shard.sha256 or self.shard.validator)
-                with self._from_cache(index_url, None, expected, unit, False) as cached:
+                shard_unit = self._cached.validator if self._cached else None
+                unit = None if expected else (self.shard.sha256 or shard_unit)
+                cache_index = self._options.cached
+                with cache_index(
+                    index_url, self._latency_s, None, expected, unit, own=False
+                ) as cached:
                     with open(cached.path, "rb") as f:
                         raw = f.read()
             else:
-                raw = self._remote_file(index_url).read_all()
+                raw = self._options.remote_file(index_url, self._latency_s).read_all()
             check_sha(raw, expected, self.shard.url, index_url)
             index = read_index(raw)
         except FileNotFoundError:

@@ -15,10 +15,11 @@ Accepted inputs:
 Local locations become absolute paths; URLs (``file://``, ``http(s)://``, any fsspec scheme)
 are kept as given.
 
-A remote shard without a sha256 (any shard of a list, a manifest entry without one) gets a
-``validator``: what its server said about it when the source was resolved (ETag,
-Last-Modified, size; one request per shard), or, from a server that says neither, a token of
-this resolution. A sidecar read here gets ``index_sha256`` of the bytes read. The cache trusts
+A remote shard of a list gets a ``validator``: what its server said about it when the source
+was resolved (ETag, Last-Modified, size; one request per shard, made anyway for its size), or,
+from a server that says neither, a token of this resolution. A sidecar read here gets
+``index_sha256`` of the bytes read. (A manifest entry without sha256 is asked for its validator
+when a reader caches it: ``RemoteOptions.cached``.) The cache trusts
 a copy only under these, and the reader refuses a shard whose validator changed since
 (docs/architecture.md, "Remote reads").
 """
@@ -141,7 +142,6 @@ def _from_manifest(location: str, retry: RetryPolicy | None) -> DatasetSource:
         manifest = _load_remote_manifest(location, retry)
         base, source = parent(location), location
     shards = []
-    token = _run_token()
     for entry in manifest.shards:
         url = join(base, entry.url)
         if is_local(url) and not os.path.isfile(local_path(url)):
@@ -149,9 +149,6 @@ def _from_manifest(location: str, retry: RetryPolicy | None) -> DatasetSource:
                 f"shard {redact(url)} listed in manifest {redact(source)} not found; rebuild "
                 "with 'shardfeed shard' or fix the manifest"
             )
-        validator = None
-        if not entry.sha256 and not is_local(url):
-            validator = _validator(RemoteFile(url, retry=retry), token)[0]
         shards.append(
             ShardSource(
                 url=url,
@@ -161,7 +158,6 @@ def _from_manifest(location: str, retry: RetryPolicy | None) -> DatasetSource:
                 sha256=entry.sha256 or None,
                 filesize=entry.filesize if entry.filesize >= 0 else None,
                 index_sha256=entry.index_sha256 or None,
-                validator=validator,
             )
         )
     return DatasetSource(tuple(shards), tuple(manifest.classes), manifest.num_samples, location)

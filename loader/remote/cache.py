@@ -64,10 +64,12 @@ _PART = re.compile(r"^(?P<name>.+)\.(?P<size>\d+)\.(?P<pid>\d+)\.part$")
 
 
 class CachedFile:
-    """A complete, checked file in the cache, kept from eviction until ``close()``."""
+    """A complete, checked file in the cache, kept from eviction until ``close()``;
+    ``validator``: the one it was trusted under."""
 
-    def __init__(self, path: str, use_fd: int) -> None:
+    def __init__(self, path: str, use_fd: int, validator: str | None = None) -> None:
         self.path = path
+        self.validator = validator
         self._fd: int | None = use_fd
 
     def close(self) -> None:
@@ -144,7 +146,7 @@ class ShardCache:
                         self._fill(name, remote, want, verify, counters)
                         _count(counters, "cache_fills")
             os.utime(self._path(name, ".ok"))
-            return CachedFile(self._path(name), use)
+            return CachedFile(self._path(name), use, want.validator)
         except BaseException:
             os.close(use)
             raise

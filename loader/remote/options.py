@@ -72,11 +72,16 @@ class RemoteOptions:
         """The cached copy of ``url``, trusted only under ``size``, ``sha256`` and
         ``validator`` (``loader.remote.cache``). When ``validator`` is ``url``'s own (``own``;
         an index is cached under its shard's) and the server's, a download is checked against
-        the server afterwards: a file rewritten meanwhile is refused. ``MissingShardError``
-        when it does not exist."""
+        the server afterwards: a file rewritten meanwhile is refused. A file of its own with
+        neither ``sha256`` nor ``validator`` (a manifest entry without checksum) is first asked
+        for its validator (one HEAD). ``MissingShardError`` when it does not exist."""
         cache = self.cache
         if cache is None:
             raise ValueError(f"expected a cache_dir to cache {url} in, got none")
+        if own and sha256 is None and validator is None:
+            probe = self.remote_file(url, latency_s)
+            checked_size(probe, size)
+            validator = probe.validator
 
         def verify(remote: RemoteFile) -> None:
             checked_size(remote, size, validator)
