@@ -132,6 +132,9 @@ def test_plain_http_server_serves_an_epoch_exactly_once(
     want = {g: label_of(g) for g in range(TOTAL)}
     assert _epoch(base + "shard-{000000..000002}.tar") == want
     assert _epoch(base + "manifest.json") == want
+    cache = root.parent / "cache"  # the cache fills each shard with one GET too
+    assert _epoch(base + "shard-{000000..000002}.tar", cache_dir=cache) == want
+    assert _epoch(base + "manifest.json", cache_dir=cache) == want
 
 
 def test_bench_over_a_plain_http_server(plain_server: tuple[str, Path], tmp_path: Path) -> None:
