@@ -166,7 +166,10 @@ def scan_location(url: str, retry: RetryPolicy | None = None) -> Scanned:
     size = remote.size()
     if size is None:
         raise ValueError(f"cannot tell the size of shard {url}; the server hides it")
-    return StreamScan(remote, size, url).run()
+    try:
+        return StreamScan(remote, size, url).run()
+    finally:
+        remote.close()
 
 
 def wrap_scan_error(exc: Exception, url: str) -> ShardReadError:

@@ -17,9 +17,11 @@ retried request never meets two faults in a row unless other readers interleave)
   client timeout);
 - ``"no_range"``: the whole file with status 200, ignoring ``Range``;
 - ``"from_zero"``: a 206 of the length asked for, but from byte 0, its ``Content-Range``
-  saying so (a proxy that drops the range's start).
+  saying so (a proxy that drops the range's start);
+- ``"overlong"``: a 206 from the right byte with up to 100 bytes more than asked for, its
+  ``Content-Range`` saying so.
 
-The body faults (the last six) are served to GET requests only: a HEAD leaves them queued.
+The body faults (the last seven) are served to GET requests only: a HEAD leaves them queued.
 With ``validators`` (the default) every answer carries an ``ETag`` (from the file's mtime in
 nanoseconds and its size, as nginx does) and a ``Last-Modified``; without, neither.
 
@@ -43,9 +45,11 @@ __all__ = ["FAULTS", "FaultyServer"]
 
 FAULTS = (
     "503", "429", "500", "404", "403", "reset", "drop", "wrong_length", "truncate", "trickle",
-    "no_range", "from_zero",
+    "no_range", "from_zero", "overlong",
 )  # fmt: skip
-_BODY_FAULTS = ("drop", "wrong_length", "truncate", "trickle", "no_range", "from_zero")
+_BODY_FAULTS = (
+    "drop", "wrong_length", "truncate", "trickle", "no_range", "from_zero", "overlong",
+)  # fmt: skip
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
@@ -162,6 +166,8 @@ class FaultyServer:
             status = 206
             if fault == "from_zero":
                 lo, hi = 0, hi - lo
+            elif fault == "overlong":
+                hi = min(hi + 100, len(data))
         payload = data[lo:hi]
         if fault == "truncate":
             payload, hi = payload[: max(len(payload) // 2, 1)], lo + max(len(payload) // 2, 1)

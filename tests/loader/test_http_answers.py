@@ -42,13 +42,14 @@ def blob(tmp_path: Path) -> Iterator[tuple[FaultyServer, bytes]]:
         yield server, data
 
 
-def test_a_206_from_the_wrong_offset_is_retried(blob: tuple[FaultyServer, bytes]) -> None:
+@pytest.mark.parametrize("fault", ["from_zero", "overlong"])
+def test_a_206_of_another_range_is_retried(blob: tuple[FaultyServer, bytes], fault: str) -> None:
     server, data = blob
     remote = RemoteFile(server.url + "blob.bin", retry=FAST)
     remote.size()
-    server.script("blob.bin", ["from_zero"])
+    server.script("blob.bin", [fault])
     assert remote.fetch(1000, 1100) == data[1000:1100]
-    assert remote.retries == 1 and server.served("from_zero") == 1
+    assert remote.retries == 1 and server.served(fault) == 1
 
 
 def test_a_206_from_the_wrong_offset_past_the_budget_names_the_answer(
