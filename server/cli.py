@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from loader.remote.redact import RedactFilter, redact
 from shards import cli as shards_cli
 
 __all__ = ["build_parser", "main"]
@@ -60,13 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter())
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
         sys.stderr.write("shardfeed: interrupted\n")
         return 130
     except (ValueError, OSError) as exc:
-        sys.stderr.write(f"shardfeed {args.command}: error: {exc}\n")
+        sys.stderr.write(f"shardfeed {args.command}: error: {redact(exc)}\n")
         return 2
     return code
 

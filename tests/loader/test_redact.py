@@ -120,3 +120,22 @@ def test_the_service_stores_and_shows_no_credentials(tmp_path: Path) -> None:
         assert record.config["shards"] == shards  # the runner still reads what was asked
     finally:
         store.close()
+
+
+def test_the_cli_names_no_credentials(tmp_path: Path) -> None:
+    """``shardfeed`` over a missing remote shard: the one-line error and every log line."""
+    import os
+    import subprocess
+    import sys
+
+    with FaultyServer(tmp_path) as server:
+        url = server.url.replace("http://", f"http://ci:{SECRET}@") + f"nothing.tar?sig={SECRET}"
+        run = subprocess.run(
+            [sys.executable, "-m", "server.cli", "bench", "--shards", url, "--modes", "tar-aware",
+             "--decode", "none", "--repeat", "1", "--json"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )  # fmt: skip
+    assert run.returncode != 0
+    assert "error" in run.stderr and "127.0.0.1" in run.stderr
+    assert SECRET not in run.stderr + run.stdout
