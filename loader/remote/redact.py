@@ -15,10 +15,9 @@ URLs the loader fetches are never changed, only what it says about them.
 
 from __future__ import annotations
 
-import logging
 import re
 
-__all__ = ["REDACTED", "RedactFilter", "redact"]
+__all__ = ["REDACTED", "redact"]
 
 REDACTED = "***"
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@]*@")
@@ -49,15 +48,3 @@ def redact(text: object) -> str:
     next ``&``, ``#`` or white space, quotes included: what may be secret is never cut short."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", str(text))
     return _PARAM.sub(_param, text)
-
-
-class RedactFilter(logging.Filter):
-    """A logging filter that passes every record's final message through ``redact``: put on a
-    handler, it covers log lines this package does not write itself (libraries, user code)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        hidden = redact(message)
-        if hidden != message:
-            record.msg, record.args = hidden, None
-        return True
