@@ -190,7 +190,7 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         if self._world is not None and self._world > self.num_samples:
             raise ValueError(
                 f"world_size={self._world} is larger than the number of samples "
-                f"{self.num_samples} in {self.source.origin}: every rank needs one sample"
+                f"{self.num_samples} in {redact(self.source.origin)}: every rank needs one sample"
             )
 
     def __getstate__(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_RANKS",
+    "MAX_WORKERS",
     "STATE_KIND",
     "STATE_VERSION",
     "LoaderState",
@@ -58,7 +59,8 @@ __all__ = [
 
 STATE_KIND = "shardfeed-loader-state"
 STATE_VERSION = 1
-MAX_RANKS = 1 << 20  # the most ranks, and workers per rank, a state may name
+MAX_RANKS = 1 << 20  # the most ranks a state may name
+MAX_WORKERS = 1 << 12  # the most DataLoader workers per rank a state may name
 
 
 class ResumeError(ValueError):
@@ -389,7 +391,7 @@ def _topology(doc: Mapping[str, Any]) -> Topology:
                           f"got {even!r:.80}")  # fmt: skip
     return Topology(
         _int_value(doc.get("world_size"), "world_size", 1, MAX_RANKS),
-        _int_value(doc.get("num_workers"), "num_workers", 0, MAX_RANKS),
+        _int_value(doc.get("num_workers"), "num_workers", 0, MAX_WORKERS),
         _int(doc, "batch_size", 1),
         str(even),
         _int(doc, "shuffle_buffer", 0),
