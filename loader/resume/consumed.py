@@ -2,9 +2,10 @@
 
 ``Progress`` is fed one batch at a time, as the loop receives it (``ClosingDataLoader``'s
 iterator, or ``DevicePrefetcher`` when it hands a batch over). Each batch is attributed to the
-worker whose plan holds its first real id (an all-padding batch to the worker that pads), its
-real ids are marked taken, and that worker's batch count and padded-row count go up. It is not
-thread-safe: feed it from the thread that runs the loop.
+worker whose plan holds its first real id (an all-padding batch to the worker whose sample its
+fillers repeat, else to the worker that pads the rank), its real ids are marked taken, and that
+worker's batch count and padded-row count go up. It is not thread-safe: feed it from the
+thread that runs the loop.
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ class Progress:
             taken=self.base if self.base.any() else None,
         )
         starts, stops, owners = [], [], []
-        self._pad_worker = 0
+        self._pad_worker, self._pad_ids = 0, np.zeros(0, dtype=np.int64)
         for w, plan in enumerate(plans):
             if plan.pad:
-                self._pad_worker = w
+                self._pad_worker, self._pad_ids = w, np.asarray(plan.pad_ids, dtype=np.int64)
             for seg in plan.segments:
                 starts.append(seg.first_id)
                 stops.append(seg.first_id + len(seg))
@@ -86,7 +87,11 @@ class Progress:
         ids_np = np.asarray(ids, dtype=np.int64).ravel()
         pad = np.asarray(padded, dtype=bool).ravel()
         real = ids_np[~pad]
-        worker = self._worker_of(int(real[0])) if real.size else self._pad_worker
+        fillers = ids_np[pad][~np.isin(ids_np[pad], self._pad_ids)]
+        if real.size or fillers.size:  # a filler repeats a sample of the worker that made it
+            worker = self._worker_of(int(real[0] if real.size else fillers[0]))
+        else:
+            worker = self._pad_worker
         self.batches[self.rank][worker] += 1
         if self.padded is not None:
             self.padded[self.rank][worker] += int(pad.sum())

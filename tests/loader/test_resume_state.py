@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from loader.dataloader import ClosingDataLoader, make_loader
 from loader.resume.state import LoaderState, ResumeError, unpack_bits
 from loader.tracker import DuplicateTracker
-from tests.loader.helpers import write_test_shards
+from tests.loader.helpers import default_image_bytes, write_test_shards
 
 SIZES = [9, 7, 12, 5, 8]
 TOTAL = sum(SIZES)
@@ -170,3 +170,30 @@ def test_a_state_without_padded_counts_still_loads(
     assert sorted(first + rest) == list(range(TOTAL))
     with pytest.raises(ResumeError, match="counts 100 batches"):
         loader_of(manifest).load_state_dict(_corrupt(old, ("batches", "0", 0), 100))
+
+
+def test_a_batch_of_only_fillers_counts_for_the_worker_that_made_it(tmp_path: Path) -> None:
+    """Worker 1's last samples are bad: their fillers make batches of padding only, counted
+    for worker 1 (not the worker that pads the rank), so a resume skips the right batches."""
+    bad = set(range(24, 28))  # worker 0 reads ids 0..15, worker 1 ids 16..27
+    manifest = write_test_shards(
+        tmp_path,
+        [28],
+        image_bytes=lambda g: b"not an image" if g in bad else default_image_bytes(g),
+    )
+    options: dict[str, Any] = {
+        "batch_size": 4, "num_workers": 2, "image_size": 0, "seed": 7, "shuffle_buffer": 0,
+        "multiprocessing_context": "fork",
+    }  # fmt: skip
+    loader = make_loader(str(manifest), **options)
+    first: list[int] = []
+    for i, batch in enumerate(loader):
+        first.extend(batch.ids[~batch.padded].tolist())
+        if i == 5:  # worker 1's last batch (fillers only) was the 6th
+            break
+    state = loader.state_dict()
+    assert state["batches"] == {"0": [3, 3]} and state["padded"] == {"0": [0, 4]}
+    resumed = make_loader(str(manifest), **options)
+    resumed.load_state_dict(state)
+    rest = [i for b in resumed for i in b.ids[~b.padded].tolist()]
+    assert sorted(first + rest) == sorted(set(range(28)) - bad)
