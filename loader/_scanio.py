@@ -1,11 +1,14 @@
 """A shard's index: header scans of whole shards (over a memory map, or as one chunked pass
-over a remote file), and the checks every index passes, scanned or loaded from a sidecar."""
+over a remote file), and the checks every index passes, scanned or loaded from a sidecar (a
+sidecar also has its sha256 checked when one is known, and must end where its shard's archive
+ends)."""
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +17,7 @@ from loader._errors import ShardReadError
 from loader.remote.files import CHUNK_BYTES, ChunkedStream, RemoteFile
 from loader.remote.location import is_local, local_path
 from loader.remote.retry import RetryPolicy
+from shards.format import BLOCK, end_of_archive
 from shards.tarscan import (
     IMAGE_SUFFIXES,
     SampleGrouper,
@@ -27,9 +31,14 @@ from shards.tarscan import (
     split_key,
 )
 
+_TAIL_MIN = len(end_of_archive())  # our writer: the last sample, then two zero blocks
+_TAIL_MAX = _TAIL_MIN + 20 * BLOCK  # other tar writers pad to a 10240-byte record
+
 __all__ = [
     "Scanned",
     "StreamScan",
+    "check_sha",
+    "check_tail",
     "scan_location",
     "scan_mapped",
     "wrap_scan_error",
@@ -134,6 +143,8 @@ class StreamScan:
                 yield self._count, sample.key, label, data, at
                 self._count += 1
                 if self._until is not None and self._count >= self._until:
+                    if not self._remote.seekable:  # let a forward GET's connection go
+                        self._remote.close()
                     return
             if item is None:
                 self.result = _scanned(done, labels)
@@ -154,10 +165,41 @@ def scan_location(url: str, retry: RetryPolicy | None = None) -> Scanned:
     size = remote.size()
     if size is None:
         raise ValueError(f"cannot tell the size of shard {url}; the server hides it")
-    return StreamScan(remote, size, url).run()
+    try:
+        return StreamScan(remote, size, url).run()
+    finally:
+        remote.close()
 
 
 def wrap_scan_error(exc: Exception, url: str) -> ShardReadError:
     if isinstance(exc, ShardFormatError):
         return ShardReadError(str(exc))
     return ShardReadError(f"shard {url}: reading failed: {exc}")
+
+
+def check_sha(raw: bytes, expected: str | None, url: str, index_url: str) -> None:
+    """A sidecar's bytes against the ``index_sha256`` its source names (``None``: none)."""
+    if expected is not None and (got := hashlib.sha256(raw).hexdigest()) != expected:
+        raise ShardReadError(
+            f"shard {url}: sidecar {index_url} has sha256 {got}, expected index_sha256="
+            f"{expected}: the index changed or belongs to another shard; rebuild the manifest"
+        )
+
+
+def check_tail(
+    index: np.ndarray, size: int, read: Callable[[int, int], bytes] | None, url: str, what: str
+) -> None:
+    """A sidecar's last sample must end where the archive's end begins: ``_TAIL_MIN`` to
+    ``_TAIL_MAX`` bytes before the end of the file, all zero when ``read`` (bytes ``[a, b)`` of
+    the shard) is given (an index of another shard ends elsewhere)."""
+    end = int(index["end"][-1])
+    tail = size - end
+    fits = _TAIL_MIN <= tail <= _TAIL_MAX
+    if fits and read is not None:
+        fits = bytes(read(end, size)).count(0) == tail
+    if not fits:
+        raise ShardReadError(
+            f"shard {url}: {what} does not fit it: its last sample ends at byte {end} of "
+            f"{size}, expected the archive's zero end blocks from there to the end of the "
+            "file: the index belongs to another shard or is stale; rebuild the shard's index"
+        )

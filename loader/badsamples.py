@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from loader._checks import check_int
+from loader.remote.redact import redact
 
 __all__ = ["BAD_SAMPLE_POLICIES", "BadSampleError", "BadSamplePolicy", "SkipCounter"]
 
@@ -63,7 +64,8 @@ class SkipCounter:
 
     def bad(self, where: str, exc: BaseException | str) -> None:
         """Handle one bad sample found at ``where`` (shard, member, offset or id): raise under
-        ``"raise"`` or past the budget, else warn and count it."""
+        ``"raise"`` or past the budget, else warn and count it. URLs in either are redacted."""
+        where, exc = redact(where), redact(exc)
         if self.policy.policy == "raise":
             raise BadSampleError(f"bad sample in {where}: {exc}")
         self.skipped += 1

@@ -51,6 +51,7 @@ from loader.plan.ranks import rank_and_world
 from loader.plan.shuffle import worker_seed
 from loader.remote.netstats import NetCounters
 from loader.remote.options import RemoteOptions
+from loader.remote.redact import redact
 from loader.remote.retry import RetryPolicy
 from loader.resume.keeper import ResumeKeeper
 from loader.resume.state import Topology, next_worker, resume_point
@@ -197,7 +198,7 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         if self._world is not None and self._world > self.num_samples:
             raise ValueError(
                 f"world_size={self._world} is larger than the number of samples "
-                f"{self.num_samples} in {self.source.origin}: every rank needs one sample"
+                f"{self.num_samples} in {redact(self.source.origin)}: every rank needs one sample"
             )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -333,4 +334,4 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
     def locate(self, gid: int) -> str:
         """Where sample ``gid`` is, for messages: its shard, position there and id."""
         shard = self.source.shards[self.source.shard_of(gid)]
-        return f"shard {shard.url} sample {gid - shard.first_index} (id {gid})"
+        return f"shard {redact(shard.url)} sample {gid - shard.first_index} (id {gid})"

@@ -23,7 +23,7 @@ import logging
 import mmap
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from itertools import repeat
 from typing import TYPE_CHECKING, NamedTuple
@@ -32,12 +32,13 @@ import numpy as np
 
 from loader._checks import check_int, check_non_negative
 from loader._errors import MissingShardError, ShardReadError
-from loader._scanio import StreamScan, scan_mapped, wrap_scan_error
+from loader._scanio import StreamScan, check_sha, check_tail, scan_mapped, wrap_scan_error
 from loader.remote.errors import RemoteReadError
 from loader.remote.files import CHUNK_BYTES, RemoteFile, checked_size
 from loader.remote.location import is_local, local_path
 from loader.remote.options import RemoteOptions
 from loader.remote.ranged import RangedRead
+from loader.remote.redact import redact
 from loader.sources import ShardSource
 from shards.format import BLOCK, check_index_rows, read_index
 from shards.tarscan import header_name
@@ -78,8 +79,11 @@ class ShardReader:
     a slow network file system: every open and every ranged request sleeps that long first.
     Errors are ``ShardReadError`` (``MissingShardError`` for a missing file) naming the URL:
     truncated shard (index past the end of the file, or a scan that meets the end mid-member),
-    sidecar or scan sample count different from ``shard.nsamples``, or a corrupt tar header.
-    The shard's sha256 is not checked here.
+    sidecar or scan sample count different from ``shard.nsamples``, a sidecar whose sha256 is
+    not ``shard.index_sha256`` or whose last row does not end where the archive's end begins (an
+    index of another shard), or a corrupt tar header. The shard's own sha256 is checked only by
+    the cache (``loader.remote.cache``); a remote shard whose validator is no longer the one
+    seen when the dataset was resolved (``shard.validator``) is refused.
     """
 
     def __init__(
@@ -201,32 +205,21 @@ class ShardReader:
         try:
             self._settle()
         except Exception as exc:  # the read-ahead's error; nobody reads this shard now
-            log.debug("%s: read-ahead failed: %s", self.shard.url, exc)
+            log.debug("%s: read-ahead failed: %s", redact(self.shard.url), redact(exc))
         self._head = None
         if self._map is not None:
             try:
                 self._map.close()
             except BufferError:
-                log.debug("%s: sample views still alive; unmapped when they go", self.shard.url)
+                url = redact(self.shard.url)
+                log.debug("%s: sample views still alive; unmapped when they go", url)
             self._map = None
+        if self._remote is not None:
+            self._remote.close()
         self._remote = None
         if self._cached is not None:
             self._cached.close()
             self._cached = None
-
-    def _from_cache(self, url: str, size: int | None, sha256: str | None) -> CachedFile:
-        cache = self._options.cache
-        assert cache is not None
-        try:
-            return cache.open(
-                self._remote_file(url), size=size, sha256=sha256, counters=self._options.counters
-            )
-        except FileNotFoundError:
-            raise MissingShardError(f"shard file {url} not found") from None
-
-    def _remote_file(self, url: str) -> RemoteFile:
-        o = self._options
-        return RemoteFile(url, latency_s=self._latency_s, retry=o.retry, counters=o.counters)
 
     def _wait(self) -> None:
         if self._latency_s > 0:
@@ -238,13 +231,16 @@ class ShardReader:
         url = self.shard.url
         cache = self._options.cache
         if not self._local and cache is None:
-            self._remote = self._remote_file(url)
-            self._size = checked_size(self._remote, self.shard.filesize)
+            self._remote = self._options.remote_file(url, self._latency_s)
+            self._size = checked_size(self._remote, self.shard.filesize, self.shard.validator)
             return
         if self._local:
             path = local_path(url)
         else:
-            self._cached = self._from_cache(url, self.shard.filesize, self.shard.sha256)
+            shard = self.shard
+            self._cached = self._options.cached(
+                url, self._latency_s, shard.filesize, shard.sha256, shard.validator
+            )
             path = self._cached.path
         self._wait()
         try:
@@ -267,21 +263,33 @@ class ShardReader:
         index_url = self.shard.index_url
         if index_url is None:
             return False
+        expected = self.shard.index_sha256
         try:
             if self._local:
                 self._wait()
                 with open(local_path(index_url), "rb") as f:
-                    index = read_index(f)
+                    raw = f.read()
             elif self._options.cache is not None:
-                with self._from_cache(index_url, None, self.shard.index_sha256) as cached:
+                # cached as one unit with its shard: under its own sha256, else the shard's
+                shard_unit = self._cached.validator if self._cached else None
+                unit = None if expected else (self.shard.sha256 or shard_unit)
+                cache_index = self._options.cached
+                with cache_index(
+                    index_url, self._latency_s, None, expected, unit, own=False
+                ) as cached:
                     with open(cached.path, "rb") as f:
-                        index = read_index(f)
+                        raw = f.read()
             else:
-                index = read_index(self._remote_file(index_url).read_all())
+                raw = self._options.remote_file(index_url, self._latency_s).read_all()
+            check_sha(raw, expected, self.shard.url, index_url)
+            index = read_index(raw)
         except FileNotFoundError:
-            log.warning("sidecar %s is missing; scanning %s instead", index_url, self.shard.url)
+            where = (redact(index_url), redact(self.shard.url))
+            log.warning("sidecar %s is missing; scanning %s instead", *where)
             return False
-        except RemoteReadError:
+        except RemoteReadError as exc:
+            raise exc.prefixed(f"shard {self.shard.url}: sidecar {index_url}") from exc
+        except ShardReadError:
             raise
         except (OSError, ValueError) as exc:
             raise ShardReadError(f"shard {self.shard.url}: bad sidecar {index_url}: {exc}") from exc
@@ -315,6 +323,8 @@ class ShardReader:
             check_index_rows(index, self._size, url, what)
         except ValueError as exc:
             raise ShardReadError(str(exc)) from None
+        if n and keys is None:
+            check_tail(index, self._size, self._tail_reader(), url, what)
         self._index, self._keys, self._names = index, keys, names
         image = index["image_offset"]
         where = np.where(image >= 0, image, index["offset"])
@@ -324,6 +334,13 @@ class ShardReader:
             index["label"].tolist(),
             where.tolist(),
         )
+
+    def _tail_reader(self) -> Callable[[int, int], bytes] | None:
+        """Where a sidecar's tail bytes are read: the map, else (one small request) the
+        remote file when no ``index_sha256`` vouches for the index."""
+        if (mapped := self._map) is not None:
+            return lambda a, b: mapped[a:b]
+        return self._remote.fetch if self._remote and not self.shard.index_sha256 else None
 
     def _read_mapped(self, start: int, stop: int) -> Iterator[RawSample]:
         assert self._map is not None

@@ -3,9 +3,11 @@
 Invariants: :meth:`StatsReporter.record` only adds numbers under a lock (no I/O, no waiting on
 the network), so it cannot slow the training loop. A daemon thread POSTs a snapshot of the
 cumulative counters to ``{url}/api/jobs/{job}/stats`` every ``interval_s`` with a short
-timeout. A send that fails (service down, slow, refusing) is counted in ``failed_sends`` and
-never raised; because counters are cumulative, the next successful send carries everything
-done meanwhile. :meth:`close` stops the thread and sends a last snapshot.
+timeout. A send that fails (service down, slow, refusing, or answering with a redirect, which
+is never followed: the report and its bearer token go to the configured origin only, as a
+POST) is counted in ``failed_sends`` and never raised; because counters are cumulative, the
+next successful send carries everything done meanwhile. :meth:`close` stops the thread and
+sends a last snapshot.
 
 Besides the totals, each snapshot carries the rank's recent loading figures: over the last
 ``window_s`` seconds, the time blocked on data per step (p50/p95/p99), its sum (the exposed
@@ -51,6 +53,7 @@ from loader.tracker import DuplicateTracker, pack_seen
 
 if TYPE_CHECKING:
     import torch
+from loader.remote.redact import redact
 
 __all__ = ["StatsReporter", "queue_depth"]
 
@@ -61,15 +64,22 @@ _TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded", "retr
 MAX_WINDOW_STEPS = 10_000
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an ``HTTPError`` (a failed send), never a request to the new location."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _opener(host: str) -> urllib.request.OpenerDirector:
-    """Plain opener; loopback hosts bypass any configured HTTP proxy."""
+    """Opener that follows no redirect; loopback hosts bypass any configured HTTP proxy."""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if loopback:
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener()
+        return urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(_NoRedirect)
 
 
 class StatsReporter:
@@ -97,7 +107,7 @@ class StatsReporter:
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"expected an http(s) service URL, got url={url!r}")
+            raise ValueError(f"expected an http(s) service URL, got url={redact(url)!r}")
         if not _JOB.match(job):
             raise ValueError(
                 f"expected a job name of letters, digits, '_', '.', '-' (max 128), got job={job!r}"
@@ -263,17 +273,17 @@ class StatsReporter:
                     response.read()
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 self.failed_sends += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = redact(f"{type(exc).__name__}: {exc}")
                 log.log(
                     logging.DEBUG if self._failing else logging.WARNING,
                     "could not send stats to %s (%s); training goes on",
-                    self.endpoint,
+                    redact(self.endpoint),
                     self.last_error,
                 )
                 self._failing = True
                 return False
             if self._failing:
-                log.info("stats reach %s again", self.endpoint)
+                log.info("stats reach %s again", redact(self.endpoint))
             self._failing = False
             self.sent += 1
             return True

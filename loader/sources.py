@@ -14,13 +14,23 @@ Accepted inputs:
 
 Local locations become absolute paths; URLs (``file://``, ``http(s)://``, any fsspec scheme)
 are kept as given.
+
+A remote shard of a list gets a ``validator``: what its server said about it when the source
+was resolved (ETag, Last-Modified, size; one request per shard, made anyway for its size), or,
+from a server that says neither, a token of this resolution. A sidecar read here gets
+``index_sha256`` of the bytes read. (A manifest entry without sha256 is asked for its validator
+when a reader caches it: ``RemoteOptions.cached``.) The cache trusts
+a copy only under these, and the reader refuses a shard whose validator changed since
+(docs/architecture.md, "Remote reads").
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +39,7 @@ import braceexpand
 from loader._scanio import scan_location
 from loader.remote.files import RemoteFile
 from loader.remote.location import is_local, is_url, join, local_path, parent, sidecar_url
+from loader.remote.redact import redact
 from loader.remote.retry import RetryPolicy
 from shards.format import (
     MANIFEST_NAME,
@@ -38,6 +49,7 @@ from shards.format import (
     read_index_rows,
 )
 from shards.manifest import Manifest, ManifestError, repeated_shard
+from shards.tarscan import ShardFormatError
 
 __all__ = ["DatasetSource", "ShardSource", "resolve_source"]
 
@@ -50,7 +62,8 @@ _CLAIM_TO_DO = (
 
 @dataclass(frozen=True)
 class ShardSource:
-    """One shard: where it is, how many samples it holds and the global id of its first."""
+    """One shard: where it is, how many samples it holds and the global id of its first.
+    ``validator``: see the module docstring (``None`` for local shards and known sha256s)."""
 
     url: str
     nsamples: int
@@ -59,6 +72,7 @@ class ShardSource:
     sha256: str | None
     filesize: int | None
     index_sha256: str | None = None
+    validator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,8 +157,8 @@ def _from_manifest(location: str, retry: RetryPolicy | None) -> DatasetSource:
         url = join(base, entry.url)
         if is_local(url) and not os.path.isfile(local_path(url)):
             raise FileNotFoundError(
-                f"shard {url} listed in manifest {source} not found; rebuild with "
-                "'shardfeed shard' or fix the manifest"
+                f"shard {redact(url)} listed in manifest {redact(source)} not found; rebuild "
+                "with 'shardfeed shard' or fix the manifest"
             )
         shards.append(
             ShardSource(
@@ -223,8 +237,8 @@ def _load_remote_manifest(url: str, retry: RetryPolicy | None) -> Manifest:
     try:
         raw = RemoteFile(url, retry=retry).read_all()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no manifest at {url}") from None
-    return Manifest.from_json(raw, source=url)
+        raise FileNotFoundError(f"no manifest at {redact(url)}") from None
+    return Manifest.from_json(raw, source=redact(url))
 
 
 def _from_shards(urls: list[str], origin: str, retry: RetryPolicy | None) -> DatasetSource:
@@ -234,50 +248,81 @@ def _from_shards(urls: list[str], origin: str, retry: RetryPolicy | None) -> Dat
     seen: set[str] = set()
     for u in urls:
         if u in seen:
-            raise ValueError(f"expected each shard once, got {u} twice")
+            raise ValueError(f"expected each shard once, got {redact(u)} twice")
         seen.add(u)
     shards: list[ShardSource] = []
     first = 0
+    token = _run_token()
     for url in urls:
-        shard = _describe_shard(url, first, retry)
+        shard = _describe_shard(url, first, retry, token)
         shards.append(shard)
         first += shard.nsamples
     return DatasetSource(tuple(shards), (), first, origin)
 
 
-def _describe_shard(url: str, first: int, retry: RetryPolicy | None) -> ShardSource:
+def _run_token() -> str:
+    """The validator of shards whose server gives none: new for every resolution, so their
+    cached copies serve one run (its ranks' workers and epochs) and no later one."""
+    return f"run:{uuid.uuid4().hex}"
+
+
+def _validator(remote: RemoteFile, token: str) -> tuple[str, int | None]:
+    """``remote``'s validator, or ``token`` with its size when it has none, and its size (one
+    request)."""
+    size = remote.size()
+    return remote.validator or f"{token};size={size}", size
+
+
+def _describe_shard(url: str, first: int, retry: RetryPolicy | None, token: str) -> ShardSource:
     sidecar = sidecar_url(url)
+    validator = None
     try:
         if is_local(url):
             filesize: int | None = os.path.getsize(local_path(url))
         else:
-            filesize = RemoteFile(url, retry=retry).size()
+            validator, filesize = _validator(RemoteFile(url, retry=retry), token)
     except FileNotFoundError:
-        raise FileNotFoundError(f"shard {url} not found") from None
+        raise FileNotFoundError(f"shard {redact(url)} not found") from None
     rows = _sidecar_rows(sidecar, url, filesize, retry)
-    nsamples = len(scan_location(url, retry).index) if rows is None else rows
-    log.debug("shard %s: %d samples (%s)", url, nsamples, "scan" if rows is None else "sidecar")
-    return ShardSource(url, nsamples, first, None if rows is None else sidecar, None, filesize)
+    try:
+        nsamples = len(scan_location(url, retry).index) if rows is None else rows[0]
+    except ShardFormatError as exc:
+        raise ShardFormatError(redact(exc)) from None
+    log.debug(
+        "shard %s: %d samples (%s)", redact(url), nsamples, "scan" if rows is None else "sidecar"
+    )
+    return ShardSource(
+        url,
+        nsamples,
+        first,
+        None if rows is None else sidecar,
+        None,
+        filesize,
+        index_sha256=None if rows is None else rows[1],
+        validator=validator,
+    )
 
 
 def _sidecar_rows(
     sidecar: str, url: str, filesize: int | None, retry: RetryPolicy | None
-) -> int | None:
-    """Row count of the sidecar index at ``sidecar``, or ``None`` when there is none; its rows
-    are checked against the shard's ``filesize`` (``check_index_rows``) when it is known."""
+) -> tuple[int, str] | None:
+    """Row count and sha256 of the sidecar index at ``sidecar``, or ``None`` when there is
+    none; its rows are checked against the shard's ``filesize`` (``check_index_rows``) when it
+    is known."""
     try:
         if is_local(sidecar):
             if not os.path.isfile(local_path(sidecar)):
                 return None
             with open(local_path(sidecar), "rb") as f:
-                index = read_index(f)
+                raw = f.read()
         else:
             remote = RemoteFile(sidecar, retry=retry)
             if not remote.exists():
                 return None
-            index = read_index(remote.read_all())
+            raw = remote.read_all()
+        index = read_index(raw)
         if filesize is not None:
-            check_index_rows(index, filesize, url, f"sidecar {sidecar}")
+            check_index_rows(index, filesize, redact(url), f"sidecar {redact(sidecar)}")
+        return len(index), hashlib.sha256(raw).hexdigest()
     except (ValueError, EOFError) as exc:
-        raise ValueError(f"unreadable sidecar index {sidecar}: {exc}; rebuild it") from exc
-    return len(index)
+        raise ValueError(f"unreadable sidecar index {redact(sidecar)}: {exc}; rebuild it") from exc

@@ -67,15 +67,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redact())
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
         sys.stderr.write("shardfeed: interrupted\n")
         return 130
     except (ValueError, OSError) as exc:
-        sys.stderr.write(f"shardfeed {args.command}: error: {exc}\n")
+        sys.stderr.write(f"shardfeed {args.command}: error: {_redact(str(exc))}\n")
         return 2
     return code
+
+
+def _redact(text: str) -> str:
+    """``loader.remote.redact.redact``, imported only for a text holding a URL (a command that
+    never meets one, such as ``shard``, does not load the loader)."""
+    if "://" not in text:
+        return text
+    from loader.remote.redact import redact
+
+    return redact(text)
+
+
+class _Redact(logging.Filter):
+    """Every log line of the CLI's handlers, its URLs' secrets hidden (``_redact``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = _redact(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
 
 
 if __name__ == "__main__":

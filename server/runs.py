@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from loader.jsonsafe import dumps
+from loader.remote.redact import redact
 from server._schema import StoreError
 from server._sqlite import Database
 
@@ -48,7 +49,7 @@ class RunRecord:
             "status": self.status,
             "progress": self.progress,
             "error": self.error,
-            "config": self.config,
+            "config": {k: redact(v) if isinstance(v, str) else v for k, v in self.config.items()},
             "cancel_requested": self.cancel_requested,
             "created_at": self.created_at,
             "started_at": self.started_at,
@@ -184,6 +185,7 @@ class RunStore(Database):
         """End a queued or running run with a final ``status``; a finished run is left as is."""
         if status not in FINISHED:
             raise ValueError(f"expected a final status in {sorted(FINISHED)}, got {status=}")
+        error = None if error is None else redact(error)
         with self._transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, result = ?, error = ?, finished_at = ?, "

@@ -11,14 +11,24 @@ Promises (docs/architecture.md, section "Remote reads"):
   finds the file there.
 - A file is trusted only when complete and checked: it is downloaded to ``NAME.SIZE.PID.part``,
   fsynced, checked against the manifest's size and sha256, and renamed to ``NAME``; a marker
-  ``NAME.ok`` records its size, inode and mtime. A file whose stat no longer matches its
-  marker (rewritten, truncated, left by a killed run) is hashed again, and fetched again when
-  it does not match (or when there is no checksum to compare with). A killed fill leaves
-  only a ``.part`` file, which nothing reads and the next fill of that file deletes.
+  ``NAME.ok`` records its size, inode, mtime, sha256 and ``validator``. A file whose stat no
+  longer matches its marker (rewritten, truncated, left by a killed run) is hashed again, and
+  fetched again when it does not match (or when there is no checksum to compare with). A
+  killed fill leaves only a ``.part`` file, which nothing reads and the next fill of that file
+  deletes.
+- Without a sha256 a file is trusted only under the ``validator`` its reader names: the
+  server's ETag / Last-Modified / size seen when the dataset was resolved (one request per
+  shard per run), or a token of that run when the server gives neither. A shard rebuilt on the
+  server at the same URL is therefore fetched again, and an index is cached under its own
+  sha256 or else its shard's validator, as one unit with the shard. ``verify`` (the reader's
+  check of the server's validator) runs after a download, before the rename.
 - Eviction: before a fill, least recently opened files are deleted until the new one fits
   within ``limit``. A file a reader has open (``CachedFile`` holds a shared lock on
   ``NAME.use``) is never evicted, and only files with a marker (ones this cache downloaded)
-  are ever deleted, so the cache exceeds ``limit`` only by files in use. A loader with a
+  are ever deleted, so the cache exceeds ``limit`` only by files in use. An evicted entry
+  leaves nothing behind: its ``.ok``, ``.lock`` and ``.use`` files go with it (a lock file is
+  unlinked only while held, and whoever locks a file checks that it is still the one at its
+  path, so no two processes ever hold "the" lock on two different inodes). A loader with a
   ``cache_limit`` keeps at most two shards open per process (the one it reads and the one it
   reads ahead), so a limit below that many shards is exceeded by up to one shard per process.
 
@@ -33,13 +43,14 @@ import json
 import logging
 import os
 import re
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loader._errors import ShardReadError
-from loader.remote.errors import RemoteReadError
+from loader.remote._locks import Lock, locked
+from loader.remote.errors import CacheError, RemoteReadError
 from loader.remote.files import CHUNK_BYTES
+from loader.remote.redact import redact
 
 if TYPE_CHECKING:
     from loader.remote.files import RemoteFile
@@ -50,18 +61,15 @@ __all__ = ["CacheError", "CachedFile", "ShardCache"]
 log = logging.getLogger(__name__)
 
 _PART = re.compile(r"^(?P<name>.+)\.(?P<size>\d+)\.(?P<pid>\d+)\.part$")
-_POLL_S = 0.02
-
-
-class CacheError(ShardReadError):
-    """The cache cannot hold or check a file; the message names it and what to do."""
 
 
 class CachedFile:
-    """A complete, checked file in the cache, kept from eviction until ``close()``."""
+    """A complete, checked file in the cache, kept from eviction until ``close()``;
+    ``validator``: the one it was trusted under."""
 
-    def __init__(self, path: str, use_fd: int) -> None:
+    def __init__(self, path: str, use_fd: int, validator: str | None = None) -> None:
         self.path = path
+        self.validator = validator
         self._fd: int | None = use_fd
 
     def close(self) -> None:
@@ -111,29 +119,34 @@ class ShardCache:
         *,
         size: int | None = None,
         sha256: str | None = None,
+        validator: str | None = None,
+        verify: Callable[[RemoteFile], None] | None = None,
         counters: NetCounters | None = None,
     ) -> CachedFile:
         """The cached copy of ``remote`` (downloaded first if missing or failing its check).
 
-        ``size``/``sha256`` are what the manifest says (``None``: unknown). Raises
+        ``size``/``sha256`` are what the manifest says (``None``: unknown); ``validator`` what
+        the copy must have been downloaded under (see the module docstring); ``verify`` is
+        called with ``remote`` after a download, before the copy is trusted. Raises
         ``RemoteReadError`` when the download fails or does not match them, ``CacheError``
         when another process's fill does not finish within ``lock_timeout_s``.
         """
         name = self.name(remote.url)
-        use = os.open(self._path(name, ".use"), os.O_RDWR | os.O_CREAT, 0o644)
+        want = _Want(size, sha256, validator)
+        use = locked(self._path(name, ".use"), fcntl.LOCK_SH)
+        assert use is not None  # a blocking lock is always taken
         try:
-            fcntl.flock(use, fcntl.LOCK_SH)
-            if self._trusted(name, size, sha256):
+            if self._trusted(name, want):
                 _count(counters, "cache_hits")
             else:
-                with _Lock(self._path(name, ".lock"), self.lock_timeout_s, remote.url):
-                    if self._trusted(name, size, sha256) or self._recheck(name, size, sha256):
+                with Lock(self._path(name, ".lock"), self.lock_timeout_s, remote.url):
+                    if self._trusted(name, want) or self._recheck(name, want):
                         _count(counters, "cache_hits")
                     else:
-                        self._fill(name, remote, size, sha256, counters)
+                        self._fill(name, remote, want, verify, counters)
                         _count(counters, "cache_fills")
             os.utime(self._path(name, ".ok"))
-            return CachedFile(self._path(name), use)
+            return CachedFile(self._path(name), use, want.validator)
         except BaseException:
             os.close(use)
             raise
@@ -146,7 +159,7 @@ class ShardCache:
             return None
         return data if isinstance(data, dict) else None
 
-    def _trusted(self, name: str, size: int | None, sha256: str | None) -> bool:
+    def _trusted(self, name: str, want: _Want) -> bool:
         marker = self._marker(name)
         try:
             st = os.stat(self._path(name))
@@ -159,30 +172,33 @@ class ShardCache:
         )  # fmt: skip
         return (
             same
-            and (size is None or st.st_size == size)
-            and (sha256 is None or marker.get("sha256") == sha256)
+            and (want.size is None or st.st_size == want.size)
+            and (want.sha256 is None or marker.get("sha256") == want.sha256)
+            and (want.validator is None or marker.get("validator") == want.validator)
         )
 
-    def _recheck(self, name: str, size: int | None, sha256: str | None) -> bool:
-        """Under the fill lock: a file whose marker does not match is hashed again."""
+    def _recheck(self, name: str, want: _Want) -> bool:
+        """Under the fill lock: a file whose marker does not match is hashed again (only a
+        sha256 can vouch for it)."""
         path = self._path(name)
-        if sha256 is None or not os.path.exists(path):
+        if want.sha256 is None or not os.path.exists(path):
             return False
         digest, length = _hash_file(path)
-        if digest != sha256 or (size is not None and length != size):
+        if digest != want.sha256 or (want.size is not None and length != want.size):
             log.warning("cached %s does not match its checksum; fetching it again", path)
             return False
-        self._write_marker(name, path, digest, url=None)
+        self._write_marker(name, path, digest, url=None, validator=want.validator)
         return True
 
     def _fill(
         self,
         name: str,
         remote: RemoteFile,
-        size: int | None,
-        sha256: str | None,
+        want: _Want,
+        verify: Callable[[RemoteFile], None] | None,
         counters: NetCounters | None,
     ) -> None:
+        size, sha256 = want.size, want.sha256
         self._drop_parts(name)
         whole = None
         if size is None:  # a small file (an index) of no stated size: one whole-file GET
@@ -204,19 +220,28 @@ class ShardCache:
                 os.fsync(f.fileno())
             if sha256 is not None and digest.hexdigest() != sha256:
                 raise _mismatch(remote.url, f"has sha256 {digest.hexdigest()}", sha256)
-            self._write_marker(name, part, digest.hexdigest(), url=remote.url)
+            if verify is not None:
+                verify(remote)
+            self._write_marker(
+                name, part, digest.hexdigest(), url=remote.url, validator=want.validator
+            )
             os.replace(part, self._path(name))
             _fsync_dir(self.directory)
         except BaseException:
             _unlink(part)
             raise
 
-    def _write_marker(self, name: str, data_path: str, digest: str, url: str | None) -> None:
+    def _write_marker(
+        self, name: str, data_path: str, digest: str, *, url: str | None, validator: str | None
+    ) -> None:
         st = os.stat(data_path)
-        doc = {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        doc: dict[str, object] = {
+            "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns, "sha256": digest,
+            "validator": validator,
+        }  # fmt: skip
         tmp = self._path(name, f".ok.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc | ({"url": url} if url else {}), f)
+            json.dump(doc | ({"url": redact(url)} if url else {}), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path(name, ".ok"))
@@ -231,7 +256,7 @@ class ShardCache:
     def _make_room(self, incoming: int, keep: str, counters: NetCounters | None) -> None:
         if self.limit is None:
             return
-        with _Lock(self._path(".evict", ".lock"), self.lock_timeout_s, self.directory):
+        with Lock(self._path(".evict", ".lock"), self.lock_timeout_s, self.directory):
             used, candidates = 0, []
             for entry in os.listdir(self.directory):
                 part = _PART.match(entry)
@@ -260,17 +285,21 @@ class ShardCache:
                 )  # fmt: skip
 
     def _evict(self, name: str) -> bool:
-        fd = os.open(self._path(name, ".use"), os.O_RDWR | os.O_CREAT, 0o644)
+        """Delete ``name`` with its marker, fill lock and use lock, unless a reader has it open
+        or a process is filling it (both locks held, non-blocking, while unlinking)."""
+        held: list[int] = []
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            _unlink(self._path(name, ".ok"))
-            _unlink(self._path(name))
+            for suffix in (".use", ".lock"):
+                fd = locked(self._path(name, suffix), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if fd is None:
+                    return False
+                held.append(fd)
+            for suffix in (".ok", "", ".lock", ".use"):
+                _unlink(self._path(name, suffix))
             return True
         finally:
-            os.close(fd)
+            for fd in held:
+                os.close(fd)
 
     def used_bytes(self) -> int:
         """Bytes of complete files (with a marker) in the cache now."""
@@ -284,32 +313,13 @@ class ShardCache:
         return total
 
 
-class _Lock:
-    """An exclusive ``flock`` on ``path``, waited for at most ``timeout_s``."""
+@dataclass(frozen=True)
+class _Want:
+    """What a cached copy must match: size, sha256 and validator (``None``: any)."""
 
-    def __init__(self, path: str, timeout_s: float, what: str) -> None:
-        self._path, self._timeout, self._what = path, timeout_s, what
-        self._fd = -1
-
-    def __enter__(self) -> _Lock:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self._fd)
-                    raise CacheError(
-                        f"waited {self._timeout:g} s for another process holding {self._path} "
-                        f"({self._what}); expected it to finish: check that process, or raise "
-                        "lock_timeout_s"
-                    ) from None
-                time.sleep(_POLL_S)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self._fd)
+    size: int | None
+    sha256: str | None
+    validator: str | None
 
 
 def _mismatch(url: str, got: str, expected: object) -> RemoteReadError:

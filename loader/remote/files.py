@@ -10,26 +10,65 @@ section "Remote reads").
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 
 from loader._errors import MissingShardError, ShardReadError
+from loader.remote._http import HttpStream, is_http, open_stream, ranged_get
 from loader.remote.errors import RemoteReadError
+from loader.remote.redact import redact
 from loader.remote.retry import RetryPolicy, ShortReadError, is_transient
 
 if TYPE_CHECKING:
     from loader.remote.netstats import NetCounters
 
-__all__ = ["CHUNK_BYTES", "ChunkedStream", "RangeNotSupportedError", "RemoteFile", "open_fs"]
+__all__ = [
+    "CHUNK_BYTES",
+    "ChunkedStream",
+    "RangeNotSupportedError",
+    "RemoteFile",
+    "open_fs",
+    "pinned",
+    "validator_of",
+]
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20
+_ETAG_KEYS = ("ETag", "etag")
+_MTIME_KEYS = ("Last-Modified", "LastModified", "last_modified", "mtime", "updated")
+
+
+def validator_of(info: Mapping[str, Any]) -> str | None:
+    """What says a remote file is unchanged, from an fsspec ``info()``: its ETag and its
+    modification time with its size, or ``None`` when the backend gives neither."""
+    etag = next((str(info[k]) for k in _ETAG_KEYS if info.get(k)), None)
+    mtime = next((str(info[k]) for k in _MTIME_KEYS if info.get(k)), None)
+    if etag is None and mtime is None:
+        return None
+    return f"etag={etag};modified={mtime};size={info.get('size')}"
+
+
+@functools.lru_cache(maxsize=64)
+def _say_no_range(origin: str) -> None:
+    """Logged once per server and process."""
+    log.warning(
+        "%s ignores HTTP Range requests: reading its shards front to back, one GET per shard "
+        "(seeking is off: a worker's part of a shard costs the bytes before it); serve them "
+        "from a server with Range support, or set cache_dir, to read only what is needed",
+        origin,
+    )
 
 
 class RangeNotSupportedError(RemoteReadError):
-    """The server answered a ranged request with more bytes than asked for."""
+    """A non-HTTP backend answered a ranged request with more bytes than asked for (an HTTP
+    server that ignores Range is read front to back instead)."""
 
 
 def open_fs(url: str, retry: RetryPolicy) -> tuple[Any, str]:
@@ -70,6 +109,10 @@ class RemoteFile:
         self._fs: Any
         self._fs, self._path = open_fs(url, self._retry)
         self._size: int | None = None
+        self._http = is_http(url)
+        self._stream: HttpStream | None = None
+        self.seekable = True
+        self.validator: str | None = None
         self.requests = 0
         self.retries = 0
 
@@ -91,25 +134,27 @@ class RemoteFile:
 
     def size(self) -> int | None:
         """File size in bytes (``None`` when the backend cannot tell); ``FileNotFoundError``
-        when the file does not exist."""
+        when the file does not exist. Also sets ``validator`` (``validator_of``): one request."""
 
-        def ask() -> int | None:
+        def ask() -> Mapping[str, Any]:
             self._wait()
             try:
-                size = self._fs.size(self._path)
+                info: Mapping[str, Any] = self._fs.info(self._path)
             except FileNotFoundError as exc:
                 # fsspec's HTTP info() reports any failure of its last try as "not found"
                 cause = exc.__cause__
                 if cause is not None and is_transient(cause):
                     raise cause from None
                 raise
-            return None if size is None else int(size)
+            return info
 
-        size = self._retry.call(
+        info = self._retry.call(
             ask, url=self.url, byte_range=None, rng=self._rng, on_retry=self._on_retry
         )
-        self._size = size
-        return size
+        size = info.get("size")
+        self._size = None if size is None else int(size)
+        self.validator = validator_of(info)
+        return self._size
 
     def exists(self) -> bool:
         """Whether the file exists (a transient failure is retried, not taken for "no")."""
@@ -130,11 +175,12 @@ class RemoteFile:
         def ask() -> None:
             nonlocal have
             self._wait()
-            data = self._fs.cat_file(self._path, start=have, end=end)
+            data = self._read(have, end)
             if len(data) > end - have:
                 raise RangeNotSupportedError(
-                    f"{self.url}: asked for bytes {have}-{end - 1}, got {len(data)} bytes: the "
-                    "server ignores HTTP Range requests, which reading shards needs",
+                    f"{redact(self.url)}: asked for bytes {have}-{end - 1}, got {len(data)} "
+                    "bytes: the backend ignores ranged reads, which reading shards needs; "
+                    "set cache_dir to copy whole shards first",
                     url=self.url,
                     byte_range=(start, end - 1),
                     cause="Range ignored",
@@ -152,6 +198,39 @@ class RemoteFile:
             ask, url=self.url, byte_range=(start, end - 1), rng=self._rng, on_retry=self._on_retry
         )
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read(self, start: int, end: int) -> bytes:
+        """One attempt at bytes ``[start, end)``: a ranged request, or (over HTTP, once the
+        server is seen to ignore Range) the next part of one forward GET of the whole file."""
+        if not self._http:
+            return bytes(self._fs.cat_file(self._path, start=start, end=end))
+        if self.seekable:
+            got = ranged_get(self._fs, self.url, start, end)
+            if isinstance(got, bytes):
+                return got
+            self.seekable = False
+            _say_no_range(redact("/".join(self.url.split("/", 3)[:3])))
+            self._stream = got
+        if self._stream is None or self._stream.pos > start:
+            self.close()
+            self._stream = open_stream(self._fs, self.url, self._retry.timeout_s)
+        stream = self._stream
+        skipped = stream.skipped
+        try:
+            data = stream.read(start, end)
+        except BaseException:
+            self.close()
+            raise
+        self._got(stream.skipped - skipped)
+        if self._size is not None and stream.pos >= self._size:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        """Drop the open forward GET, if any (a later read opens another)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
     def read_all(self, expected_size: int | None = None) -> bytes:
         """The whole file in one request (retried). With ``expected_size``, a body of another
@@ -219,10 +298,12 @@ class ChunkedStream:
         return data
 
 
-def checked_size(remote: RemoteFile, expected: int | None) -> int:
-    """``remote``'s size, checked against ``expected`` (the manifest's) when both are known.
-    ``MissingShardError`` when it does not exist; ``RemoteReadError`` (not retried) when the
-    sizes differ; ``ShardReadError`` when neither side knows the size."""
+def checked_size(remote: RemoteFile, expected: int | None, validator: str | None = None) -> int:
+    """``remote``'s size, checked against ``expected`` (the manifest's) when both are known,
+    and its validator against ``validator`` (the one seen when the dataset was resolved; see
+    ``changed``). ``MissingShardError`` when it does not exist; ``RemoteReadError`` (not
+    retried) when the sizes or validators differ; ``ShardReadError`` when neither side knows
+    the size."""
     url = remote.url
     try:
         size = remote.size()
@@ -239,8 +320,28 @@ def checked_size(remote: RemoteFile, expected: int | None) -> int:
             url=url,
             cause="size mismatch",
         )
+    if changed(remote.validator, validator):
+        raise RemoteReadError(
+            f"shard {url} changed on the server since the dataset was resolved (expected "
+            f"{validator}, got {remote.validator}): create the dataset again to read the new "
+            "shards (not retried)",
+            url=url,
+            cause="validator mismatch",
+        )
     if size is None:
         size = expected
     if size is None:
         raise ShardReadError(f"cannot tell the size of shard {url}; the server hides it")
     return size
+
+
+def changed(now: str | None, then: str | None) -> bool:
+    """Whether a file whose validator was ``then`` when its dataset was resolved has changed:
+    only a real validator (``validator_of``) can say so; ``None`` or a run token cannot."""
+    return pinned(then) and now is not None and now != then
+
+
+def pinned(validator: str | None) -> bool:
+    """Whether ``validator`` came from the server (``validator_of``), not a run token: only
+    such a validator can tell that a file changed."""
+    return validator is not None and not validator.startswith("run:")

@@ -68,6 +68,8 @@ class RangedRead:
                 buf_start, buf_end = o, want_end
             lo = o - buf_start
             yield buf[lo : lo + s], label, at
+        if not self.remote.seekable:  # a forward GET of the whole shard: let its connection go
+            self.remote.close()
 
     def _fetch(
         self, buf_end: int, need: int, ahead: tuple[int, Future[bytes]] | None

@@ -2,9 +2,10 @@
 
 ``Progress`` is fed one batch at a time, as the loop receives it (``ClosingDataLoader``'s
 iterator, or ``DevicePrefetcher`` when it hands a batch over). Each batch is attributed to the
-worker whose plan holds its first real id (an all-padding batch to the worker that pads), its
-real ids are marked taken, and that worker's batch count goes up. It is not thread-safe: feed it
-from the thread that runs the loop.
+worker whose plan holds its first real id (an all-padding batch to the worker whose sample its
+fillers repeat, else to the worker that pads the rank), its real ids are marked taken, and that
+worker's batch count and padded-row count go up. It is not thread-safe: feed it from the
+thread that runs the loop.
 """
 
 from __future__ import annotations
@@ -40,16 +41,22 @@ class Progress:
         n = int(sizes.sum())
         self.fingerprint, self.seed, self.epoch = fingerprint, seed, epoch
         self.rank, self.topology = rank, topology
+        padded: dict[int, list[int]] | None = {}
         if resume is not None and resume.epoch == epoch:
             base, batches = resume.plan_for(topology)
             self.base = base.copy()
             self.taken = resume.taken.copy()
+            if batches:  # the saved plan goes on: so do its padded rows
+                padded = resume.padded
         else:
             self.base = np.zeros(n, dtype=bool)
             self.taken = np.zeros(n, dtype=bool)
             batches = {}
         self.batches = {r: list(c) for r, c in batches.items()}
         self.batches.setdefault(rank, [0] * topology.num_workers)
+        self.padded = None if padded is None else {r: list(c) for r, c in padded.items()}
+        if self.padded is not None:
+            self.padded.setdefault(rank, [0] * topology.num_workers)
         plans = plan_rank(
             sizes,
             seed=seed,
@@ -62,10 +69,10 @@ class Progress:
             taken=self.base if self.base.any() else None,
         )
         starts, stops, owners = [], [], []
-        self._pad_worker = 0
+        self._pad_worker, self._pad_ids = 0, np.zeros(0, dtype=np.int64)
         for w, plan in enumerate(plans):
             if plan.pad:
-                self._pad_worker = w
+                self._pad_worker, self._pad_ids = w, np.asarray(plan.pad_ids, dtype=np.int64)
             for seg in plan.segments:
                 starts.append(seg.first_id)
                 stops.append(seg.first_id + len(seg))
@@ -78,9 +85,16 @@ class Progress:
     def record(self, ids: torch.Tensor | np.ndarray, padded: torch.Tensor | np.ndarray) -> None:
         """Mark one received batch: its real ids taken, its worker one batch further."""
         ids_np = np.asarray(ids, dtype=np.int64).ravel()
-        real = ids_np[~np.asarray(padded, dtype=bool).ravel()]
-        worker = self._worker_of(int(real[0])) if real.size else self._pad_worker
+        pad = np.asarray(padded, dtype=bool).ravel()
+        real = ids_np[~pad]
+        fillers = ids_np[pad][~np.isin(ids_np[pad], self._pad_ids)]
+        if real.size or fillers.size:  # a filler repeats a sample of the worker that made it
+            worker = self._worker_of(int(real[0] if real.size else fillers[0]))
+        else:
+            worker = self._pad_worker
         self.batches[self.rank][worker] += 1
+        if self.padded is not None:
+            self.padded[self.rank][worker] += int(pad.sum())
         self.taken[real] = True
 
     def state(self) -> LoaderState:
@@ -95,6 +109,7 @@ class Progress:
             batches={self.rank: list(self.batches[self.rank])},
             base=self.base.copy(),
             taken=self.taken.copy(),
+            padded=None if self.padded is None else {self.rank: list(self.padded[self.rank])},
         )
 
     def _worker_of(self, gid: int) -> int:

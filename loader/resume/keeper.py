@@ -20,6 +20,7 @@ import torch
 from loader._checks import check_int
 from loader.plan.ranks import rank_and_world
 from loader.resume.consumed import Progress
+from loader.resume.reconcile import reconcile
 from loader.resume.state import LoaderState, ResumeError, Topology, fingerprint, merge_states
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ class ResumeKeeper:
         the next iteration delivers that epoch's samples the loop had not received, cut for
         this loader's ranks, workers and batch size. Call it before the first iteration.
         Raises ``ResumeError`` for a state of another dataset or seed, a newer format, a
-        corrupt state, or a call after iteration began."""
+        corrupt state (any field of the wrong type or range, batch counts the bitmap does not
+        back: ``loader.resume.reconcile``), or a call after iteration began."""
         if self.iterated:
             raise ResumeError(
                 "load_state_dict() after iteration began: the workers already have their plan; "
@@ -131,6 +133,7 @@ class ResumeKeeper:
                 f"expected a state saved with this loader's seed={self.seed}, got "
                 f"seed={loaded.seed}: construct the loader with seed={loaded.seed}"
             )
+        reconcile(loaded, self.sizes)
         self.loaded = loaded
         self.epoch.set(loaded.epoch)
         self._progress = None

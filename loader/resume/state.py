@@ -9,7 +9,10 @@ A ``LoaderState`` says, for one epoch of one dataset (its ``fingerprint``) and `
 - the plan those batches came from: the ``topology`` (world size, workers, batch size, even
   policy, shuffle buffer) and ``base``, the samples taken when that plan was cut (empty for an
   epoch that began from the start);
-- ``batches``: per covered rank, how many batches of each worker's plan the loop received.
+- ``batches``: per covered rank, how many batches of each worker's plan the loop received,
+  and ``padded``: how many padded rows those batches held (bad samples skipped and evening
+  pads), so that the counts can be checked against the bitmap exactly
+  (``loader.resume.reconcile``; a state without ``padded`` is checked by bounds only).
 
 A loader resumed with the same topology replays its plan and each worker skips the batches it
 already handed over, so the same batches follow as in an uninterrupted run. With any other
@@ -34,10 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from loader.plan.partition import EVEN_POLICIES
+
 if TYPE_CHECKING:
     from loader.sources import DatasetSource
 
 __all__ = [
+    "MAX_RANKS",
+    "MAX_WORKERS",
     "STATE_KIND",
     "STATE_VERSION",
     "LoaderState",
@@ -53,6 +60,8 @@ __all__ = [
 
 STATE_KIND = "shardfeed-loader-state"
 STATE_VERSION = 1
+MAX_RANKS = 1 << 20  # the most ranks a state may name
+MAX_WORKERS = 1 << 12  # the most DataLoader workers per rank a state may name
 
 
 class ResumeError(ValueError):
@@ -100,21 +109,30 @@ def pack_bits(mask: np.ndarray) -> bytes:
 
 
 def unpack_bits(blob: object, n: int, what: str) -> np.ndarray:
-    """The bool array of length ``n`` that ``pack_bits`` wrote; ResumeError when corrupt."""
+    """The bool array of length ``n`` that ``pack_bits`` wrote; ResumeError when corrupt. It
+    never inflates more than the ``(n + 7) // 8`` bytes ``n`` bits need (plus one, to tell a
+    longer stream), however the blob was crafted."""
     if not isinstance(blob, bytes | bytearray):
         raise ResumeError(f"expected bytes for {what}, got {type(blob).__name__}: corrupt state")
+    want = (n + 7) // 8
+    inflate = zlib.decompressobj()
     try:
-        raw = zlib.decompress(blob)
+        raw = inflate.decompress(bytes(blob), want + 1)
     except zlib.error as exc:
         raise ResumeError(
             f"corrupt loader state: {what} does not decompress ({exc}); resume from another "
             "checkpoint"
         ) from None
-    if len(raw) != (n + 7) // 8:
-        raise ResumeError(
-            f"corrupt loader state: expected {(n + 7) // 8} bytes of {what} for {n} samples, "
-            f"got {len(raw)}; resume from another checkpoint"
-        )
+    if len(raw) > want:
+        problem = f"inflates to more than the {want} bytes of {n} samples"
+    elif not inflate.eof:
+        problem = "does not decompress (the stream is cut short)"
+    elif len(raw) != want or inflate.unused_data:
+        problem = f"holds {len(raw)} bytes and {len(inflate.unused_data)} more, expected {want}"
+    else:
+        problem = ""
+    if problem:
+        raise ResumeError(f"corrupt loader state: {what} {problem}; resume from another checkpoint")
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="little")
     return bits.astype(bool)
 
@@ -134,10 +152,13 @@ class LoaderState:
     base: np.ndarray
     taken: np.ndarray
     version: int = field(default=STATE_VERSION)
+    padded: dict[int, list[int]] | None = None
 
     @property
     def complete(self) -> bool:
-        return set(self.ranks) == set(range(self.topology.world_size))
+        ranks = set(self.ranks)
+        world = self.topology.world_size
+        return len(ranks) == world and all(0 <= r < world for r in ranks)
 
     def plan_for(self, topology: Topology) -> tuple[np.ndarray, dict[int, list[int]]]:
         """What a loader of ``topology`` resumes from: the samples its plan leaves out and, per
@@ -160,6 +181,11 @@ class LoaderState:
             "topology": self.topology.to_dict(),
             "ranks": list(self.ranks),
             "batches": {str(r): list(c) for r, c in sorted(self.batches.items())},
+            **(
+                {}
+                if self.padded is None
+                else {"padded": {str(r): list(c) for r, c in sorted(self.padded.items())}}
+            ),
             "samples_taken": int(self.taken.sum()),
             "base": pack_bits(self.base),
             "taken": pack_bits(self.taken),
@@ -175,55 +201,46 @@ class LoaderState:
                 "state_dict() returned"
             )
         version = state.get("version")
-        if not isinstance(version, int) or version > STATE_VERSION or version < 1:
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version:
+            raise ResumeError(
+                f"corrupt loader state: expected version as an int >= 1, got {version!r:.80}"
+            )
+        if version > STATE_VERSION:
             raise ResumeError(
                 f"expected loader state version <= {STATE_VERSION}, got version={version!r}: "
                 "it was written by a newer shardfeed; upgrade shardfeed to resume from it"
             )
-        try:
-            n = _int(state, "num_samples", 1)
-            topo = state["topology"]
-            topology = Topology(
-                _int(topo, "world_size", 1),
-                _int(topo, "num_workers", 0),
-                _int(topo, "batch_size", 1),
-                str(topo["even"]),
-                _int(topo, "shuffle_buffer", 0),
-            )
-            ranks = tuple(int(r) for r in state["ranks"])
-            batches = {int(r): [int(c) for c in v] for r, v in state["batches"].items()}
-            parsed = cls(
-                fingerprint=str(state["fingerprint"]),
-                num_samples=n,
-                seed=_int(state, "seed", 0),
-                epoch=_int(state, "epoch", 0),
-                topology=topology,
-                ranks=ranks,
-                batches=batches,
-                base=unpack_bits(state["base"], n, "base"),
-                taken=unpack_bits(state["taken"], n, "taken"),
-                version=version,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
+        n = _int(state, "num_samples", 1)
+        topology = _topology(_field(state, "topology", Mapping))
+        world = topology.world_size
+        ranks = tuple(_int_value(r, "ranks[]", 0, world - 1) for r in _field(state, "ranks", list))
+        if len(set(ranks)) != len(ranks):
+            raise ResumeError(f"corrupt loader state: ranks={list(ranks)} repeats a rank")
+        batches = _per_rank(_field(state, "batches", Mapping), "batches", ranks, topology)
+        padded = None
+        if state.get("padded") is not None:
+            padded = _per_rank(_field(state, "padded", Mapping), "padded", ranks, topology)
+        parsed = cls(
+            fingerprint=_field(state, "fingerprint", str),
+            num_samples=n,
+            seed=_int(state, "seed", 0),
+            epoch=_int(state, "epoch", 0),
+            topology=topology,
+            ranks=ranks,
+            batches=batches,
+            base=unpack_bits(state.get("base"), n, "base"),
+            taken=unpack_bits(state.get("taken"), n, "taken"),
+            version=version,
+            padded=padded,
+        )
+        taken = _int(state, "samples_taken", 0)
+        if int(parsed.taken.sum()) != taken:
             raise ResumeError(
-                f"corrupt loader state: missing or malformed field {exc}; resume from another "
-                "checkpoint"
-            ) from None
-        if int(parsed.taken.sum()) != state.get("samples_taken"):
-            raise ResumeError(
-                f"corrupt loader state: samples_taken={state.get('samples_taken')!r} but the "
-                f"bitmap holds {int(parsed.taken.sum())}; resume from another checkpoint"
+                f"corrupt loader state: samples_taken={taken} but the bitmap holds "
+                f"{int(parsed.taken.sum())}; resume from another checkpoint"
             )
         if bool((parsed.base & ~parsed.taken).any()):
             raise ResumeError("corrupt loader state: base holds samples not taken")
-        bad = [r for r in ranks if not 0 <= r < topology.world_size]
-        bad += [r for r in batches if r not in ranks]
-        if bad or any(len(c) != topology.num_workers for c in batches.values()):
-            raise ResumeError(
-                f"corrupt loader state: ranks {sorted(ranks)} and batches per rank "
-                f"{ {r: len(c) for r, c in batches.items()} } do not fit world_size="
-                f"{topology.world_size} num_workers={topology.num_workers}"
-            )
         return parsed
 
 
@@ -251,12 +268,17 @@ def merge_states(states: Sequence[object] | object) -> LoaderState:
                               "saved at the same step")  # fmt: skip
     taken = np.logical_or.reduce([s.taken for s in parsed])
     batches: dict[int, list[int]] = {}
+    padded: dict[int, list[int]] | None = {}
     for s in parsed:
         batches.update(s.batches)
+        if s.padded is None or padded is None:
+            padded = None
+        else:
+            padded.update(s.padded)
     ranks = tuple(sorted({r for s in parsed for r in s.ranks}))
     merged = LoaderState(
         first.fingerprint, first.num_samples, first.seed, first.epoch, first.topology,
-        ranks, batches, first.base.copy(), taken,
+        ranks, batches, first.base.copy(), taken, padded=padded,
     )  # fmt: skip
     if not merged.complete:
         missing = sorted(set(range(first.topology.world_size)) - set(ranks))
@@ -314,8 +336,65 @@ def _item_sizes(batches: int, group: int) -> list[int]:
     return [1] + [group] * (rest // group) + ([rest % group] if rest % group else [])
 
 
-def _int(doc: Any, name: str, low: int) -> int:
-    value = doc[name]
+def _field(doc: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = doc.get(name)
+    if not isinstance(value, kind):
+        raise ResumeError(
+            f"corrupt loader state: expected {name} as {kind.__name__}, got "
+            f"{type(value).__name__} {value!r:.80}; resume from another checkpoint"
+        )
+    return value
+
+
+def _int_value(value: object, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]``; a bool is not an int here."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise TypeError(f"{name}={value!r}")
-    return int(value)
+        wanted = f"an int >= {low}"
+    elif high is not None and value > high:
+        wanted = f"an int in {low}..{high}"
+    else:
+        return int(value)
+    raise ResumeError(
+        f"corrupt loader state: expected {name} {wanted}, got {value!r:.80}; resume from "
+        "another checkpoint"
+    )
+
+
+def _int(doc: Mapping[str, Any], name: str, low: int) -> int:
+    return _int_value(doc.get(name), name, low)
+
+
+def _per_rank(
+    doc: Mapping[str, Any], name: str, ranks: tuple[int, ...], topology: Topology
+) -> dict[int, list[int]]:
+    """``{"rank": [count per worker]}`` with one list per rank in ``ranks``."""
+    out: dict[int, list[int]] = {}
+    for key, counts in doc.items():
+        if not isinstance(key, str) or not (key.isascii() and key.isdigit()):
+            raise ResumeError(f"corrupt loader state: expected rank keys in {name}, got {key!r}")
+        if not isinstance(counts, list) or len(counts) != topology.num_workers:
+            raise ResumeError(
+                f"corrupt loader state: expected {name}[{key!r}] as a list of "
+                f"{topology.num_workers} counts (num_workers), got {counts!r:.80}"
+            )
+        out[int(key)] = [_int_value(c, f"{name}[{key!r}][]", 0) for c in counts]
+    if sorted(out) != sorted(ranks):
+        raise ResumeError(
+            f"corrupt loader state: {name} for ranks {sorted(out)}, expected one list per rank "
+            f"in ranks={sorted(ranks)}"
+        )
+    return out
+
+
+def _topology(doc: Mapping[str, Any]) -> Topology:
+    even = doc.get("even")
+    if even not in EVEN_POLICIES:
+        raise ResumeError(f"corrupt loader state: expected topology.even in {EVEN_POLICIES}, "
+                          f"got {even!r:.80}")  # fmt: skip
+    return Topology(
+        _int_value(doc.get("world_size"), "world_size", 1, MAX_RANKS),
+        _int_value(doc.get("num_workers"), "num_workers", 0, MAX_WORKERS),
+        _int(doc, "batch_size", 1),
+        str(even),
+        _int(doc, "shuffle_buffer", 0),
+    )

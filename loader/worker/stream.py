@@ -25,6 +25,7 @@ from loader.decode import DecodeError
 from loader.device.bytebatch import ByteBatch, ByteBatchBuilder, Planner
 from loader.plan.shuffle import emission_order, kept_segments, plan_ids, reorder
 from loader.reader import RawSample, ShardReader
+from loader.remote.redact import redact
 from loader.transforms.builder import TransformBatchBuilder
 from loader.transforms.errors import UnplacedTransformError
 from loader.transforms.seeding import SampleSeeder
@@ -213,7 +214,8 @@ class WorkerStream:
         try:
             return reader.member_name(sample.position)
         except (OSError, ValueError) as exc:
-            log.debug("no member name for %s sample %d: %s", shard.url, sample.position, exc)
+            where = redact(shard.url)
+            log.debug("no member name for %s sample %d: %s", where, sample.position, redact(exc))
             return sample.key or f"<sample {sample.position}>"
         finally:
             reader.close()

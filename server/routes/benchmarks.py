@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.exceptions import RequestValidationError
 
+from loader.remote.redact import redact
 from server.deps import Service, get_service, require_token
 from server.models import BenchmarkRequest, RunCreated, RunList, RunOut, RunSummary, Status
 from server.paths import MissingInput, PathRefused, check_bench_inputs
@@ -24,7 +25,14 @@ _SUMMARY_KEYS = ("status", "samples_per_s", "ratio_to_limit", "duplicates", "mis
 
 def _invalid(field: str, message: str, value: Any, kind: str = "value_error") -> Exception:
     return RequestValidationError(
-        [{"type": kind, "loc": ("body", field), "msg": message, "input": value}]
+        [
+            {
+                "type": kind,
+                "loc": ("body", field),
+                "msg": redact(message),
+                "input": redact(value) if isinstance(value, str) else value,
+            }
+        ]
     )
 
 

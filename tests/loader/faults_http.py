@@ -15,9 +15,15 @@ retried request never meets two faults in a row unless other readers interleave)
   the bytes asked for (a short read the client must resume);
 - ``"trickle"``: the right body, sent in 8 pieces ``trickle_s`` apart (slower than a short
   client timeout);
-- ``"no_range"``: the whole file with status 200, ignoring ``Range``.
+- ``"no_range"``: the whole file with status 200, ignoring ``Range``;
+- ``"from_zero"``: a 206 of the length asked for, but from byte 0, its ``Content-Range``
+  saying so (a proxy that drops the range's start);
+- ``"overlong"``: a 206 from the right byte with up to 100 bytes more than asked for, its
+  ``Content-Range`` saying so.
 
-The body faults (the last five) are served to GET requests only: a HEAD leaves them queued.
+The body faults (the last seven) are served to GET requests only: a HEAD leaves them queued.
+With ``validators`` (the default) every answer carries an ``ETag`` (from the file's mtime in
+nanoseconds and its size, as nginx does) and a ``Last-Modified``; without, neither.
 
 ``log`` records ``(method, path, range header, fault or "")`` of every request; ``hang``
 (a ``threading.Event``) makes every request wait until it is cleared (a dead mount).
@@ -29,6 +35,7 @@ import re
 import threading
 import time
 from collections import deque
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -38,18 +45,21 @@ __all__ = ["FAULTS", "FaultyServer"]
 
 FAULTS = (
     "503", "429", "500", "404", "403", "reset", "drop", "wrong_length", "truncate", "trickle",
-    "no_range",
+    "no_range", "from_zero", "overlong",
 )  # fmt: skip
-_BODY_FAULTS = ("drop", "wrong_length", "truncate", "trickle", "no_range")
+_BODY_FAULTS = (
+    "drop", "wrong_length", "truncate", "trickle", "no_range", "from_zero", "overlong",
+)  # fmt: skip
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
 class FaultyServer:
     """See the module docstring. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, root: Path, *, trickle_s: float = 0.1) -> None:
+    def __init__(self, root: Path, *, trickle_s: float = 0.1, validators: bool = True) -> None:
         self.root = Path(root)
         self.trickle_s = trickle_s
+        self.validators = validators
         self.log: list[tuple[str, str, str | None, str]] = []
         self.hang = threading.Event()
         self._lock = threading.Lock()
@@ -143,6 +153,7 @@ class FaultyServer:
             h.connection.shutdown(2)
             return None
         data = file.read_bytes()
+        stat = file.stat()
         lo, hi, status = 0, len(data), 200
         if rng is not None and fault != "no_range":
             match = _RANGE.fullmatch(rng.strip())
@@ -153,6 +164,10 @@ class FaultyServer:
             if lo >= len(data) or lo >= hi:
                 return _status(h, 416)
             status = 206
+            if fault == "from_zero":
+                lo, hi = 0, hi - lo
+            elif fault == "overlong":
+                hi = min(hi + 100, len(data))
         payload = data[lo:hi]
         if fault == "truncate":
             payload, hi = payload[: max(len(payload) // 2, 1)], lo + max(len(payload) // 2, 1)
@@ -161,6 +176,9 @@ class FaultyServer:
         h.send_header("Content-Type", "application/octet-stream")
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("Content-Length", str(length))
+        if self.validators:
+            h.send_header("ETag", f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"')
+            h.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
         if status == 206:
             h.send_header("Content-Range", f"bytes {lo}-{hi - 1}/{len(data)}")
         h.end_headers()

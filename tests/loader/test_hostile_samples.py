@@ -3,6 +3,7 @@ outside the class count are bad samples; the training head follows the manifest'
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -41,8 +42,12 @@ def test_a_bomb_in_a_shard_is_a_bad_sample(tmp_path: Path) -> None:
 
 
 def _fewer_classes(manifest: Path, classes: list[str]) -> None:
+    """Set the manifest's classes, and its index checksums to the sidecars as they are now."""
     doc = json.loads(manifest.read_text())
     doc["classes"] = classes
+    for entry in doc["shardlist"]:
+        index = manifest.parent / entry["index_url"]
+        entry["index_sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
     manifest.write_text(json.dumps(doc))
 
 
@@ -70,4 +75,5 @@ def test_the_training_head_is_sized_from_the_manifest(tmp_path: Path) -> None:
         num_classes(loader_over(manifest, 0).dataset)
     rows["label"][0] = 2
     np.save(index, rows)
+    _fewer_classes(manifest, [])
     assert num_classes(loader_over(manifest, 0).dataset) == 3, "largest label of every shard"

@@ -145,11 +145,14 @@ def test_bad_sidecar(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     index = read_index(sidecar.read_bytes())
     index["offset"][2] = index["offset"][1]
     np.save(sidecar, index)
-    with pytest.raises(ShardReadError, match="inconsistent"):
+    with pytest.raises(ShardReadError, match=r"idx\.npy has sha256 .*expected index_sha256"):
         ShardReader(shard).index()
+    unchecked = replace(shard, index_sha256=None)
+    with pytest.raises(ShardReadError, match="inconsistent"):
+        ShardReader(unchecked).index()
     sidecar.write_bytes(b"junk")
     with pytest.raises(ShardReadError, match=r"bad sidecar .*shard-000000\.idx\.npy"):
-        ShardReader(shard).index()
+        ShardReader(unchecked).index()
     sidecar.unlink()
     with caplog.at_level(logging.WARNING, logger="loader.reader"):
         with ShardReader(shard) as reader:
@@ -225,7 +228,9 @@ def test_http_truncated(tmp_path: Path, http_server: Any) -> None:
     assert got and got == list(range(len(got)))
 
 
-def test_server_without_range_support(tmp_path: Path) -> None:
+def test_server_without_range_support(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that ignores Range: the shard is streamed front to back, with or without its
+    sidecar, and the reader says once that seeking is off."""
     write_test_shards(tmp_path, [6])
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a: None  # type: ignore[attr-defined]
@@ -234,8 +239,13 @@ def test_server_without_range_support(tmp_path: Path) -> None:
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/"
         shard = resolve_source(f"{base}manifest.json").shards[0]
-        with pytest.raises(ShardReadError, match="ignores HTTP Range requests"):
-            list(ShardReader(shard).read(2, 4))
+        with caplog.at_level(logging.WARNING, logger="loader.remote.files"):
+            with ShardReader(shard) as reader:
+                _check(list(reader.read(2, 4)), range(2, 4), keys=False)
+                _check(list(reader.read(0, 6)), range(6), keys=False)
+            with ShardReader(replace(shard, index_url=None)) as reader:
+                _check(list(reader.read(1, 5)), range(1, 5), keys=True)
+        assert "ignores HTTP Range requests" in caplog.text
     finally:
         server.shutdown()
         server.server_close()

@@ -343,3 +343,52 @@ def test_device_decode_counts_are_sent_as_the_latest_totals(recorder: Recorder) 
         reporter.record(samples=4, decode_counts={"device": 3, "orientation": 1})
         reporter.record(samples=4, decode_counts={"device": 6, "orientation": 2})
     assert recorder.bodies()[-1]["decode"] == {"device": 6, "orientation": 2}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failed_send_and_is_never_followed(recorder: Recorder, status: int) -> None:
+    """A service answering 3xx towards another origin (a second real server): the report is
+    counted as failed, the other origin gets nothing (no token, no GET), and flush says so."""
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append((self.command, self.path, dict(self.headers)))
+            self.send_response(status)
+            self.send_header("Location", f"{recorder.url}/stolen")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        reporter = StatsReporter(url, "job", token="s3cret", interval_s=3600)
+        reporter.record(samples=5)
+        assert reporter.flush() is False
+        reporter.close()
+        assert (reporter.sent, reporter.failed_sends) == (0, 2)
+        assert reporter.last_error is not None and str(status) in reporter.last_error
+        assert [(m, p) for m, p, _ in seen] == [("POST", "/api/jobs/job/stats")] * 2
+        assert all(h.get("Authorization") == "Bearer s3cret" for _, _, h in seen)
+        assert recorder.requests == []  # the other origin never heard of it
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_credentials_in_the_service_url_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    url = closed_port_url().replace("http://", "http://user:pa55@") + "/?token=t0k"
+    with caplog.at_level("WARNING", logger="loader.reporter"):
+        reporter = StatsReporter(url, "job", interval_s=3600, timeout_s=0.5)
+        assert reporter.flush() is False
+        reporter.close()
+    text = caplog.text + (reporter.last_error or "")
+    assert "could not send stats" in text
+    assert "pa55" not in text and "t0k" not in text

@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from loader.plan.partition import EVEN_POLICIES, WorkerPlan, plan_epoch
 from loader.plan.shuffle import batch_ids, worker_seed
 from loader.resume.consumed import Progress
-from loader.resume.state import LoaderState, Topology, merge_states, resume_point
+from loader.resume.reconcile import reconcile
+from loader.resume.state import (
+    LoaderState,
+    ResumeError,
+    Topology,
+    merge_states,
+    pack_bits,
+    resume_point,
+)
 
 SEED, EPOCH, PRINT = 5, 3, "f" * 64
 Batches = list[tuple[np.ndarray, np.ndarray]]
@@ -147,6 +155,7 @@ def test_any_stop_any_topology_is_exactly_once(data: st.DataObject) -> None:
     a = rest_of_epoch(sizes, data.draw(topologies(total), label="A"), None)
     state, first = stop(sizes, a, None, data.draw(counts_for(a), label="stop A"))
     assert state.complete and int(state.taken.sum()) == len(first) == len(set(first))
+    reconcile(state, np.asarray(sizes))  # a true state is always backed by its bitmap
 
     same = data.draw(st.booleans(), label="B is A")
     topo_b = a.topology if same else data.draw(topologies(total), label="B")
@@ -172,6 +181,7 @@ def test_any_stop_any_topology_is_exactly_once(data: st.DataObject) -> None:
 
     # a second stop in the same epoch, then a third topology (or B again)
     state2, second = stop(sizes, b, state, data.draw(counts_for(b), label="stop B"))
+    reconcile(state2, np.asarray(sizes))
     assert set(second) <= set(rest)
     assert int(state2.taken.sum()) == len(first) + len(second)
     topo_c = topo_b if data.draw(st.booleans(), label="C is B") else data.draw(topologies(total))
@@ -190,6 +200,49 @@ def test_any_stop_any_topology_is_exactly_once(data: st.DataObject) -> None:
                 assert [x.tolist() for x, _ in c.batches[rank][w]] == [
                     x.tolist() for x, _ in b.batches[rank][w][k:]
                 ]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_corrupted_counts_are_refused_or_harmless(data: st.DataObject) -> None:
+    """A genuine state with a batch count changed (by a little, to 100, to a bool, negative)
+    or a sample marked taken that was not delivered: ``from_dict`` or ``reconcile`` refuses it
+    with a ``ResumeError``, or the resumed epoch still delivers every sample exactly once."""
+    sizes = data.draw(st.lists(st.integers(1, 30), min_size=1, max_size=8), label="sizes")
+    total = sum(sizes)
+    a = rest_of_epoch(sizes, data.draw(topologies(total), label="A"), None)
+    state, first = stop(sizes, a, None, data.draw(counts_for(a), label="stop"))
+    doc = state.to_dict()
+    rank = data.draw(st.integers(0, a.topology.world_size - 1), label="rank")
+    worker = data.draw(st.integers(0, a.topology.num_workers - 1), label="worker")
+    kind = data.draw(st.sampled_from(["count", "taken"]), label="kind")
+    if kind == "count":
+        old = doc["batches"][str(rank)][worker]
+        new = data.draw(
+            st.sampled_from([old + 1, old + 2, old - 1, old - 2, 100, True, False, -1, 1.0]),
+            label="count",
+        )
+        doc["batches"][str(rank)][worker] = new
+        changed = new != old or type(new) is not type(old)
+    else:
+        taken = state.taken.copy()
+        free = np.flatnonzero(~taken)
+        if not free.size:
+            return
+        taken[data.draw(st.sampled_from(free.tolist()), label="gid")] = True
+        doc["taken"], doc["samples_taken"] = pack_bits(taken), int(taken.sum())
+        changed = True
+    try:
+        corrupted = merge_states([doc])
+        reconcile(corrupted, np.asarray(sizes))
+    except ResumeError:
+        assert changed
+        return
+    rest = delivered(rest_of_epoch(sizes, a.topology, corrupted))
+    assert not set(first) & set(rest), "a sample delivered twice"
+    assert len(rest) == len(set(rest))
+    dropped = sum(p.drop for r in a.plans for p in r)
+    assert total - len(set(first) | set(rest)) == dropped, "a sample never delivered"
 
 
 @settings(max_examples=60, deadline=None)
