@@ -1,0 +1,143 @@
+"""The order of an epoch's sources: which source each position of the mixed epoch draws from
+(docs/architecture.md, "Mixing").
+
+The sources with a non-zero quota are the leaves of a binary tree: sorted by quota (largest
+first, then by index) they are dealt to two halves in the order A B B A A B B A ..., and each half
+is split the same way until one source is left. Each inner node with children quotas ``a`` and
+``b`` (``L = a + b``) lays its ``L`` slots out as a Beatty sequence: slot ``j`` of the node goes
+to child ``a`` exactly when ``floor(((j + 1) * a + f) / L) > floor((j * a + f) / L)``, with a
+phase ``f`` in ``[0, L)`` drawn from ``(seed, epoch)``. So:
+
+- each source gets exactly its quota (``floor((L * a + f) / L) = a``);
+- any ``w`` consecutive slots of a node hold ``w * a / L`` of child ``a``, give or take less than
+  one; down the tree the errors add up scaled by the child's share ``r`` of its node
+  (``bound = 1 + r * bound_of_node``, 0 at the root), so every window of ``w`` consecutive
+  positions holds ``w * q_s / N`` samples of source ``s`` within ``window_bound(s)``, which is
+  below 1 for two sources and below 2 for up to four (a batch then holds its rounded share of
+  every source, give or take one);
+- a position's source and its draw index within that source (how many of that source's
+  positions come before it) are closed formulas: any range is placed without the rest of the
+  epoch, in ``O(range * depth)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Interleave"]
+
+_PHASE_TAG = 0x6D6978  # keeps the phases' generator apart from the other (seed, epoch) ones
+
+
+@dataclass(frozen=True)
+class _Node:
+    quota: int
+    source: int = -1  # a leaf's source; -1 for an inner node
+    a: _Node | None = None
+    b: _Node | None = None
+    phase: int = 0
+
+
+class Interleave:
+    """The interleave of quotas ``quotas`` (one per source, index order) for ``(seed, epoch)``."""
+
+    def __init__(self, quotas: Sequence[int], seed: int, epoch: int) -> None:
+        self.quotas = tuple(int(q) for q in quotas)
+        self.total = sum(self.quotas)
+        if self.total < 1 or min(self.quotas) < 0:
+            raise ValueError(f"expected quotas >= 0 with a positive sum, got {list(quotas)}")
+        live = sorted((i for i, q in enumerate(self.quotas) if q), key=lambda i: -self.quotas[i])
+        rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence([seed, epoch, _PHASE_TAG]))
+        )
+        self._root = self._build(live, rng)
+        self._bounds: dict[int, float] = {}
+        self._measure(self._root, 0.0)
+
+    def _build(self, live: list[int], rng: np.random.Generator) -> _Node:
+        if len(live) == 1:
+            return _Node(self.quotas[live[0]], source=live[0])
+        left = [s for k, s in enumerate(live) if k % 4 in (0, 3)]
+        right = [s for k, s in enumerate(live) if k % 4 in (1, 2)]
+        a, b = self._build(left, rng), self._build(right, rng)
+        size = a.quota + b.quota
+        return _Node(size, a=a, b=b, phase=int(rng.integers(size)))
+
+    def _measure(self, node: _Node, bound: float) -> None:
+        if node.a is None or node.b is None:
+            self._bounds[node.source] = bound
+            return
+        for child in (node.a, node.b):
+            self._measure(child, 1.0 + bound * child.quota / node.quota)
+
+    def window_bound(self, source: int) -> float:
+        """Any window of ``w`` consecutive positions holds ``w * q / N`` samples of ``source``
+        give or take less than this (0 for a lone source, for one with quota 0 nothing)."""
+        return self._bounds.get(source, 0.0)
+
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(source, draw)`` of each position in ``positions`` (int64, each in ``[0, N)``):
+        its source (int64) and how many positions of that source come before it."""
+        pos = np.asarray(positions, dtype=np.int64)
+        source = np.empty(pos.shape, dtype=np.int64)
+        draw = np.empty(pos.shape, dtype=np.int64)
+        stack: list[tuple[_Node, np.ndarray, np.ndarray]] = [(self._root, np.arange(pos.size), pos)]
+        while stack:
+            node, where, j = stack.pop()
+            if node.a is None or node.b is None:
+                source[where] = node.source
+                draw[where] = j
+                continue
+            before = (j * node.a.quota + node.phase) // node.quota
+            in_a = (j + 1) * node.a.quota + node.phase >= (before + 1) * node.quota
+            stack.append((node.a, where[in_a], before[in_a]))
+            stack.append((node.b, where[~in_a], (j - before)[~in_a]))
+        return source, draw
+
+    def sources(self, start: int, stop: int) -> np.ndarray:
+        """The source (int64) of each position in ``[start, stop)``: ``locate``'s first array
+        for a range, computed range by range down the tree (a node's slots of a child in a
+        range of its own slots are a range of the child's)."""
+        out = np.empty(max(stop - start, 0), dtype=np.int64)
+        self._fill(self._root, start, stop, out)
+        return out
+
+    def _fill(self, node: _Node, start: int, stop: int, out: np.ndarray) -> None:
+        if node.a is None or node.b is None:
+            out[:] = node.source
+            return
+        if stop <= start:
+            return
+        j = np.arange(start, stop + 1, dtype=np.int64)
+        before = (j * node.a.quota + node.phase) // node.quota
+        in_a = np.diff(before) > 0
+        part = np.empty(int(in_a.sum()), dtype=np.int64)
+        self._fill(node.a, int(before[0]), int(before[-1]), part)
+        out[in_a] = part
+        rest = np.empty(len(out) - len(part), dtype=np.int64)
+        self._fill(node.b, start - int(before[0]), stop - int(before[-1]), rest)
+        out[~in_a] = rest
+
+    def count_before(self, source: int, position: int) -> int:
+        """How many of the first ``position`` positions (``0 <= position <= N``) draw from
+        ``source``."""
+        path = self._path(source)
+        if path is None:
+            return 0
+        j = int(position)
+        for node, to_a in path:
+            a = node.a.quota if node.a is not None else 0
+            before = (j * a + node.phase) // node.quota
+            j = before if to_a else j - before
+        return j
+
+    def _path(self, source: int) -> list[tuple[_Node, bool]] | None:
+        def walk(node: _Node, trail: list[tuple[_Node, bool]]) -> list[tuple[_Node, bool]] | None:
+            if node.a is None or node.b is None:
+                return trail if node.source == source else None
+            return walk(node.a, [*trail, (node, True)]) or walk(node.b, [*trail, (node, False)])
+
+        return walk(self._root, [])
