@@ -3,7 +3,8 @@
 The core lives at this level (dataset, DataLoader wrapper, batches, decode, tracker, reporter);
 each concern has a subpackage: ``loader.plan`` (the epoch plan), ``loader.remote`` (remote
 reads), ``loader.resume``, ``loader.device`` (the GPU path), ``loader.mix`` (mixing
-datasets), ``loader.worker`` (inside a worker), ``loader.bench`` and ``loader.train`` (docs/architecture.md, "Rooms")."""
+datasets), ``loader.worker`` (inside a worker), ``loader.bench`` and ``loader.train``
+(docs/architecture.md, "Rooms")."""
 
 from loader._errors import ShardReadError
 from loader._workers import WorkerTimeoutError

@@ -116,7 +116,7 @@ def test_reads_hold_the_ids_of_their_positions(
     plan = MixPlan(shards, quotas, seed=seed)
     n = plan.epoch_size
     cuts = sorted(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=8)))
-    runs = list(zip(cuts[::2], cuts[1::2]))
+    runs = list(zip(cuts[::2], cuts[1::2], strict=False))
     source, ids = plan.lookup(epoch, np.arange(n))
     reads = plan.reads(epoch, runs)
     for s in range(len(shards)):
