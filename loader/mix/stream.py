@@ -190,7 +190,7 @@ class MixedStream(WorkerStream):
         """Source, shard, member, position, id and offset of ``sample``, for messages."""
         source = self.mixed.datasets[s]
         shard = source.shards[source.shard_of(sample.gid)]
-        member = f"{sample.key}.*" if sample.key else f"<sample {sample.position}>"
+        member = self._member_name(shard, sample)
         return (
             f"source {self.mixed.sources[s].label} shard {shard.url} member {member} "
             f"(sample {sample.position}, id {sample.gid}) at byte offset {sample.offset}"
