@@ -28,7 +28,8 @@ def rows(batches: Any) -> tuple[list[Row], int, list[Any]]:
     for batch in batches:
         keep = ~batch.padded.numpy()
         padded += int((~keep).sum())
-        real += list(zip(batch.source.numpy()[keep].tolist(), batch.ids.numpy()[keep].tolist(), strict=True))
+        sources, ids = batch.source.numpy()[keep].tolist(), batch.ids.numpy()[keep].tolist()
+        real += list(zip(sources, ids, strict=True))
         seen.append(batch)
     return real, padded, seen
 
