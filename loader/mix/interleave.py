@@ -55,7 +55,8 @@ class Interleave:
         )
         self._root = self._build(live, rng)
         self._bounds: dict[int, float] = {}
-        self._measure(self._root, 0.0)
+        self._paths: dict[int, list[tuple[int, int, int, bool]]] = {}
+        self._measure(self._root, 0.0, [])
 
     def _build(self, live: list[int], rng: np.random.Generator) -> _Node:
         if len(live) == 1:
@@ -66,12 +67,15 @@ class Interleave:
         size = a.quota + b.quota
         return _Node(size, a=a, b=b, phase=int(rng.integers(size)))
 
-    def _measure(self, node: _Node, bound: float) -> None:
+    def _measure(self, node: _Node, bound: float, path: list[tuple[int, int, int, bool]]) -> None:
+        """Record each leaf's window bound and its path: ``(a, L, phase, to_a)`` per node."""
         if node.a is None or node.b is None:
             self._bounds[node.source] = bound
+            self._paths[node.source] = path
             return
-        for child in (node.a, node.b):
-            self._measure(child, 1.0 + bound * child.quota / node.quota)
+        for child, to_a in ((node.a, True), (node.b, False)):
+            step = (node.a.quota, node.quota, node.phase, to_a)
+            self._measure(child, 1.0 + bound * child.quota / node.quota, [*path, step])
 
     def window_bound(self, source: int) -> float:
         """Any window of ``w`` consecutive positions holds ``w * q / N`` samples of ``source``
@@ -124,20 +128,11 @@ class Interleave:
     def count_before(self, source: int, position: int) -> int:
         """How many of the first ``position`` positions (``0 <= position <= N``) draw from
         ``source``."""
-        path = self._path(source)
+        path = self._paths.get(source)
         if path is None:
             return 0
         j = int(position)
-        for node, to_a in path:
-            a = node.a.quota if node.a is not None else 0
-            before = (j * a + node.phase) // node.quota
+        for a, size, phase, to_a in path:
+            before = (j * a + phase) // size
             j = before if to_a else j - before
         return j
-
-    def _path(self, source: int) -> list[tuple[_Node, bool]] | None:
-        def walk(node: _Node, trail: list[tuple[_Node, bool]]) -> list[tuple[_Node, bool]] | None:
-            if node.a is None or node.b is None:
-                return trail if node.source == source else None
-            return walk(node.a, [*trail, (node, True)]) or walk(node.b, [*trail, (node, False)])
-
-        return walk(self._root, [])

@@ -1,0 +1,189 @@
+"""``shardfeed bench --mix``: a mixed loader against the single-source loader in the same run,
+and the cost of planning a large mix (docs/architecture.md, "Mixing").
+
+The shards of ``--shards`` are read three ways, in interleaved rounds (``single``, ``mix2``,
+``mix5``, then again), each a fresh ``make_loader`` over one epoch of the same number of
+samples: the dataset as it is; a two-source mix (its shards dealt into 2 sources, weights 0.7 /
+0.3); a five-source mix (5 sources, weights 0.4 / 0.2 / 0.2 / 0.1 / 0.1). Each mix's rate is
+reported as a ratio to the median single-source rate (``ratio_to_single``, the >= 0.97 target),
+with its per-source counts from ``MixTracker`` (duplicates and missing against the plan).
+
+``plan`` times, on synthetic shard sizes (no data read), what every worker of a large job
+computes: 1.3 million samples in 3 sources, 64 ranks x 16 workers, the whole epoch's plans
+(``plan_ms``: the mix plan, the partition over all ranks, and per worker its slots' sources and
+its sources' shard runs) and one worker's (``worker_ms``); ``state_bytes`` is the size of one
+rank's resume state with a third of its share taken.
+"""
+
+from __future__ import annotations
+
+import pickle
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from loader.dataloader import make_loader, stop_workers
+from loader.mix.plan import MixPlan
+from loader.mix.source import Source
+from loader.mix.tracker import MixTracker
+from loader.plan.partition import plan_epoch, plan_rank
+from loader.resume.consumed import Progress
+from loader.resume.state import Topology
+from loader.sources import resolve_source
+
+__all__ = ["MIXES", "bench_mix", "time_plan"]
+
+MIXES: dict[str, tuple[float, ...]] = {
+    "mix2": (0.7, 0.3),
+    "mix5": (0.4, 0.2, 0.2, 0.1, 0.1),
+}
+PLAN_SAMPLES = (800_000, 400_000, 100_000)  # 1.3 million in 3 sources
+PLAN_SHARD = 1_000  # samples per synthetic shard
+PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH = 64, 16, 256
+
+
+def _mix_sources(urls: list[str], weights: tuple[float, ...]) -> list[Source]:
+    """``urls`` dealt round-robin into ``len(weights)`` sources of those weights."""
+    if len(urls) < len(weights):
+        raise ValueError(
+            f"expected at least {len(weights)} shards for a {len(weights)}-source mix, got "
+            f"{len(urls)}: build the shards with a smaller --shard-size"
+        )
+    groups = [urls[i :: len(weights)] for i in range(len(weights))]
+    return [
+        Source(group, weight=w, name=f"part{i}")
+        for i, (group, w) in enumerate(zip(groups, weights, strict=True))
+    ]
+
+
+def _epoch(loader: Any, tracker: MixTracker | None) -> tuple[int, float]:
+    """Samples delivered (padding aside) and seconds of one epoch of a fresh ``loader``."""
+    start = time.perf_counter()
+    samples = 0
+    try:
+        for batch in loader:
+            samples += int((~batch.padded).sum())
+            if tracker is not None:
+                tracker.update(batch.source, batch.ids, batch.padded)
+    finally:
+        stop_workers(loader)
+    return samples, time.perf_counter() - start
+
+
+def bench_mix(
+    shards: str,
+    *,
+    workers: int,
+    batch_size: int,
+    image_size: int,
+    decode: bool,
+    repeat: int,
+    seed: int,
+    on_round: Callable[[str, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """The ``--mix`` document (module doc): per run its median samples/s, and per mix its
+    ratio to the single-source rate and per-source counts."""
+    source = resolve_source(shards)
+    urls = [s.url for s in source.shards]
+    total = source.num_samples
+    options: dict[str, Any] = {
+        "num_workers": workers,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "decode": decode,
+        "seed": seed,
+    }
+    runs: dict[str, list[float]] = {"single": [], **{name: [] for name in MIXES}}
+    counts: dict[str, list[dict[str, int]]] = {}
+    for round_ in range(repeat):
+        for name in runs:
+            if name == "single":
+                loader = make_loader(shards, **options)
+                samples, seconds = _epoch(loader, None)
+            else:
+                sources = _mix_sources(urls, MIXES[name])
+                loader = make_loader(sources, epoch_size=total, **options)
+                tracker = MixTracker(loader.dataset.mix)
+                samples, seconds = _epoch(loader, tracker)
+                counts[name] = [c.to_dict() for c in tracker.counts()]
+            rate = samples / seconds
+            runs[name].append(rate)
+            if on_round is not None:
+                on_round(name, round_, rate)
+    single = statistics.median(runs["single"])
+    results: dict[str, Any] = {}
+    for name, rates in runs.items():
+        rate = statistics.median(rates)
+        results[name] = {"samples_per_s": rate, "rounds": rates}
+        if name != "single":
+            results[name]["ratio_to_single"] = rate / single
+            results[name]["sources"] = counts[name]
+    return {
+        "kind": "shardfeed-bench-mix",
+        "shards": shards,
+        "samples": total,
+        "config": {**options, "repeat": repeat},
+        "results": results,
+        "plan": time_plan(seed),
+    }
+
+
+def time_plan(seed: int = 0, epoch: int = 1) -> dict[str, Any]:
+    """The ``plan`` figures of the module doc (best of three, to see past a busy machine)."""
+    shard_sizes = [[PLAN_SHARD] * (n // PLAN_SHARD) for n in PLAN_SAMPLES]
+    quotas = list(PLAN_SAMPLES)
+
+    def whole() -> None:
+        plan = MixPlan(shard_sizes, quotas, seed=seed)
+        plans = plan_epoch([plan.epoch_size], seed=seed, epoch=epoch, world_size=PLAN_RANKS,
+                           num_workers=PLAN_WORKERS, batch_size=PLAN_BATCH)  # fmt: skip
+        inter = plan.interleave(epoch)
+        for rank in plans:
+            for worker in rank:
+                runs = [(s.first_id, s.first_id + len(s)) for s in worker.segments]
+                for a, b in runs:
+                    inter.sources(a, b)
+                plan.reads(epoch, runs)
+
+    def one() -> None:
+        plan = MixPlan(shard_sizes, quotas, seed=seed)
+        (worker, *_) = plan_rank([plan.epoch_size], seed=seed, epoch=epoch, rank=PLAN_RANKS - 1,
+                                 world_size=PLAN_RANKS, num_workers=PLAN_WORKERS,
+                                 batch_size=PLAN_BATCH)  # fmt: skip
+        runs = [(s.first_id, s.first_id + len(s)) for s in worker.segments]
+        for a, b in runs:
+            plan.interleave(epoch).sources(a, b)
+        plan.reads(epoch, runs)
+
+    return {
+        "samples": sum(PLAN_SAMPLES),
+        "sources": len(PLAN_SAMPLES),
+        "ranks": PLAN_RANKS,
+        "workers": PLAN_WORKERS,
+        "plan_ms": _best_ms(whole),
+        "worker_ms": _best_ms(one),
+        "state_bytes": _state_bytes(sum(PLAN_SAMPLES), seed, epoch),
+    }
+
+
+def _best_ms(fn: Callable[[], None], times: int = 3) -> float:
+    best = float("inf")
+    for _ in range(times):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def _state_bytes(total: int, seed: int, epoch: int) -> int:
+    """Pickled size of rank 0's state after a third of its share was received."""
+    topology = Topology(PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH, "pad", 1000)
+    progress = Progress(np.asarray([total]), fingerprint="f" * 64, seed=seed, epoch=epoch,
+                        rank=0, topology=topology, resume=None)  # fmt: skip
+    share = total // PLAN_RANKS
+    ids = np.arange(share // 3, dtype=np.int64)
+    progress.record(ids, np.zeros(len(ids), dtype=bool))
+    return len(pickle.dumps(progress.state().to_dict()))
