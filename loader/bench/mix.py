@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from loader.dataloader import make_loader, stop_workers
+from loader.mix.dataset import MixedDataset
 from loader.mix.plan import MixPlan
 from loader.mix.source import Source
 from loader.mix.tracker import MixTracker
@@ -106,7 +107,10 @@ def bench_mix(
             else:
                 sources = _mix_sources(urls, MIXES[name])
                 loader = make_loader(sources, epoch_size=total, **options)
-                tracker = MixTracker(loader.dataset.mix)
+                dataset = loader.dataset
+                if not isinstance(dataset, MixedDataset):
+                    raise TypeError(f"expected a MixedDataset, got {type(dataset).__name__}")
+                tracker = MixTracker(dataset.mix)
                 samples, seconds = _epoch(loader, tracker)
                 counts[name] = [c.to_dict() for c in tracker.counts()]
             rate = samples / seconds
