@@ -39,6 +39,7 @@ __all__ = ["MixedDataset"]
 
 log = logging.getLogger("shardfeed.loader")
 MIX_SCHEME = "mix:"
+_NO_CLASS_COUNT = 1 << 62  # shards that name no classes: any label >= 0 is taken
 
 
 class MixedDataset(ShardDataset):
@@ -80,6 +81,7 @@ class MixedDataset(ShardDataset):
         shard_sizes = [[sh.nsamples for sh in d.shards] for d in self.datasets]
         self.mix = MixPlan(shard_sizes, quotas, seed=seed, exhaustion=exhaustion)
         self._labels = [_label_map(s, d) for s, d in zip(self.sources, self.datasets, strict=True)]
+        self._counts = [len(d.classes) or _NO_CLASS_COUNT for d in self.datasets]
         classes = _merged_classes(self.sources, self.datasets, self._labels)
         self.policies = tuple(
             BadSamplePolicy(s.bad_samples or bad_samples, skip_budget) for s in self.sources
@@ -124,16 +126,16 @@ class MixedDataset(ShardDataset):
         """The label the model sees for ``label`` of ``source``; ``DecodeError`` for a sample
         without one or one outside the source's classes."""
         table = self._labels[source]
-        count = len(self.datasets[source].classes)
-        if label < 0 or (count and label >= count):
+        count = self._counts[source]
+        if label < 0 or label >= count:
             problem = (
                 "no class label (.cls member missing)"
                 if label < 0
                 else f"label {label} is outside the source's {count} classes"
             )
             raise DecodeError(problem)
-        if isinstance(table, int):
-            return label + table
+        if table.__class__ is int:
+            return label + table  # type: ignore[operator]
         return int(table[label])
 
     def record(self, batch: Batch | ByteBatch, num_workers: int | None = None) -> None:

@@ -1,7 +1,8 @@
 """Integer quotas: how many samples each source gives each epoch (docs/architecture.md,
 "Mixing").
 
-Rules, all exact (rational arithmetic, ties to the earlier source):
+Rules, all exact (rational arithmetic on the numbers as written, so ``0.7`` is 7/10; ties go
+to the earlier source):
 
 - a ``samples=`` source takes that many; a ``repeat=`` source ``round_half_up(repeat * size)``;
 - the weighted sources share what is left of ``epoch_size`` by the largest-remainder method on
@@ -32,7 +33,7 @@ def largest_remainder(shares: Sequence[Fraction | int | float], total: int) -> l
     """``total`` split in proportion to ``shares`` (non-negative, positive sum): floors of the
     exact parts, then one more each to the largest remainders (earlier index first on ties).
     Each result is the floor or the ceiling of its exact part; the results sum to ``total``."""
-    exact = [Fraction(s) for s in shares]
+    exact = [_exact(s) for s in shares]
     whole = sum(exact, Fraction(0))
     if whole <= 0 or any(s < 0 for s in exact):
         raise ValueError(f"expected non-negative shares with a positive sum, got {list(shares)}")
@@ -57,7 +58,7 @@ def epoch_quotas(
         if src.samples is not None:
             fixed[i] = src.samples
         elif src.repeat is not None:
-            fixed[i] = int(Fraction(src.repeat) * size + Fraction(1, 2))
+            fixed[i] = int(_exact(src.repeat) * size + Fraction(1, 2))
     weighted = [i for i in range(len(sources)) if i not in fixed]
     taken = sum(fixed.values())
     if epoch_size is None:
@@ -74,7 +75,7 @@ def epoch_quotas(
         )
     quotas = [fixed.get(i, 0) for i in range(len(sources))]
     if weighted:
-        weights = [Fraction(sources[i].weight or 0) for i in weighted]
+        weights = [_exact(sources[i].weight or 0) for i in weighted]
         for i, q in zip(weighted, largest_remainder(weights, rest), strict=True):
             quotas[i] = q
     return quotas
@@ -96,3 +97,8 @@ def stop_epoch(quotas: Sequence[int], sizes: Sequence[int]) -> tuple[list[int], 
             f"with {sizes[first]} samples for a quota of {quotas[first]} in {total}"
         )
     return largest_remainder(list(quotas), length), first
+
+
+def _exact(value: Fraction | int | float) -> Fraction:
+    """``value`` as the fraction its shortest decimal form names (``0.7`` is ``7/10``)."""
+    return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)

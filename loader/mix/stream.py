@@ -79,11 +79,11 @@ class MixedStream(WorkerStream):
         draw = np.random.default_rng([*key, index]) if augment else rng
         counters = [p.counter() for p in ds.policies]
         fillers, last_good = 0, None
+        head_label, add = ds.head_label, builder.add
         for s in slots[done:].tolist():
             position, sample = next(streams[s])
             try:
-                label = ds.head_label(s, sample.label)
-                builder.add(sample.data, label, sample.gid, draw, (s, position))
+                add(sample.data, head_label(s, sample.label), sample.gid, draw, (s, position))
                 last_good = (s, position, sample.gid)
             except DecodeError as exc:
                 counters[s].bad(self._where_in(s, sample), exc)
@@ -151,6 +151,7 @@ class MixedStream(WorkerStream):
             kept = np.flatnonzero(~skipped)
         samples = zip(kept.tolist(), self._read_runs(s, segments), strict=True)
         pending: dict[int, RawSample] = {}
+        where = positions.tolist()
         for i in order[gone:].tolist():
             sample = pending.pop(i, None)
             while sample is None:
@@ -159,7 +160,7 @@ class MixedStream(WorkerStream):
                     sample = got
                 else:
                     pending[j] = got
-            yield int(positions[i]), sample
+            yield where[i], sample
 
     def _read_runs(self, s: int, segments: Sequence[Segment]) -> Iterator[RawSample]:
         shards = self.mixed.datasets[s].shards
