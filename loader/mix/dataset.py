@@ -134,8 +134,8 @@ class MixedDataset(ShardDataset):
                 else f"label {label} is outside the source's {count} classes"
             )
             raise DecodeError(problem)
-        if table.__class__ is int:
-            return label + table  # type: ignore[operator]
+        if isinstance(table, int):
+            return label + table
         return int(table[label])
 
     def record(self, batch: Batch | ByteBatch, num_workers: int | None = None) -> None:
