@@ -2,7 +2,8 @@
 and the cost of planning a large mix (docs/architecture.md, "Mixing").
 
 The shards of ``--shards`` are read three ways, in interleaved rounds (``single``, ``mix2``,
-``mix5``, then again), each a fresh ``make_loader`` over one epoch of the same number of
+``mix5``, then ``mix2``, ``mix5``, ``single``, ...: on a shared machine whose speed drifts each
+run takes each slot in turn), each a fresh ``make_loader`` over one epoch of the same number of
 samples: the dataset as it is; a two-source mix (its shards dealt into 2 sources, weights 0.7 /
 0.3); a five-source mix (5 sources, weights 0.4 / 0.2 / 0.2 / 0.1 / 0.1). Each mix's rate is
 reported as a ratio to the median single-source rate (``ratio_to_single``, the >= 0.97 target),
@@ -105,8 +106,9 @@ def bench_mix(
     }
     runs: dict[str, list[float]] = {"single": [], **{name: [] for name in MIXES}}
     counts: dict[str, list[dict[str, int]]] = {}
+    names = list(runs)
     for round_ in range(repeat):
-        for name in runs:
+        for name in names[round_ % 3 :] + names[: round_ % 3]:  # each run takes each slot
             if name == "single":
                 loader = make_loader(shards, **options)
                 samples, seconds = _epoch(loader, None)

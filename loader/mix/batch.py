@@ -59,11 +59,13 @@ ForkingPickler.register(MixedBatch, _reduce)
 
 
 class MixedBuilder:
-    """A ``BatchBuilder`` that also records each row's source and position."""
+    """A ``BatchBuilder`` that also records each row's source and position: ``add`` both, or
+    (a hot loop) ``builder.add`` then ``tags.append((source, position))``, re-reading ``tags``
+    after each ``finish``."""
 
     def __init__(self, builder: BatchBuilder) -> None:
         self.builder = builder
-        self._tags: list[tuple[int, int]] = []
+        self.tags: list[tuple[int, int]] = []
 
     def __len__(self) -> int:
         return len(self.builder)
@@ -84,15 +86,15 @@ class MixedBuilder:
         """``BatchBuilder.add`` with the row's ``(source, position)``; on a ``DecodeError``
         nothing is recorded."""
         self.builder.add(data, label, gid, rng, padded=padded)
-        self._tags.append(tag)
+        self.tags.append(tag)
 
     def repeat(self, slot: int) -> None:
         """``BatchBuilder.repeat``: a padded copy of row ``slot``, of its source and position."""
         self.builder.repeat(slot)
-        self._tags.append(self._tags[slot])
+        self.tags.append(self.tags[slot])
 
     def finish(self) -> MixedBatch:
         batch = self.builder.finish()
-        tags = torch.tensor(self._tags, dtype=torch.int64).reshape(-1, 2).T.contiguous()
-        self._tags = []
+        tags = torch.tensor(self.tags, dtype=torch.int64).reshape(-1, 2).T.contiguous()
+        self.tags = []
         return MixedBatch(*batch, tags[0], tags[1])

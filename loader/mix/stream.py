@@ -79,20 +79,23 @@ class MixedStream(WorkerStream):
         draw = np.random.default_rng([*key, index]) if augment else rng
         counters = [p.counter() for p in ds.policies]
         fillers, last_good = 0, None
-        head_label, add = ds.head_label, builder.add
+        inner, tags, full = builder.builder, builder.tags, ds.batch_size
+        head_label, add = ds.head_label, inner.add
         for s in slots[done:].tolist():
             position, sample = next(streams[s])
             try:
-                add(sample.data, head_label(s, sample.label), sample.gid, draw, (s, position))
+                add(sample.data, head_label(s, sample.label), sample.gid, draw)
+                tags.append((s, position))
                 last_good = (s, position, sample.gid)
             except DecodeError as exc:
                 counters[s].bad(self._where_in(s, sample), exc)
                 fillers += 1
-            while fillers and len(builder) and not builder.full:
+            while fillers and len(inner) and not inner.full:
                 builder.repeat(0)
                 fillers -= 1
-            if builder.full:
+            if len(inner) == full:
                 yield builder.finish()
+                tags = builder.tags
                 index += 1
                 if augment:
                     draw = np.random.default_rng([*key, index])
