@@ -13,8 +13,8 @@ phase ``f`` in ``[0, L)`` drawn from ``(seed, epoch)``. So:
   one; down the tree the errors add up scaled by the child's share ``r`` of its node
   (``bound = 1 + r * bound_of_node``, 0 at the root), so every window of ``w`` consecutive
   positions holds ``w * q_s / N`` samples of source ``s`` within ``window_bound(s)``, which is
-  below 1 for two sources and below 2 for up to four (a batch then holds its rounded share of
-  every source, give or take one);
+  below 1 for two sources, below 2 for up to four (a batch then holds its rounded share of
+  every source, give or take one) and below 3 for up to eight;
 - a position's source and its draw index within that source (how many of that source's
   positions come before it) are closed formulas: any range is placed without the rest of the
   epoch, in ``O(range * depth)``.

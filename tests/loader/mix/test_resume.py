@@ -8,13 +8,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from loader import Source, make_loader
 from loader.dataloader import ClosingDataLoader
+from loader.mix.plan import MixPlan
+from loader.plan.partition import plan_epoch
 from loader.resume.state import ResumeError
 from tests.loader.mix.helpers import planned, write_sources
 
@@ -154,3 +157,38 @@ def test_same_topology_gives_the_same_batches_in_order(
     (second,) = loaders(sources, 1, **options)
     second.load_state_dict(states)
     assert received + [r for b in second for r in rows_of([b])] == [r for b in whole for r in b]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(1, 400), min_size=1, max_size=3), min_size=1, max_size=6),
+    st.data(),
+    st.integers(1, 8),
+    st.integers(0, 4),
+    st.integers(1, 64),
+    st.integers(0, 5),
+)
+def test_any_taken_set_and_topology_leave_exactly_the_rest_of_the_mix(
+    shards: list[list[int]],
+    data: st.DataObject,
+    world: int,
+    workers: int,
+    batch: int,
+    epoch: int,
+) -> None:
+    """At the planning level: whatever was taken, the plan cut afresh over the rest covers the
+    epoch's other positions once, and so the epoch's ``(source, id)`` rows exactly."""
+    quotas = [data.draw(st.integers(0, 2 * sum(s))) for s in shards]
+    assume(sum(quotas) > 0)
+    plan = MixPlan(shards, quotas, seed=7)
+    n = plan.epoch_size
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32)))
+    taken = rng.random(n) < data.draw(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
+    plans = plan_epoch([n], seed=7, epoch=epoch, world_size=world, num_workers=workers,
+                       batch_size=batch, taken=taken)  # fmt: skip
+    rest = [p for r in plans for w in r for s in w.segments for p in range(s.first_id, s.stop)]
+    assert sorted(rest + np.flatnonzero(taken).tolist()) == list(range(n))
+    source, ids = plan.lookup(epoch, np.arange(n))
+    rows = Counter(zip(source.tolist(), ids.tolist(), strict=True))
+    got = Counter((int(source[p]), int(ids[p])) for p in rest + np.flatnonzero(taken).tolist())
+    assert got == rows
