@@ -1,9 +1,11 @@
 """The order of an epoch's sources: which source each position of the mixed epoch draws from
 (docs/architecture.md, "Mixing").
 
-The sources with a non-zero quota are the leaves of a binary tree: sorted by quota (largest
-first, then by index) they are dealt to two halves in the order A B B A A B B A ..., and each half
-is split the same way until one source is left. Each inner node with children quotas ``a`` and
+The sources with a non-zero quota are the leaves of a binary tree (``tree_shape``): of up to six
+sources, the shape whose largest ``window_bound`` (below) is smallest, trying every shape (945
+for six; ties to the first tried); of more, sorted by quota (largest first, then by index) they
+are dealt to two halves in the order A B B A A B B A ..., each half split the same way. Each
+inner node with children quotas ``a`` and
 ``b`` (``L = a + b``) lays its ``L`` slots out as a Beatty sequence: slot ``j`` of the node goes
 to child ``a`` exactly when ``floor(((j + 1) * a + f) / L) > floor((j * a + f) / L)``, with a
 phase ``f`` in ``[0, L)`` drawn from ``(seed, epoch)``. So:
@@ -13,8 +15,10 @@ phase ``f`` in ``[0, L)`` drawn from ``(seed, epoch)``. So:
   one; down the tree the errors add up scaled by the child's share ``r`` of its node
   (``bound = 1 + r * bound_of_node``, 0 at the root), so every window of ``w`` consecutive
   positions holds ``w * q_s / N`` samples of source ``s`` within ``window_bound(s)``, which is
-  below 1 for two sources, below 2 for up to four (a batch then holds its rounded share of
-  every source, give or take one) and below 3 for up to eight;
+  below 1 for two sources and below 2 for up to four (a batch then holds its rounded share of
+  every source, give or take one), below 3 for up to eight; with five or six sources the search
+  mostly finds a shape below 2 (not always: quotas 19445, 83572, 14, 35487, 229, 332 give
+  2.16 at best);
 - a position's source and its draw index within that source (how many of that source's
   positions come before it) are closed formulas: any range is placed without the rest of the
   epoch, in ``O(range * depth)``.
@@ -22,14 +26,63 @@ phase ``f`` in ``[0, L)`` drawn from ``(seed, epoch)``. So:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interleave"]
+__all__ = ["Interleave", "Shape", "tree_shape"]
 
 _PHASE_TAG = 0x6D6978  # keeps the phases' generator apart from the other (seed, epoch) ones
+SEARCHED = 6  # up to this many sources, every tree shape is tried
+
+Shape = int | tuple["Shape", "Shape"]
+"""A tree over source indices: a leaf is a source, an inner node a pair ``(a, b)``."""
+
+
+def tree_shape(quotas: Sequence[int]) -> Shape:
+    """The tree of the interleave of ``quotas`` (module doc): a pure function of the quotas."""
+    live = sorted((i for i, q in enumerate(quotas) if q), key=lambda i: -quotas[i])
+    if not live:
+        raise ValueError(f"expected quotas >= 0 with a positive sum, got {list(quotas)}")
+    if len(live) > SEARCHED:
+        return _dealt(live)
+    return min(_shapes(tuple(live)), key=lambda shape: _worst(shape, quotas, 0.0))
+
+
+def _dealt(live: list[int]) -> Shape:
+    if len(live) == 1:
+        return live[0]
+    left = [s for k, s in enumerate(live) if k % 4 in (0, 3)]
+    right = [s for k, s in enumerate(live) if k % 4 in (1, 2)]
+    return (_dealt(left), _dealt(right))
+
+
+def _shapes(items: tuple[int, ...]) -> Iterator[Shape]:
+    """Every rooted binary tree over ``items`` (the first item always in the left subtree)."""
+    if len(items) == 1:
+        yield items[0]
+        return
+    first, rest = items[0], items[1:]
+    for mask in range(1 << len(rest)):
+        left = (first, *(x for i, x in enumerate(rest) if mask >> i & 1))
+        right = tuple(x for i, x in enumerate(rest) if not mask >> i & 1)
+        if right:
+            for a in _shapes(left):
+                for b in _shapes(right):
+                    yield (a, b)
+
+
+def _mass(shape: Shape, quotas: Sequence[int]) -> int:
+    return quotas[shape] if isinstance(shape, int) else sum(_mass(c, quotas) for c in shape)
+
+
+def _worst(shape: Shape, quotas: Sequence[int], bound: float) -> float:
+    """The largest window bound over the leaves of ``shape`` (its own bound ``bound``)."""
+    if isinstance(shape, int):
+        return bound
+    whole = _mass(shape, quotas)
+    return max(_worst(c, quotas, 1.0 + bound * _mass(c, quotas) / whole) for c in shape)
 
 
 @dataclass(frozen=True)
@@ -42,28 +95,28 @@ class _Node:
 
 
 class Interleave:
-    """The interleave of quotas ``quotas`` (one per source, index order) for ``(seed, epoch)``."""
+    """The interleave of quotas ``quotas`` (one per source, index order) for ``(seed, epoch)``;
+    ``shape`` is ``tree_shape(quotas)``, given when known (it does not change with the epoch)."""
 
-    def __init__(self, quotas: Sequence[int], seed: int, epoch: int) -> None:
+    def __init__(
+        self, quotas: Sequence[int], seed: int, epoch: int, shape: Shape | None = None
+    ) -> None:
         self.quotas = tuple(int(q) for q in quotas)
         self.total = sum(self.quotas)
         if self.total < 1 or min(self.quotas) < 0:
             raise ValueError(f"expected quotas >= 0 with a positive sum, got {list(quotas)}")
-        live = sorted((i for i, q in enumerate(self.quotas) if q), key=lambda i: -self.quotas[i])
         rng = np.random.Generator(
             np.random.PCG64(np.random.SeedSequence([seed, epoch, _PHASE_TAG]))
         )
-        self._root = self._build(live, rng)
+        self._root = self._build(tree_shape(self.quotas) if shape is None else shape, rng)
         self._bounds: dict[int, float] = {}
         self._paths: dict[int, list[tuple[int, int, int, bool]]] = {}
         self._measure(self._root, 0.0, [])
 
-    def _build(self, live: list[int], rng: np.random.Generator) -> _Node:
-        if len(live) == 1:
-            return _Node(self.quotas[live[0]], source=live[0])
-        left = [s for k, s in enumerate(live) if k % 4 in (0, 3)]
-        right = [s for k, s in enumerate(live) if k % 4 in (1, 2)]
-        a, b = self._build(left, rng), self._build(right, rng)
+    def _build(self, shape: Shape, rng: np.random.Generator) -> _Node:
+        if isinstance(shape, int):
+            return _Node(self.quotas[shape], source=shape)
+        a, b = self._build(shape[0], rng), self._build(shape[1], rng)
         size = a.quota + b.quota
         return _Node(size, a=a, b=b, phase=int(rng.integers(size)))
 

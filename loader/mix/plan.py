@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from loader.mix.interleave import Interleave
+from loader.mix.interleave import Interleave, tree_shape
 from loader.mix.passes import Run, SourcePasses
 from loader.mix.quotas import stop_epoch
 from loader.mix.source import EXHAUSTION, MixError
@@ -53,6 +53,7 @@ class MixPlan:
         if exhaustion == "stop":
             self.quotas, self.stopped_by = stop_epoch(self.quotas, self.sizes)
         self.epoch_size = sum(self.quotas)
+        self.shape = tree_shape(self.quotas)
         self._interleaves: dict[int, Interleave] = {}
 
     def start(self, source: int, epoch: int) -> int:
@@ -70,7 +71,8 @@ class MixPlan:
         if found is None:
             if len(self._interleaves) >= _KEEP:
                 self._interleaves.clear()
-            found = self._interleaves[epoch] = Interleave(self.quotas, self.seed, epoch)
+            found = Interleave(self.quotas, self.seed, epoch, self.shape)
+            self._interleaves[epoch] = found
         return found
 
     def lookup(self, epoch: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ def test_exact_quotas_and_every_window_within_the_bound(
             assert bound <= 1
         if live <= 4:
             assert bound < 2
-        assert bound < 3  # a leaf is at most three splits deep for up to eight sources
+        assert bound < 3
 
 
 @settings(max_examples=200, deadline=None)
