@@ -5,14 +5,15 @@ One ``DuplicateTracker`` per source counts the deliveries of each id within that
 epoch of a mix may plan an id more than once (a quota above the source's size, or a pass that
 ends inside the epoch), so duplicates and missing samples are counted against the planned
 number of each id: ``duplicates = sum(max(0, got - planned))``, ``missing =
-sum(max(0, planned - got))``; with exactly the plan delivered both are 0. Not thread-safe: feed
-it from the training loop.
+sum(max(0, planned - got))``; with exactly the plan delivered both are 0. ``state_dict`` and
+``load_state_dict`` carry the counts across a stop, as ``DuplicateTracker``'s do. Not
+thread-safe: feed it from the training loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -112,3 +113,26 @@ class MixTracker:
         self.history.append(counts)
         self.start_epoch(self.epoch + 1)
         return counts
+
+    def state_dict(self) -> dict[str, Any]:
+        """The open epoch, each source's ``DuplicateTracker`` state and the history."""
+        return {
+            "epoch": self.epoch,
+            "sources": [t.state_dict() for t in self.trackers],
+            "history": [[c.to_dict() for c in counts] for counts in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s result; ``ValueError`` for a state of another
+        number of sources (or a source's own refusal: another size, corrupt counters)."""
+        parts = state.get("sources") if isinstance(state, dict) else None
+        if not isinstance(parts, list) or len(parts) != len(self.trackers):
+            got = len(parts) if isinstance(parts, list) else parts
+            raise ValueError(
+                f"expected a tracker state of {len(self.trackers)} sources, got {got}: load "
+                "the state of this mix"
+            )
+        self.start_epoch(int(state["epoch"]))
+        for tracker, part in zip(self.trackers, parts, strict=True):
+            tracker.load_state_dict(part)
+        self.history = [[SourceCounts(**c) for c in counts] for counts in state["history"]]

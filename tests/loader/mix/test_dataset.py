@@ -50,6 +50,15 @@ def test_two_ranks_with_workers_deliver_every_position_once(tmp_path: Path, even
             assert counts[0] == counts[1]
 
 
+def test_spawned_workers_deliver_the_plan(tmp_path: Path) -> None:
+    a, b = write_sources(tmp_path, [[6, 5], [4]])
+    sources = [Source(a, weight=2), Source(b, weight=1)]
+    loader = make_loader(sources, num_workers=1, multiprocessing_context="spawn", **FAST)
+    real, _, batches = rows(loader)
+    assert Counter(real) == planned(loader.dataset, 0)
+    assert all(len(b.position) == len(b.ids) for b in batches)
+
+
 def test_every_full_batch_holds_the_mix(tmp_path: Path) -> None:
     a, b, c = write_sources(tmp_path, [[40, 40], [30], [20]])
     sources = [Source(a, weight=6), Source(b, weight=3), Source(c, weight=1)]

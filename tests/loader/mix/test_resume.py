@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from loader import Source, make_loader
 from loader.dataloader import ClosingDataLoader
 from loader.mix.plan import MixPlan
+from loader.mix.tracker import MixTracker
 from loader.plan.partition import plan_epoch
 from loader.resume.state import ResumeError
 from tests.loader.mix.helpers import planned, write_sources
@@ -73,10 +74,18 @@ def test_stop_and_resume_at_another_topology_with_workers(
     first = loaders(sources, before[0], num_workers=before[1], batch_size=3)
     received, states = stop(first, [4] * before[0], tmp_path / "s.pt")
     assert states[0]["mix"]["sources"][0]["name"] == "a"
+    tracker = MixTracker(first[0].dataset.mix)
+    for s, i, _ in received:
+        tracker.update(np.array([s]), np.array([i]), np.array([False]))
     second = loaders(sources, after[0], num_workers=after[1], batch_size=4)
     for loader in second:
         loader.load_state_dict(states)
+    resumed = MixTracker(second[0].dataset.mix)
+    resumed.load_state_dict(tracker.state_dict())
     rest = epoch_rows(second)
+    for s, i, _ in rest:
+        resumed.update(np.array([s]), np.array([i]), np.array([False]))
+    assert all(c.duplicates == c.missing == 0 for c in resumed.end_epoch())
     dataset = second[0].dataset
     assert Counter(received + rest) == Counter(
         (s, i, p) for p, (s, i) in enumerate(zip(*dataset.mix.lookup(0, range(40)), strict=True))
