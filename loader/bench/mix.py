@@ -4,10 +4,13 @@ and the cost of planning a large mix (docs/architecture.md, "Mixing").
 The shards of ``--shards`` are read three ways, in interleaved rounds (``single``, ``mix2``,
 ``mix5``, then ``mix2``, ``mix5``, ``single``, ...: on a shared machine whose speed drifts each
 run takes each slot in turn), each a fresh ``make_loader`` over one epoch of the same number of
-samples: the dataset as it is; a two-source mix (its shards dealt into 2 sources, weights 0.7 /
-0.3); a five-source mix (5 sources, weights 0.4 / 0.2 / 0.2 / 0.1 / 0.1). Each mix's rate is
-reported as a ratio to the median single-source rate (``ratio_to_single``, the >= 0.97 target),
-with its per-source counts from ``MixTracker`` (duplicates and missing against the plan).
+samples: the dataset as it is; a two-source mix (its shards dealt round-robin into 2 sources);
+a five-source mix (into 5). Each source has ``repeat=1``, so a mixed epoch decodes exactly the
+samples of the single one, only in the mix's order: the rates compare the same work (weights
+that drew some images twice and others never would also compare different images). Each mix's
+rate is reported as a ratio to the median single-source rate (``ratio_to_single``, the >= 0.97
+target), with its per-source counts from ``MixTracker`` (duplicates and missing against the
+plan).
 
 ``plan`` times, on synthetic shard sizes (no data read), what every worker of a large job
 computes: 1.3 million samples in 3 sources, 64 ranks x 16 workers, the whole epoch's plans
@@ -38,27 +41,20 @@ from loader.sources import resolve_source
 
 __all__ = ["MIXES", "bench_mix", "time_plan"]
 
-MIXES: dict[str, tuple[float, ...]] = {
-    "mix2": (0.7, 0.3),
-    "mix5": (0.4, 0.2, 0.2, 0.1, 0.1),
-}
+MIXES: dict[str, int] = {"mix2": 2, "mix5": 5}  # sources per mix
 PLAN_SAMPLES = (800_000, 400_000, 100_000)  # 1.3 million in 3 sources
 PLAN_SHARD = 1_000  # samples per synthetic shard
 PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH = 64, 16, 256
 
 
-def _mix_sources(urls: list[str], weights: tuple[float, ...]) -> list[Source]:
-    """``urls`` dealt round-robin into ``len(weights)`` sources of those weights."""
-    if len(urls) < len(weights):
+def _mix_sources(urls: list[str], parts: int) -> list[Source]:
+    """``urls`` dealt round-robin into ``parts`` sources, each drawn once per epoch."""
+    if len(urls) < parts:
         raise ValueError(
-            f"expected at least {len(weights)} shards for a {len(weights)}-source mix, got "
-            f"{len(urls)}: build the shards with a smaller --shard-size"
+            f"expected at least {parts} shards for a {parts}-source mix, got {len(urls)}: "
+            "build the shards with more of them (shardfeed shard --num-shards)"
         )
-    groups = [urls[i :: len(weights)] for i in range(len(weights))]
-    return [
-        Source(group, weight=w, name=f"part{i}")
-        for i, (group, w) in enumerate(zip(groups, weights, strict=True))
-    ]
+    return [Source(urls[i::parts], repeat=1, name=f"part{i}") for i in range(parts)]
 
 
 def _epoch(loader: Any, tracker: MixTracker | None) -> tuple[int, float]:
