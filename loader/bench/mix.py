@@ -15,8 +15,8 @@ plan).
 ``plan`` times, on synthetic shard sizes (no data read), what every worker of a large job
 computes: 1.3 million samples in 3 sources, 64 ranks x 16 workers, the whole epoch's plans
 (``plan_ms``: the mix plan, the partition over all ranks, and per worker its slots' sources and
-its sources' shard runs) and one worker's (``worker_ms``); ``state_bytes`` is the size of one
-rank's resume state with a third of its share taken.
+its sources' shard runs) and one worker's (``worker_ms``); ``state_bytes`` is the size of the
+resume state half-way through that epoch (``_state_bytes``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from loader.mix.plan import MixPlan
 from loader.mix.source import Source
 from loader.mix.tracker import MixTracker
 from loader.plan.partition import plan_epoch, plan_rank
-from loader.resume.consumed import Progress
-from loader.resume.state import Topology
+from loader.plan.shuffle import emission_order
+from loader.resume.state import LoaderState, Topology
 from loader.sources import resolve_source
 
 __all__ = ["MIXES", "bench_mix", "time_plan"]
@@ -45,6 +45,7 @@ MIXES: dict[str, int] = {"mix2": 2, "mix5": 5}  # sources per mix
 PLAN_SAMPLES = (800_000, 400_000, 100_000)  # 1.3 million in 3 sources
 PLAN_SHARD = 1_000  # samples per synthetic shard
 PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH = 64, 16, 256
+SHUFFLE = 1_000  # the default shuffle buffer
 
 
 def _mix_sources(urls: list[str], parts: int) -> list[Source]:
@@ -187,11 +188,23 @@ def _best_ms(fn: Callable[[], None], times: int = 3) -> float:
 
 
 def _state_bytes(total: int, seed: int, epoch: int) -> int:
-    """Pickled size of rank 0's state after a third of its share was received."""
-    topology = Topology(PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH, "pad", 1000)
-    progress = Progress(np.asarray([total]), fingerprint="f" * 64, seed=seed, epoch=epoch,
-                        rank=0, topology=topology, resume=None)  # fmt: skip
-    share = total // PLAN_RANKS
-    ids = np.arange(share // 3, dtype=np.int64)
-    progress.record(ids, np.zeros(len(ids), dtype=bool))
-    return len(pickle.dumps(progress.state().to_dict()))
+    """Pickled size of the state every rank holds under ``torch.distributed`` half-way through
+    the epoch: each of the 64 x 16 workers has handed over the first half of its samples in the
+    order of a 1,000-slot shuffle buffer (so the bitmap is ragged at every worker's front)."""
+    topology = Topology(PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH, "pad", SHUFFLE)
+    taken = np.zeros(total, dtype=bool)
+    plans = plan_epoch([total], seed=seed, epoch=epoch, world_size=PLAN_RANKS,
+                       num_workers=PLAN_WORKERS, batch_size=PLAN_BATCH)  # fmt: skip
+    rng = np.random.default_rng(seed)
+    for rank in plans:
+        for worker in rank:
+            positions = np.concatenate([np.arange(s.first_id, s.stop) for s in worker.segments])
+            half = len(positions) // 2
+            order = np.fromiter(emission_order(len(positions), SHUFFLE, rng), np.int64)
+            taken[positions[order[:half]]] = True
+    state = LoaderState(
+        fingerprint="f" * 64, num_samples=total, seed=seed, epoch=epoch, topology=topology,
+        ranks=tuple(range(PLAN_RANKS)), batches={r: [0] * PLAN_WORKERS for r in range(PLAN_RANKS)},
+        base=np.zeros(total, dtype=bool), taken=taken,
+    )  # fmt: skip
+    return len(pickle.dumps(state.to_dict()))
