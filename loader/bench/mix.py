@@ -1,16 +1,16 @@
 """``shardfeed bench --mix``: a mixed loader against the single-source loader in the same run,
 and the cost of planning a large mix (docs/architecture.md, "Mixing").
 
-The shards of ``--shards`` are read three ways, in interleaved rounds (``single``, ``mix2``,
-``mix5``, then ``mix2``, ``mix5``, ``single``, ...: on a shared machine whose speed drifts each
-run takes each slot in turn), each a fresh ``make_loader`` over one epoch of the same number of
-samples: the dataset as it is; a two-source mix (its shards dealt round-robin into 2 sources);
-a five-source mix (into 5). Each source has ``repeat=1``, so a mixed epoch decodes exactly the
-samples of the single one, only in the mix's order: the rates compare the same work (weights
-that drew some images twice and others never would also compare different images). Each mix's
-rate is reported as a ratio to the median single-source rate (``ratio_to_single``, the >= 0.97
-target), with its per-source counts from ``MixTracker`` (duplicates and missing against the
-plan).
+The shards of ``--shards`` are read three ways, each by one ``make_loader`` (persistent
+workers) whose first epoch is timed apart, then in interleaved rounds of one epoch each
+(``single``, ``mix2``, ``mix5``, then ``mix2``, ``mix5``, ``single``, ...: on a shared machine
+whose speed drifts each run takes each slot in turn): the dataset as it is; a two-source mix
+(its shards dealt round-robin into 2 sources); a five-source mix (into 5). Each source has
+``repeat=1``, so a mixed epoch decodes exactly the samples of the single one, only in the mix's
+order: the rates compare the same work (weights that drew some images twice and others never
+would compare different images). Each mix's rate is reported as a ratio to the median
+single-source rate (``ratio_to_single``, the >= 0.97 target), with its per-source counts from
+``MixTracker`` (duplicates and missing against the plan).
 
 ``plan`` times, on synthetic shard sizes (no data read), what every worker of a large job
 computes: 1.3 million samples in 3 sources, 64 ranks x 16 workers, the whole epoch's plans
@@ -59,18 +59,17 @@ def _mix_sources(urls: list[str], parts: int) -> list[Source]:
 
 
 def _epoch(loader: Any, tracker: MixTracker | None) -> tuple[int, float]:
-    """Samples delivered (padding aside) and seconds of one epoch of a fresh ``loader``; the
-    tracker counts the batches after the clock stops, so both runs time the same loop."""
+    """Samples delivered (padding aside) and seconds of the next epoch of ``loader``; the
+    tracker counts the batches after the clock stops, so every run times the same loop."""
+    if tracker is not None:
+        tracker.start_epoch(loader.dataset.next_epoch)
     start = time.perf_counter()
     samples = 0
     kept = []
-    try:
-        for batch in loader:
-            samples += int((~batch.padded).sum())
-            if tracker is not None:
-                kept.append((batch.source, batch.ids, batch.padded))
-    finally:
-        stop_workers(loader)
+    for batch in loader:
+        samples += int((~batch.padded).sum())
+        if tracker is not None:
+            kept.append((batch.source, batch.ids, batch.padded))
     seconds = time.perf_counter() - start
     if tracker is not None:
         for columns in kept:
@@ -89,8 +88,9 @@ def bench_mix(
     seed: int,
     on_round: Callable[[str, int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """The ``--mix`` document (module doc): per run its median samples/s, and per mix its
-    ratio to the single-source rate and per-source counts."""
+    """The ``--mix`` document (module doc): per run its median samples/s over ``repeat``
+    epochs after a first one (worker start-up, files opened; ``first_epoch_samples_per_s``),
+    and per mix its ratio to the single-source rate and per-source counts."""
     source = resolve_source(shards)
     urls = [s.url for s in source.shards]
     total = source.num_samples
@@ -101,35 +101,43 @@ def bench_mix(
         "decode": decode,
         "seed": seed,
     }
-    runs: dict[str, list[float]] = {"single": [], **{name: [] for name in MIXES}}
-    counts: dict[str, list[dict[str, int]]] = {}
-    names = list(runs)
-    for round_ in range(repeat):
-        for name in names[round_ % 3 :] + names[: round_ % 3]:  # each run takes each slot
-            if name == "single":
-                loader = make_loader(shards, **options)
-                samples, seconds = _epoch(loader, None)
-            else:
-                sources = _mix_sources(urls, MIXES[name])
-                loader = make_loader(sources, epoch_size=total, **options)
-                dataset = loader.dataset
-                if not isinstance(dataset, MixedDataset):
-                    raise TypeError(f"expected a MixedDataset, got {type(dataset).__name__}")
-                tracker = MixTracker(dataset.mix)
-                samples, seconds = _epoch(loader, tracker)
-                counts[name] = [c.to_dict() for c in tracker.counts()]
-            rate = samples / seconds
-            runs[name].append(rate)
-            if on_round is not None:
-                on_round(name, round_, rate)
+    loaders: dict[str, Any] = {"single": make_loader(shards, **options)}
+    trackers: dict[str, MixTracker | None] = {"single": None}
+    for name, parts in MIXES.items():
+        loaders[name] = make_loader(_mix_sources(urls, parts), epoch_size=total, **options)
+        dataset = loaders[name].dataset
+        if not isinstance(dataset, MixedDataset):
+            raise TypeError(f"expected a MixedDataset, got {type(dataset).__name__}")
+        trackers[name] = MixTracker(dataset.mix)
+    runs: dict[str, list[float]] = {name: [] for name in loaders}
+    first: dict[str, float] = {}
+    names = list(loaders)
+    try:
+        for name in names:
+            samples, seconds = _epoch(loaders[name], trackers[name])
+            first[name] = samples / seconds
+        for round_ in range(repeat):
+            for name in names[round_ % 3 :] + names[: round_ % 3]:  # each run takes each slot
+                samples, seconds = _epoch(loaders[name], trackers[name])
+                runs[name].append(samples / seconds)
+                if on_round is not None:
+                    on_round(name, round_, samples / seconds)
+    finally:
+        for loader in loaders.values():
+            stop_workers(loader)
     single = statistics.median(runs["single"])
     results: dict[str, Any] = {}
     for name, rates in runs.items():
         rate = statistics.median(rates)
-        results[name] = {"samples_per_s": rate, "rounds": rates}
-        if name != "single":
+        results[name] = {
+            "samples_per_s": rate,
+            "rounds": rates,
+            "first_epoch_samples_per_s": first[name],
+        }
+        tracker = trackers[name]
+        if tracker is not None:
             results[name]["ratio_to_single"] = rate / single
-            results[name]["sources"] = counts[name]
+            results[name]["sources"] = [c.to_dict() for c in tracker.counts()]
     return {
         "kind": "shardfeed-bench-mix",
         "shards": shards,
