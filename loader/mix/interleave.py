@@ -18,7 +18,8 @@ phase ``f`` in ``[0, L)`` drawn from ``(seed, epoch)``. So:
   below 1 for two sources and below 2 for up to four (a batch then holds its rounded share of
   every source, give or take one), below 3 for up to eight; with five or six sources the search
   mostly finds a shape below 2 (not always: quotas 19445, 83572, 14, 35487, 229, 332 give
-  2.16 at best);
+  2.16 at best), and where it does not, ``interleave_for`` takes the chairman assignment
+  (``loader.mix._chairman``: below 2 always, computed position by position);
 - a position's source and its draw index within that source (how many of that source's
   positions come before it) are closed formulas: any range is placed without the rest of the
   epoch, in ``O(range * depth)``.
@@ -31,7 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interleave", "Shape", "tree_shape"]
+from loader.mix._chairman import Sequenced
+
+__all__ = ["Interleave", "Shape", "interleave_for", "shape_bound", "tree_shape"]
 
 _PHASE_TAG = 0x6D6978  # keeps the phases' generator apart from the other (seed, epoch) ones
 SEARCHED = 6  # up to this many sources, every tree shape is tried
@@ -47,7 +50,24 @@ def tree_shape(quotas: Sequence[int]) -> Shape:
         raise ValueError(f"expected quotas >= 0 with a positive sum, got {list(quotas)}")
     if len(live) > SEARCHED:
         return _dealt(live)
-    return min(_shapes(tuple(live)), key=lambda shape: _worst(shape, quotas, 0.0))
+    return min(_shapes(tuple(live)), key=lambda shape: shape_bound(shape, quotas))
+
+
+def shape_bound(shape: Shape, quotas: Sequence[int]) -> float:
+    """The largest ``window_bound`` of the tree ``shape`` over ``quotas``."""
+    return _worst(shape, quotas, 0.0)
+
+
+def interleave_for(
+    quotas: Sequence[int], seed: int, epoch: int, shape: Shape | None = None
+) -> Interleave | Sequenced:
+    """The interleave a mix uses: the tree (``shape``, default ``tree_shape(quotas)``) when
+    every source's bound is below 2, else the chairman assignment (``loader.mix._chairman``),
+    whose bound is below 2 for any number of sources."""
+    shape = tree_shape(quotas) if shape is None else shape
+    if shape_bound(shape, quotas) < 2:
+        return Interleave(quotas, seed, epoch, shape)
+    return Sequenced(quotas, seed, epoch)
 
 
 def _dealt(live: list[int]) -> Shape:

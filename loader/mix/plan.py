@@ -1,12 +1,13 @@
 """``MixPlan``: the mixed epoch as a sequence of ``(source, id)`` positions (docs/architecture.md,
 "Mixing").
 
-Epoch ``e`` has ``epoch_size`` positions. ``Interleave(quotas, seed, e)`` gives each position its
-source and its draw index ``k`` within that source; the source's stream (``SourcePasses``) turns
-draw ``start(s, e) + k`` into an id. The positions are then cut across ranks and workers by the
-partition's rule, as one shard of ``epoch_size`` samples (``loader.plan.partition``): the plan of
-a worker is a set of position runs, each mapped here to its sources' ids and shard runs. All of
-it is a pure function of the shard sizes, quotas, seed and epoch.
+Epoch ``e`` has ``epoch_size`` positions. ``interleave_for(quotas, seed, e)`` gives each
+position its source and its draw index ``k`` within that source; the source's stream
+(``SourcePasses``) turns draw ``start(s, e) + k`` into an id. The positions are then cut across
+ranks and workers by the partition's rule, as one shard of ``epoch_size`` samples
+(``loader.plan.partition``): the plan of a worker is a set of position runs, each mapped here to
+its sources' ids and shard runs. All of it is a pure function of the shard sizes, quotas, seed
+and epoch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from loader.mix.interleave import Interleave, tree_shape
+from loader.mix._chairman import Sequenced
+from loader.mix.interleave import Interleave, interleave_for, tree_shape
 from loader.mix.passes import Run, SourcePasses
 from loader.mix.quotas import stop_epoch
 from loader.mix.source import EXHAUSTION, MixError
@@ -54,7 +56,12 @@ class MixPlan:
             self.quotas, self.stopped_by = stop_epoch(self.quotas, self.sizes)
         self.epoch_size = sum(self.quotas)
         self.shape = tree_shape(self.quotas)
-        self._interleaves: dict[int, Interleave] = {}
+        self._interleaves: dict[int, Interleave | Sequenced] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_interleaves"] = {}  # each process places its epochs itself
+        return state
 
     def start(self, source: int, epoch: int) -> int:
         """The stream draw at which ``source``'s part of epoch ``epoch`` begins."""
@@ -65,13 +72,13 @@ class MixPlan:
         """``(pass, offset)``: where in its passes ``source`` is when epoch ``epoch`` begins."""
         return divmod(self.start(source, epoch), self.sizes[source])
 
-    def interleave(self, epoch: int) -> Interleave:
+    def interleave(self, epoch: int) -> Interleave | Sequenced:
         """Epoch ``epoch``'s interleave (the last few kept)."""
         found = self._interleaves.get(epoch)
         if found is None:
             if len(self._interleaves) >= _KEEP:
                 self._interleaves.clear()
-            found = Interleave(self.quotas, self.seed, epoch, self.shape)
+            found = interleave_for(self.quotas, self.seed, epoch, self.shape)
             self._interleaves[epoch] = found
         return found
 
