@@ -184,3 +184,15 @@ def test_device_decoding_of_a_mix_is_refused(tmp_path: Path) -> None:
         make_loader([Source(a, weight=1), Source(b, weight=1)], decode="device", num_workers=0)
     with pytest.raises(MixError, match="expected a non-empty list of loader.Source"):
         MixedDataset([])
+
+
+def test_a_cached_http_source_beside_a_local_one(tmp_path: Path, http_server: HttpServers) -> None:
+    a, b = write_sources(tmp_path, [[5, 4], [6, 3]])
+    url = http_server(b.parent) + "manifest.json"
+    sources = [Source(a, weight=1), Source(url, weight=1)]
+    options = {"cache_dir": tmp_path / "cache", "cache_limit": 1 << 20, **FAST}
+    loader = make_loader(sources, num_workers=2, prefetch_factor=1, **options)
+    for epoch in range(2):
+        real, _, _ = rows(loader)
+        assert Counter(real) == planned(loader.dataset, epoch)
+    assert any((tmp_path / "cache").rglob("*.tar"))

@@ -201,3 +201,18 @@ def test_any_taken_set_and_topology_leave_exactly_the_rest_of_the_mix(
     rows = Counter(zip(source.tolist(), ids.tolist(), strict=True))
     got = Counter((int(source[p]), int(ids[p])) for p in rest + np.flatnonzero(taken).tolist())
     assert got == rows
+
+
+def test_a_stopping_mix_resumes_at_another_topology(sources: list[Source], tmp_path: Path) -> None:
+    options = {"exhaustion": "stop", "epoch_size": 80, "batch_size": 3}
+    first = loaders(sources, 1, num_workers=2, **options)
+    received, states = stop(first, [3], tmp_path / "s.pt")
+    assert [row["pass"] for row in states[0]["mix"]["sources"]] == [0, 0, 0]
+    second = loaders(sources, 2, num_workers=1, **options)
+    for loader in second:
+        loader.load_state_dict(states)
+    rest = epoch_rows(second)
+    dataset = second[0].dataset
+    assert dataset.mix.stopped_by is not None
+    assert Counter((s, i) for s, i, _ in received + rest) == planned(dataset, 0)
+    assert len(set(received + rest)) == dataset.mix.epoch_size  # no sample twice in an epoch
