@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from loader.decode import Decoder
     from loader.device.bytebatch import ByteBatch
 
-__all__ = ["Batch", "BatchBuilder", "BatchGroup", "grouped"]
+__all__ = ["Batch", "BatchBuilder", "BatchGroup", "grouped", "reduce_for_transfer"]
 
 _NO_PIXELS: Final = np.empty((0, 0, 3), dtype=np.uint8)
 
@@ -102,6 +102,12 @@ def _reduce_for_transfer(batch: Batch) -> tuple[Any, ...]:
 
 
 ForkingPickler.register(Batch, _reduce_for_transfer)
+
+
+def reduce_for_transfer(batch: Batch) -> tuple[Any, ...]:
+    """``(rebuild, args)``: how ``batch`` travels between processes (``_reduce_for_transfer``),
+    for batch types that carry a ``Batch`` and more columns (``loader.mix.batch``)."""
+    return _reduce_for_transfer(batch)
 
 
 class BatchGroup:

@@ -17,6 +17,8 @@ from loader._workers import shutdown_workers, stalled_worker_error, terminate_wo
 from loader.batch import Batch, BatchGroup
 from loader.dataset import ShardDataset
 from loader.device.bytebatch import ByteBatch
+from loader.mix.dataset import MixedDataset, as_mix
+from loader.mix.source import Source
 from loader.sources import DatasetSource
 from loader.transforms.sample import SampleTransform
 from loader.worker.pools import forget_exited_lenders
@@ -245,7 +247,7 @@ def _items_in_flight(prefetch_batches: int, transfer_batches: int) -> int:
 
 
 def make_loader(
-    source: str | os.PathLike[str] | Sequence[str] | DatasetSource | ShardDataset,
+    source: str | os.PathLike[str] | Sequence[str | Source] | DatasetSource | ShardDataset,
     *,
     batch_size: int = 256,
     num_workers: int = 4,
@@ -277,7 +279,9 @@ def make_loader(
     ignored. ``timeout`` (seconds, 0: none) is the DataLoader's: a worker that sends nothing
     for that long raises ``WorkerTimeoutError`` naming it. ``retry``, ``cache_dir`` and
     ``cache_limit`` (dataset options) govern remote reads (docs/architecture.md, section
-    "Remote reads").
+    "Remote reads"). A list of ``Source``s (or of manifests) mixes datasets: ``epoch_size``
+    and ``exhaustion`` join the options and batches are ``MixedBatch``es with ``source``
+    (``loader.mix``; docs/architecture.md, "Mixing").
 
     ``transform``: ``fn(image) -> array`` run in the workers on every decoded sample, a uint8
     ``[S, S, 3]`` RGB crop (the loader's own crop, so its partial decode stays); it returns a
@@ -305,8 +309,9 @@ def make_loader(
             )
         dataset = source
     else:
-        dataset = ShardDataset(
-            source,
+        mix = as_mix(source)  # several sources: loader.mix (docs/architecture.md, "Mixing")
+        dataset = (ShardDataset if mix is None else MixedDataset)(
+            source if mix is None else mix,  # type: ignore[arg-type]
             batch_size=batch_size,
             image_size=image_size,
             train=train,

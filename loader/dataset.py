@@ -325,8 +325,13 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
             )
         key = worker_seed(self.seed, epoch, rank, worker, left_out)
         rng = np.random.default_rng(key)
-        stream = WorkerStream(self, self._reuse, epoch)
+        stream = self._worker_stream(epoch)
         return grouped(stream.batches(plan, rng, skip, key), self.transfer_batches, skip)
+
+    def _worker_stream(self, epoch: int) -> WorkerStream:
+        """The batch stream of this process for ``epoch`` (a mix streams its own:
+        ``loader.mix.dataset``)."""
+        return WorkerStream(self, self._reuse, epoch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch(0)

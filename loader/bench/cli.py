@@ -66,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --http: measure the limit on the local shard files, without latency",
     )
+    p.add_argument(
+        "--mix",
+        action="store_true",
+        help="instead of the modes: the shards as one source against a 2- and a 5-source mix "
+        "of them, and the planning cost of a large mix (loader.bench.mix)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_bench)
 
@@ -142,6 +148,8 @@ def _bench(args: argparse.Namespace) -> int:
     from loader.jsonsafe import dumps
 
     config = bench_config(args)
+    if getattr(args, "mix", False):
+        return _bench_mix(config, args.json)
     if not log.isEnabledFor(logging.DEBUG):
         for name in ("litdata", "spdl", "streaming"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -150,4 +158,42 @@ def _bench(args: argparse.Namespace) -> int:
         sys.stdout.write(dumps(doc) + "\n")
     else:
         sys.stdout.write(format_table(doc))
+    return 0
+
+
+def _bench_mix(config: BenchConfig, as_json: bool) -> int:
+    """``--mix``: ``loader.bench.mix.bench_mix`` on the shards, as JSON or a short table."""
+    import json
+
+    from loader.bench.mix import bench_mix
+    from loader.jsonsafe import json_safe
+
+    if config.http or config.folder:
+        raise ValueError("expected --mix without --http or --folder: it reads local shards only")
+    doc = bench_mix(
+        config.shards,
+        workers=config.workers,
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+        decode=config.decode,
+        repeat=config.repeat,
+        seed=config.seed,
+        on_round=lambda name, r, rate: log.info("round %d %s: %.0f samples/s", r, name, rate),
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe(doc)) + "\n")
+        return 0
+    lines = [f"{'run':<8} {'samples/s':>10} {'ratio':>6}  duplicates/missing per source"]
+    for name, result in doc["results"].items():
+        ratio = result.get("ratio_to_single")
+        per = " ".join(f"{c['duplicates']}/{c['missing']}" for c in result.get("sources", []))
+        cell = "" if ratio is None else f"{ratio:.3f}"
+        lines.append(f"{name:<8} {result['samples_per_s']:>10.0f} {cell:>6}  {per}")
+    plan = doc["plan"]
+    lines.append(
+        f"plan of {plan['samples']} samples, {plan['sources']} sources, {plan['ranks']}x"
+        f"{plan['workers']}: {plan['plan_ms']:.0f} ms all workers, {plan['worker_ms']:.2f} ms "
+        f"one worker, rank state {plan['state_bytes']} bytes"
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
