@@ -34,8 +34,9 @@ _CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
 # Calls of other libraries that the docs name bare: LitData's optimize, numpy's generators,
 # math.ceil, torch's get_worker_info, webdataset's shard writer, the ``http`` fsspec protocol.
 _FOREIGN_CALLS = {"PCG64", "SeedSequence", "ceil", "get_worker_info", "http", "optimize", "shard"}
-# Names the docs give the user's own code: ``fn(image)``, the transform a user passes.
-_PLACEHOLDER_CALLS = {"fn"}
+# Names the docs give the user's own code (``fn(image)``, the transform a user passes) and the
+# functions of their formulas (``floor(x / L)``, ``bound(parent)``).
+_PLACEHOLDER_CALLS = {"bound", "floor", "fn", "round_half_up"}
 
 
 def _snippets(path: Path) -> Iterator[tuple[int, str, bool]]:
