@@ -69,6 +69,12 @@ class ResumeKeeper:
             self._fingerprint = fingerprint(self.source)
         return self._fingerprint
 
+    @property
+    def current_epoch(self) -> int | None:
+        """The epoch whose batches ``record`` counts now (the one under way); ``None`` before
+        the first iteration."""
+        return self._current
+
     def topology(self, num_workers: int, world_size: int | None = None) -> Topology:
         """The topology the dataset iterates with ``num_workers`` DataLoader workers."""
         world = world_size if world_size is not None else self._rank_and_world()[1]
