@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded", "retries")
 MAX_WINDOW_STEPS = 10_000
+MAX_EVALS = 100
+"""Validation results (one per epoch) a report carries at most: the latest ones."""
 
 
 def _opener(host: str) -> urllib.request.OpenerDirector:
@@ -106,6 +108,7 @@ class StatsReporter:
         self._resumed_at: int | None = None
         self._waits: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_STEPS)
         self._queue_depth: int | None = None
+        self._evals: dict[int, dict[str, Any]] = {}
         self.sent = 0
         self.failed_sends = 0
         self.last_error: str | None = None
@@ -157,6 +160,17 @@ class StatsReporter:
             if resumed_at_step is not None:
                 self._resumed_at = int(resumed_at_step)
 
+    def record_eval(self, result: Mapping[str, Any]) -> None:
+        """Set one epoch's validation result (``epoch``, ``top1``, ``samples``, as
+        ``loader.train.validate.ValResult.to_dict()`` gives it); every send carries the latest
+        ``MAX_EVALS`` epochs' results and the service shows them per epoch."""
+        epoch = int(result["epoch"])
+        entry = {"epoch": epoch, "top1": float(result["top1"]), "samples": int(result["samples"])}
+        with self._lock:
+            self._evals[epoch] = entry
+            while len(self._evals) > MAX_EVALS:
+                del self._evals[min(self._evals)]
+
     def snapshot(self) -> dict[str, Any]:
         """The JSON document the next send will carry."""
         with self._lock:
@@ -184,6 +198,7 @@ class StatsReporter:
                 "blocked_p95_s": _percentile(waits, 0.95),
                 "blocked_p99_s": _percentile(waits, 0.99),
                 "queue_depth": self._queue_depth,
+                "evals": [self._evals[e] for e in sorted(self._evals)],
             }
 
     def flush(self) -> bool:

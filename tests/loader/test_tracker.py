@@ -45,6 +45,7 @@ def test_padded_only_batch_delivers_nothing() -> None:
         "duplicates": 0,
         "missing": 3,
         "padded": 1,
+        "ranks": 1,
     }
 
 
@@ -221,3 +222,11 @@ def test_state_of_another_size_or_corrupt_is_refused() -> None:
         DuplicateTracker(6).load_state_dict({**state, "counters": b"xx"})
     with pytest.raises(ValueError, match="counters do not match"):
         DuplicateTracker(6).load_state_dict({**state, "unique": 3})
+
+
+def test_without_a_process_group_end_epoch_is_this_ranks_view() -> None:
+    tracker = DuplicateTracker(4)
+    tracker.update(np.array([0, 1, 1]), padded=np.array([0, 0, 1]))
+    merged = tracker.all_ranks()
+    assert merged.counts() == tracker.counts() == EpochCounts(0, 2, 2, 0, 2, 1, ranks=1)
+    assert tracker.end_epoch(merge=True) == tracker.rank_history[-1] == tracker.history[-1]
