@@ -38,6 +38,7 @@ class JobReport:
     failed_sends: int = 0
     resumed_at_step: int | None = None
     loading: Mapping[str, float | int | None] = field(default_factory=dict)
+    evals: Sequence[Mapping[str, float | int]] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class RankState:
     mb_per_s: float
     resumed_at_step: int | None = None
     loading: dict[str, float | int | None] = field(default_factory=dict)
+    evals: list[dict[str, float | int]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -129,6 +131,7 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         mb_per_s=round(mb_per_s, 4),
         resumed_at_step=report.resumed_at_step,
         loading=dict(report.loading),
+        evals=[dict(e) for e in report.evals],
     )
     return state, delta
 
@@ -164,9 +167,20 @@ def summarize(
         "missing": tracker.get("missing") if tracker else None,
         "failed_sends": sum(r.failed_sends for r in ranks),
         "resumed_at_step": max(resumed) if resumed else None,
+        "evals": _evals(ranks),
         "first_at": min((r.first_at for r in ranks), default=None),
         "last_at": max((r.last_at for r in ranks), default=None),
     }
+
+
+def _evals(ranks: Sequence[RankState]) -> list[dict[str, float | int]]:
+    """Validation results per epoch, oldest first; an epoch several ranks sent (each rank of a
+    job computes the same exact figure) comes from the lowest of them."""
+    by_epoch: dict[int, dict[str, float | int]] = {}
+    for rank in sorted(ranks, key=lambda r: r.rank, reverse=True):
+        for entry in rank.evals:
+            by_epoch[int(entry["epoch"])] = dict(entry)
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def series(

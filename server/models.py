@@ -141,6 +141,17 @@ class RunList(BaseModel):
     counts: dict[str, int]
 
 
+class EvalEntry(BaseModel):
+    """One epoch's validation result as ``loader.train`` sends it (``StatsReporter.record_eval``):
+    an exact top-1 over ``samples`` samples."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    epoch: int = Field(ge=0, le=2**31)
+    top1: float = Field(ge=0, le=1, allow_inf_nan=False)
+    samples: Count
+
+
 class StatsReport(BaseModel):
     """One rank's cumulative counters, as ``loader.StatsReporter`` sends them."""
 
@@ -164,6 +175,9 @@ class StatsReport(BaseModel):
     blocked_p95_s: Seconds | None = None
     blocked_p99_s: Seconds | None = None
     queue_depth: Count | None = Field(default=None, description="batches ready when asked")
+    evals: list[EvalEntry] = Field(
+        default_factory=list, max_length=100, description="validation top-1 per epoch"
+    )
 
     def loading(self) -> dict[str, float | int | None]:
         """The recent-window loading figures that were sent (see ``server.ranks``)."""

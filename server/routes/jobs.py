@@ -54,6 +54,7 @@ def post_stats(
                 failed_sends=report.failed_sends,
                 resumed_at_step=report.resumed_at_step,
                 loading=report.loading(),
+                evals=[e.model_dump() for e in report.evals],
             ),
             keep=service.settings.job_max_reports,
             max_jobs=service.settings.job_max_jobs,
