@@ -47,12 +47,6 @@ MODES: tuple[Mode, ...] = (
     Mode("tar-naive", _OURS + "tar_naive_mode", True, "every worker reads every shard"),
     Mode("tar-per-worker", _OURS + "tar_per_worker_mode", True, "one shard per worker"),
     Mode("tar-aware", _OURS + "tar_aware_mode", True, "shardfeed: disjoint balanced ranges"),
-    Mode(
-        "tar-aware-eval",
-        "loader.bench.evalmode:tar_aware_eval_mode",
-        False,
-        "tar-aware in eval order through ExactEval: its overhead as eval_overhead",
-    ),
     Mode("webdataset", _PEERS + "webdataset_mode", True, "webdataset's pipeline over our shards"),
     Mode(
         "litdata", _PEERS + "litdata_mode", False, "LitData StreamingDataset over a converted copy"
@@ -69,6 +63,12 @@ MODES: tuple[Mode, ...] = (
         "loader.bench.mosaic:mosaic_mode",
         False,
         "MosaicML Streaming over an MDS copy converted by its MDSWriter",
+    ),
+    Mode(
+        "tar-aware-eval",
+        "loader.bench.evalmode:tar_aware_eval_mode",
+        False,
+        "tar-aware in eval order through ExactEval: its overhead as eval_overhead",
     ),
 )
 MODE_NAMES: tuple[str, ...] = tuple(mode.name for mode in MODES)
