@@ -98,6 +98,7 @@ class ExactEval:
         self._epoch: int | None = None
         self._pass: _Pass | None = None
         self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._kept: torch.Tensor | None = None
 
     @property
     def batches(self) -> int:
@@ -161,7 +162,7 @@ class ExactEval:
         done = self._certify()
         comm = Comm()
         ids, kept, _ = self._local()
-        values = torch.cat(self._values).index_select(0, kept.to(self._values[0].device))
+        values = self._kept_values(kept)
         all_ids = comm.gather_varlen(ids, done.counts)
         all_values = comm.gather_varlen(values, done.counts)
         order = torch.argsort(all_ids)
@@ -178,9 +179,17 @@ class ExactEval:
     def _local(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This rank's kept ids, their row indices in the pass, and its padded row count."""
         ids = torch.cat(self._ids)
-        padded = torch.cat([p.cpu() for p in self._padded])
+        padded = torch.cat(self._padded).cpu()  # the pass's one device-to-host copy of flags
         kept = torch.nonzero(~padded).view(-1)
         return ids.index_select(0, kept), kept, int(padded.sum())
+
+    def _kept_values(self, kept: torch.Tensor) -> torch.Tensor:
+        """The pass's values less the padded rows (made once: ``_certify`` and ``gather``)."""
+        if self._kept is None:
+            values = torch.cat(self._values)
+            self._values = [values]
+            self._kept = values.index_select(0, kept.to(values.device))
+        return self._kept
 
     def _planned(self) -> np.ndarray:
         epoch = self._epoch if self._epoch is not None else self.dataset.next_epoch
@@ -201,8 +210,7 @@ class ExactEval:
         ids, kept, padded = self._local()
         shape, dtype, _ = self._row
         if self.rows:
-            values = torch.cat(self._values).index_select(0, kept.to(self._values[0].device))
-            sums = values.sum(0, dtype=_sum_dtype(dtype))
+            sums = self._kept_values(kept).sum(0, dtype=_sum_dtype(dtype))
         else:
             sums = self._sums if self._sums is not None else torch.zeros(shape)
         mine = Certificate.of(ids.numpy())

@@ -110,6 +110,29 @@ def test_one_process_keeps_the_newest_checkpoints_and_reports_top1(
     (report,) = reports
     assert report.val_samples == VAL and report.val_top1 is not None
     assert report.val_top1 == _top1_in_one_process(ckpt / "ckpt-000000010.pt", val)
+    resumed = train(
+        TrainOptions(
+            shards=str(shards),
+            val=str(val),
+            epochs=2,
+            device="cpu",
+            batch_size=32,
+            workers=0,
+            image_size=32,
+            checkpoint_dir=str(ckpt),
+            checkpoint_every=4,
+            resume=True,
+        )
+    )
+    # the checkpoint of step 10 holds epoch 0 with every batch taken: its rest is empty
+    got = [(r.epoch, r.steps, r.resumed_from_step, r.val_samples) for r in resumed]
+    assert got == [(0, 0, 10, VAL), (1, 10, None, VAL)]
+    assert all((r.duplicates, r.missing) == (0, 0) for r in resumed)
+    assert [p.name for p in sorted(ckpt.iterdir())] == [
+        "ckpt-000000012.pt",
+        "ckpt-000000016.pt",
+        "ckpt-000000020.pt",
+    ]
 
 
 def test_bad_keep_checkpoints_is_refused(data: tuple[Path, Path]) -> None:
