@@ -264,15 +264,16 @@ def _run_epoch(
                 bytes=int(batch.nbytes.sum()),
                 blocked_s=waited,
                 epoch=epoch,
-                tracker_counts={
-                    **tracker.counts().to_dict(),
-                    "retries": loader.dataset.net.totals()["retries"],
-                },
+                tracker_counts=_rank_counts(tracker, loader.dataset.net.totals()["retries"]),
                 resumed_at_step=steps.resumed_at,
                 queue_depth=queue_depth(loader),
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
+    if reporter is not None and counts.ranks > 1:
+        # the service sums the ranks' counts: rank 0 sends the merged ones, the others none
+        mine = dist.get_rank() == 0
+        reporter.record(tracker_counts={k: v if mine else 0 for k, v in counts.to_dict().items()})
     report = EpochReport(
         epoch=epoch,
         rank=0,
@@ -289,6 +290,19 @@ def _run_epoch(
         step_losses=losses,
     )
     return report, np.concatenate(ids) if ids else np.zeros(0, np.int64)
+
+
+def _rank_counts(tracker: DuplicateTracker, retries: int) -> dict[str, int]:
+    """What a step reports: this rank's counts so far; with several ranks without ``missing``,
+    which only the merge at the epoch's end knows (a rank alone misses the others' share)."""
+    counts = {**tracker.counts().to_dict(), "retries": retries}
+    if _world_size() > 1:
+        del counts["missing"]
+    return counts
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _validate(

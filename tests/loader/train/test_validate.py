@@ -8,7 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,6 +43,31 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return _build(base, "train", TRAIN, 1), _build(base, "val", VAL, 2)
 
 
+@pytest.fixture
+def stats_endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A stand-in for the service's stats endpoint on 127.0.0.1: it records what arrives."""
+    posts: list[dict[str, Any]] = []
+
+    class Stats(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    service = ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    threading.Thread(target=service.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{service.server_address[1]}", posts
+    finally:
+        service.shutdown()
+        service.server_close()
+
+
 def _top1_in_one_process(checkpoint: Path, val: Path) -> float:
     """The plain single-process loop: every sample of the val set scored once."""
     model = SmallCNN(CLASSES)
@@ -56,9 +85,10 @@ def _top1_in_one_process(checkpoint: Path, val: Path) -> float:
 
 
 def test_two_ranks_score_every_val_sample_once_as_one_process_would(
-    data: tuple[Path, Path], tmp_path: Path
+    data: tuple[Path, Path], tmp_path: Path, stats_endpoint: tuple[str, list[dict[str, Any]]]
 ) -> None:
     shards, val = data
+    url, posts = stats_endpoint
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env["OMP_NUM_THREADS"] = "1"
     ckpt = tmp_path / "ckpt"
@@ -66,7 +96,7 @@ def test_two_ranks_score_every_val_sample_once_as_one_process_would(
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "server.cli", "train", "--shards", str(shards), "--val", str(val), "--epochs", "1",
         "--device", "cpu", "--batch-size", "16", "--workers", "1", "--image-size", "32",
-        "--checkpoint-dir", str(ckpt), "--checkpoint-every", "10", "--json",
+        "--checkpoint-dir", str(ckpt), "--checkpoint-every", "10", "--json", "--report", url,
     ]  # fmt: skip
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env, check=False
@@ -81,7 +111,18 @@ def test_two_ranks_score_every_val_sample_once_as_one_process_would(
     assert len(top1) == 1
     last = latest_checkpoint(ckpt)
     assert last is not None and last.name == "ckpt-000000010.pt"
-    assert top1.pop() == _top1_in_one_process(last, val)
+    value = top1.pop()
+    assert value == _top1_in_one_process(last, val)
+    # what the service gets: the top-1 from every rank; tracker counts that add up over the
+    # ranks to the merged ones (every sample once)
+    final = {post["rank"]: post for post in posts}
+    assert sorted(final) == [0, 1]
+    for post in final.values():
+        assert post["evals"] == [{"epoch": 0, "top1": value, "samples": VAL}]
+    totals = {
+        k: sum(p["tracker"].get(k, 0) for p in final.values()) for k in ("delivered", "missing")
+    }
+    assert totals == {"delivered": TRAIN, "missing": 0}
 
 
 def test_one_process_keeps_the_newest_checkpoints_and_reports_top1(
