@@ -25,6 +25,7 @@ from loader.train.model import SmallCNN
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
+from tests.loader.helpers import HttpServers
 
 TRAIN, VAL, CLASSES = 320, 599, 4
 RUN_TIMEOUT_S = 300
@@ -179,3 +180,26 @@ def test_one_process_keeps_the_newest_checkpoints_and_reports_top1(
 def test_bad_keep_checkpoints_is_refused(data: tuple[Path, Path]) -> None:
     with pytest.raises(ValueError, match="--keep-checkpoints >= 0"):
         train(TrainOptions(shards=str(data[0]), keep_checkpoints=-1))
+
+
+def test_cache_dir_keeps_remote_shards_on_the_node(
+    data: tuple[Path, Path], tmp_path: Path, http_server: HttpServers
+) -> None:
+    base = http_server(data[0].parent)
+    cache = tmp_path / "cache"
+    (report,) = train(
+        TrainOptions(
+            shards=f"{base}{data[0].name}/manifest.json",
+            val=f"{base}{data[1].name}/manifest.json",
+            device="cpu",
+            batch_size=64,
+            workers=0,
+            image_size=16,
+            cache_dir=str(cache),
+        )
+    )
+    assert (report.samples, report.missing, report.val_samples) == (TRAIN, 0, VAL)
+    cached = sorted(p.name for p in cache.rglob("*.tar"))
+    assert len(cached) == 6  # the 3 train shards and the 3 val shards, each once
+    tars = len([r for r in http_server.requests if r[0] == "GET" and r[1].endswith(".tar")])
+    assert tars == 6
