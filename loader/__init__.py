@@ -3,7 +3,8 @@
 The core lives at this level (dataset, DataLoader wrapper, batches, decode, tracker, reporter);
 each concern has a subpackage: ``loader.plan`` (the epoch plan), ``loader.remote`` (remote
 reads), ``loader.resume``, ``loader.device`` (the GPU path), ``loader.mix`` (mixing
-datasets), ``loader.worker`` (inside a worker), ``loader.bench`` and ``loader.train``
+datasets), ``loader.worker`` (inside a worker), ``loader.eval`` (exact evaluation),
+``loader.bench`` and ``loader.train``
 (docs/architecture.md, "Rooms")."""
 
 from loader._errors import ShardReadError
@@ -14,6 +15,7 @@ from loader.dataloader import ClosingDataLoader, make_loader
 from loader.dataset import ShardDataset
 from loader.decode import DecodeError, ImageDecoder, NoDecode
 from loader.device import ByteBatch, DeviceBatch, DeviceDecoder, DevicePrefetcher
+from loader.eval import EvalCertificateError, ExactEval
 from loader.mix import MixError, Source
 from loader.plan import plan_epoch, plan_worker
 from loader.remote import RemoteReadError, RetryPolicy, ShardCache
@@ -33,6 +35,8 @@ __all__ = [
     "DevicePrefetcher",
     "DuplicateTracker",
     "EpochCounts",
+    "EvalCertificateError",
+    "ExactEval",
     "ImageDecoder",
     "MixError",
     "NoDecode",

@@ -82,8 +82,10 @@ class _ClosingIterator:
         iterator: Iterator[_Item],
         loader: DataLoader[_Item],
         dataset: ShardDataset | None = None,
+        length: int | None = None,
     ) -> None:
         self._iterator = iterator
+        self._length = length
         self._loader = loader
         self._pending: deque[Batch] = deque()
         self.items_received = 0
@@ -99,6 +101,9 @@ class _ClosingIterator:
         return self
 
     def __len__(self) -> int:
+        """The batches this iteration yields (over a ``ShardDataset``: counted as it began)."""
+        if self._length is not None:
+            return self._length
         return len(self._iterator)  # type: ignore[arg-type]
 
     def __next__(self) -> Batch:
@@ -184,9 +189,23 @@ class ClosingDataLoader(DataLoader[_Item]):
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         dataset = self.dataset if isinstance(self.dataset, ShardDataset) else None
+        length = None
         if dataset is not None:
+            length = dataset.batches_left(self.num_workers)
+            if self._IterableDataset_len_called is not None:
+                self._IterableDataset_len_called = length
             dataset.begin_epoch(self.num_workers)
-        return _ClosingIterator(super().__iter__(), self, dataset)
+        return _ClosingIterator(super().__iter__(), self, dataset, length)
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the next iteration (``ShardDataset.batches_left``): a
+        whole epoch's, or after ``load_state_dict`` of a state saved mid-epoch, the rest of
+        that epoch's, until it begins."""
+        if isinstance(self.dataset, ShardDataset):
+            length = self.dataset.batches_left(self.num_workers)
+            self._IterableDataset_len_called = length  # type: ignore[assignment]
+            return length
+        return super().__len__()
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's ``state_dict`` for this loader's workers (see ``ShardDataset``)."""
@@ -276,8 +295,9 @@ def make_loader(
     worker runs ``WorkerInit(worker_init_fn)`` first. ``dataset_options`` go to
     ``ShardDataset``; with a ready ``ShardDataset`` as ``source`` its own settings are used and
     the dataset arguments here (``batch_size``, ``image_size``, ``train``, ``seed``) are
-    ignored. ``timeout`` (seconds, 0: none) is the DataLoader's: a worker that sends nothing
-    for that long raises ``WorkerTimeoutError`` naming it. ``retry``, ``cache_dir`` and
+    ignored. After ``load_state_dict`` of a state saved mid-epoch, ``len(loader)`` is the
+    number of batches left in that epoch. ``timeout`` (seconds, 0: none) is the DataLoader's: a
+    worker that sends nothing for that long raises ``WorkerTimeoutError`` naming it. ``retry``, ``cache_dir`` and
     ``cache_limit`` (dataset options) govern remote reads (docs/architecture.md, section
     "Remote reads"). A list of ``Source``s (or of manifests) mixes datasets: ``epoch_size``
     and ``exhaustion`` join the options and batches are ``MixedBatch``es with ``source``

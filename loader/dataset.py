@@ -333,8 +333,32 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         ``loader.mix.dataset``)."""
         return WorkerStream(self, self._reuse, epoch)
 
+    def batches_left(self, num_workers: int = 0) -> int:
+        """Batches this rank yields in the next iteration with ``num_workers`` workers: a whole
+        epoch's, except after ``load_state_dict`` of a state saved mid-epoch, until that epoch
+        begins: the batches of the rest of it."""
+        if self.resume.under_way or self.resume.loaded is None:
+            return self.batches_per_epoch(num_workers)
+        rank, world = rank_and_world(self._rank, self._world)
+        epoch = self._epoch.peek()
+        topology = self.resume.topology(num_workers, world)
+        taken, done, _ = resume_point(self.resume.loaded, topology, epoch, rank)
+        plans = plan_rank(
+            self._sizes,
+            seed=self.seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world,
+            num_workers=num_workers,
+            batch_size=self.batch_size,
+            even=self.even,
+            taken=taken,
+        )
+        return sum(p.num_batches for p in plans) - sum(done or ())
+
     def __len__(self) -> int:
-        return self.batches_per_epoch(0)
+        """``batches_left`` with the workers of the loader that last iterated this dataset."""
+        return self.batches_left(self.resume.num_workers)
 
     def locate(self, gid: int) -> str:
         """Where sample ``gid`` is, for messages: its shard, position there and id."""

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _TRACKER_KEYS = ("delivered", "unique", "duplicates", "missing", "padded", "retries")
 MAX_WINDOW_STEPS = 10_000
+MAX_EVALS = 100
+"""Validation results (one per epoch) a report carries at most: the latest ones."""
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -143,6 +145,7 @@ class StatsReporter:
         self._waits: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_STEPS)
         self._queue_depth: int | None = None
         self._decode: dict[str, int] = {}
+        self._evals: dict[int, dict[str, Any]] = {}
         self.sent = 0
         self.failed_sends = 0
         self.last_error: str | None = None
@@ -217,6 +220,17 @@ class StatsReporter:
         with self._lock:
             self._ids.load_state_dict(tracker.state_dict())
 
+    def record_eval(self, result: Mapping[str, Any]) -> None:
+        """Set one epoch's validation result (``epoch``, ``top1``, ``samples``, as
+        ``loader.train.validate.ValResult.to_dict()`` gives it); every send carries the latest
+        ``MAX_EVALS`` epochs' results and the service shows them per epoch."""
+        epoch = int(result["epoch"])
+        entry = {"epoch": epoch, "top1": float(result["top1"]), "samples": int(result["samples"])}
+        with self._lock:
+            self._evals[epoch] = entry
+            while len(self._evals) > MAX_EVALS:
+                del self._evals[min(self._evals)]
+
     def snapshot(self) -> dict[str, Any]:
         """The JSON document the next send will carry."""
         coverage: dict[str, Any] | None = None
@@ -255,6 +269,7 @@ class StatsReporter:
                 "blocked_p99_s": _rounded(percentile(waits, 99)),
                 "queue_depth": self._queue_depth,
                 "decode": dict(self._decode),
+                "evals": [self._evals[e] for e in sorted(self._evals)],
             }
         if coverage is not None:
             coverage["seen"] = base64.b64encode(pack_seen(seen)).decode("ascii")

@@ -9,6 +9,14 @@ saturation at 255 only caps the per-id counts, never the totals.
 A tracker is not thread-safe: feed it from one thread (the training loop). ``state_dict`` and
 ``load_state_dict`` carry it across a stop (docs/architecture.md, section "Resume"), so the
 report of an epoch resumed mid-way covers both sides of the stop.
+
+Across ranks (docs/architecture.md, "Tracker"): each rank counts what it received. When
+``torch.distributed`` is initialised, ``end_epoch()`` returns the counts over every rank, and
+``all_ranks()`` is the one place that merges them: one all-reduce of the per-id counters plus
+the exact totals, so a sample two ranks both received counts as a duplicate and a rank's
+"missing" is no longer the other ranks' share. Every rank must call it at the same point. The
+returned ``EpochCounts.ranks`` says which view it is (1: this rank's); ``counts()`` and
+``rank_history`` keep this rank's own view.
 """
 
 from __future__ import annotations
@@ -90,6 +98,8 @@ class EpochCounts:
     duplicates: int
     missing: int
     padded: int
+    ranks: int = 1
+    """How many ranks' deliveries the counts cover: 1 for one rank's view."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -100,18 +110,21 @@ class DuplicateTracker:
 
     Use: ``start_epoch(e)``, ``update(ids, padded)`` per batch, ``end_epoch()``. The tracker
     starts with epoch 0 open. After ``end_epoch`` the epoch is closed: ``update``, ``merge`` and
-    ``end_epoch`` raise RuntimeError until the next ``start_epoch``.
+    ``end_epoch`` raise RuntimeError until the next ``start_epoch``. ``history`` holds what
+    ``end_epoch`` returned (over all ranks when merged), ``rank_history`` this rank's counts.
     """
 
     def __init__(self, num_samples: int) -> None:
         self.num_samples = check_int("num_samples", num_samples, 0)
         self._counters = np.zeros(self.num_samples, dtype=np.uint8)
         self.history: list[EpochCounts] = []
+        self.rank_history: list[EpochCounts] = []
         self._epoch = 0
         self._open = True
         self._delivered = 0
         self._unique = 0
         self._padded = 0
+        self._ranks = 1
 
     @property
     def counters(self) -> np.ndarray:
@@ -197,7 +210,8 @@ class DuplicateTracker:
         return self._counters > 0
 
     def counts(self) -> EpochCounts:
-        """Counts of the current epoch so far."""
+        """Counts of the current epoch so far (this rank's, unless this tracker came from
+        ``all_ranks()``)."""
         return EpochCounts(
             epoch=self._epoch,
             delivered=self._delivered,
@@ -205,15 +219,52 @@ class DuplicateTracker:
             duplicates=self._delivered - self._unique,
             missing=self.num_samples - self._unique,
             padded=self._padded,
+            ranks=self._ranks,
         )
 
-    def end_epoch(self) -> EpochCounts:
-        """Close the epoch, append its counts to ``history`` and return them."""
+    def end_epoch(self, merge: bool | None = None) -> EpochCounts:
+        """Close the epoch, append its counts to ``history`` and return them: over every rank
+        (``all_ranks()``, one collective) when ``merge`` is true or, by default, when
+        ``torch.distributed`` is initialised with more than one rank; else this rank's."""
         self._require_open("end_epoch")
-        result = self.counts()
+        own = self.counts()
+        if merge is None:
+            merge = _world() > 1
+        result = self.all_ranks().counts() if merge else own
         self.history.append(result)
+        self.rank_history.append(own)
         self._open = False
         return result
+
+    def all_ranks(self) -> DuplicateTracker:
+        """A new tracker holding this epoch's counts over every rank (this one, unmerged, when
+        ``torch.distributed`` is not initialised): one all-reduce of the per-id counters and
+        the exact ``delivered`` and ``padded`` totals. Collective: every rank calls it at the
+        same point."""
+        world = _world()
+        merged = DuplicateTracker(self.num_samples)
+        merged.start_epoch(self._epoch)
+        merged.history = list(self.history)
+        merged.rank_history = list(self.rank_history)
+        if world == 1:
+            merged.merge(self._counters, padded=self._padded)
+            merged._delivered, merged._ranks = self._delivered, 1
+            return merged
+        import torch
+        import torch.distributed as dist
+
+        flat = np.empty(self.num_samples + 2, dtype=np.int64)
+        flat[:-2], flat[-2], flat[-1] = self._counters, self._delivered, self._padded
+        summed = torch.from_numpy(flat)
+        if dist.get_backend() == "nccl":
+            summed = summed.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(summed)
+        total = summed.cpu().numpy()
+        merged._counters[:] = np.minimum(total[:-2], _SATURATION)
+        merged._unique = int(np.count_nonzero(total[:-2]))
+        merged._delivered, merged._padded = int(total[-2]), int(total[-1])
+        merged._ranks = world
+        return merged
 
     def state_dict(self) -> dict[str, Any]:
         """The counts of the current epoch and the history, as plain types (counters as
@@ -265,6 +316,13 @@ class DuplicateTracker:
             return
         bad = low if low < 0 else high
         raise ValueError(f"expected ids in [0, {self.num_samples}), got id={int(bad)}")
+
+
+def _world() -> int:
+    """The process group's size, 1 when ``torch.distributed`` is not initialised."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _to_numpy(values: Any, name: str) -> np.ndarray:

@@ -58,6 +58,7 @@ class JobReport:
     coverage: Mapping[str, int] | None = None
     seen: builtins.bytes | None = None
     decode: Mapping[str, int] = field(default_factory=dict)
+    evals: Sequence[Mapping[str, float | int]] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class RankState:
     reporter: str = ""
     coverage: dict[str, int] | None = None
     decode: dict[str, int] = field(default_factory=dict)
+    evals: list[dict[str, float | int]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return dumps(asdict(self))
@@ -155,6 +157,7 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         reporter=report.reporter,
         coverage=None if report.coverage is None else dict(report.coverage),
         decode=dict(report.decode),
+        evals=[dict(e) for e in report.evals],
     )
     return state, delta
 
@@ -224,9 +227,20 @@ def summarize(
         ),
         "failed_sends": sum(r.failed_sends for r in ranks),
         "resumed_at_step": max(resumed) if resumed else None,
+        "evals": _evals(ranks),
         "first_at": min((r.first_at for r in ranks), default=None),
         "last_at": max((r.last_at for r in ranks), default=None),
     }
+
+
+def _evals(ranks: Sequence[RankState]) -> list[dict[str, float | int]]:
+    """Validation results per epoch, oldest first; an epoch several ranks sent (each rank of a
+    job computes the same exact figure) comes from the lowest of them."""
+    by_epoch: dict[int, dict[str, float | int]] = {}
+    for rank in sorted(ranks, key=lambda r: r.rank, reverse=True):
+        for entry in rank.evals:
+            by_epoch[int(entry["epoch"])] = dict(entry)
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def series(

@@ -181,6 +181,17 @@ class Coverage(BaseModel):
     )
 
 
+class EvalEntry(BaseModel):
+    """One epoch's validation result as ``loader.train`` sends it (``StatsReporter.record_eval``):
+    an exact top-1 over ``samples`` samples."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    epoch: int = Field(ge=0, le=2**31)
+    top1: float = Field(ge=0, le=1, allow_inf_nan=False)
+    samples: Count
+
+
 class StatsReport(BaseModel):
     """One rank's cumulative counters, as ``loader.StatsReporter`` sends them."""
 
@@ -215,6 +226,9 @@ class StatsReport(BaseModel):
         max_length=16,
         description="device decode: rows by where they were decoded so far (device, or the "
         "reason they went to the CPU)",
+    )
+    evals: list[EvalEntry] = Field(
+        default_factory=list, max_length=100, description="validation top-1 per epoch"
     )
 
     def loading(self) -> dict[str, float | int | None]:

@@ -195,6 +195,9 @@ def _run_mode(
         for epoch in range(config.epochs):
             before = net.totals() if isinstance(net, NetCounters) else None
             figures = measure_epoch(built.loader, tracker, epoch, cancel)
+            extra = getattr(built.loader, "epoch_figures", None)
+            if callable(extra):
+                figures.update(extra())
             if before is not None and isinstance(net, NetCounters):
                 after = net.totals()
                 figures.update({k: after[k] - before[k] for k in NET})

@@ -30,6 +30,7 @@ from loader.tracker import DuplicateTracker
 
 __all__ = [
     "COUNTS",
+    "EVAL",
     "FIGURES",
     "NET",
     "BenchCancelled",
@@ -41,6 +42,9 @@ __all__ = [
 COUNTS = ("samples", "unique", "duplicates", "missing", "padded")
 NET = ("retries", "requests", "bytes_fetched", "cache_hits", "cache_fills", "cache_evictions")
 """Remote-read counts per epoch (``loader.remote.netstats``), for loaders that keep them."""
+EVAL = ("eval_s", "eval_overhead")
+"""Time inside ``ExactEval`` and its share of the pass (``tar-aware-eval``,
+``loader.bench.evalmode``)."""
 FIGURES = (
     "samples_per_s",
     "mb_per_s",
@@ -153,6 +157,9 @@ def summarize_epochs(epochs: list[dict[str, Any]], limits: Sequence[float]) -> d
     for e in epochs:
         e["ratio_to_limit"] = _ratio(e["samples_per_s"], limit_rate)
     summary: dict[str, Any] = {k: sum(e[k] for e in epochs) for k in COUNTS}
+    if epochs and all("eval_s" in e for e in epochs):
+        eval_s, seconds = sum(e["eval_s"] for e in epochs), sum(e["seconds"] for e in epochs)
+        summary.update(eval_s=eval_s, eval_overhead=eval_s / seconds if seconds else None)
     summary.update({k: sum(e[k] for e in epochs) for k in NET if epochs and k in epochs[0]})
     summary.update(
         samples_per_s=rate,
@@ -195,6 +202,10 @@ def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for key in NET:
         if all(key in r for r in rounds):
             out[key] = statistics.median_low([r[key] for r in rounds])
+    for key in EVAL:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
     rates = [r["samples_per_s"] for r in rounds]
     out["samples_per_s_min"], out["samples_per_s_max"] = min(rates), max(rates)
     median_round = min(rounds, key=lambda r: abs(r["samples_per_s"] - out["samples_per_s"]))

@@ -88,6 +88,12 @@ MODES: tuple[Mode, ...] = (
         False,
         "tar-aware with decode='device': workers read, plan crops and batch bytes (--decode none)",
     ),
+    Mode(
+        "tar-aware-eval",
+        "loader.bench.evalmode:tar_aware_eval_mode",
+        False,
+        "tar-aware in eval order through ExactEval: its overhead as eval_overhead",
+    ),
 )
 MODE_NAMES: tuple[str, ...] = tuple(mode.name for mode in MODES)
 DEFAULT_MODES: tuple[str, ...] = tuple(mode.name for mode in MODES if mode.default)

@@ -5,7 +5,8 @@ it pickled with the dataset and read only ``loaded``, the state to continue from
 ``__iter__``. Its bookkeeping: ``_current`` is the epoch whose batches ``record`` counts,
 ``_progress`` that epoch's ``Progress`` (made on first use, for ``num_workers`` workers), and
 ``iterated`` whether an iteration began (then ``load_state_dict`` is refused: the workers
-already have their plan). See ``loader.resume.state`` for the state and docs/architecture.md,
+already have their plan), ``under_way`` whether an epoch began and has not yet ended. See
+``loader.resume.state`` for the state and docs/architecture.md,
 section "Resume".
 """
 
@@ -54,6 +55,7 @@ class ResumeKeeper:
         self.loaded: LoaderState | None = None
         self.num_workers = 0
         self.iterated = False
+        self.under_way = False
         self._progress: Progress | None = None
         self._current: int | None = None
         self._fingerprint: str | None = None
@@ -70,6 +72,12 @@ class ResumeKeeper:
             self._fingerprint = fingerprint(self.source)
         return self._fingerprint
 
+    @property
+    def current_epoch(self) -> int | None:
+        """The epoch whose batches ``record`` counts now (the one under way); ``None`` before
+        the first iteration."""
+        return self._current
+
     def topology(self, num_workers: int, world_size: int | None = None) -> Topology:
         """The topology the dataset iterates with ``num_workers`` DataLoader workers."""
         world = world_size if world_size is not None else self._rank_and_world()[1]
@@ -79,12 +87,14 @@ class ResumeKeeper:
         """From now on ``record`` counts batches of the epoch that begins (called before the
         workers start it)."""
         self.iterated = True
+        self.under_way = True
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.follow(self.epoch.peek())
 
     def end_epoch(self) -> None:
         """The loop received the epoch's last batch: the state now says the next epoch, nothing
         taken."""
+        self.under_way = False
         if self._current is not None:
             self.follow(self._current + 1)
 

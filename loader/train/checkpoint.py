@@ -5,8 +5,9 @@ It is written to a temporary name in ``DIR``, flushed and fsync-ed, then renamed
 is fsync-ed: a reader sees a whole file or none, even when the job is killed while saving. Only
 one process (rank 0) writes; the loader state in it is the gathered, global one
 (docs/architecture.md, section "Resume"). ``latest_checkpoint`` picks the newest complete file;
-temporary files of a killed save are ignored. ``CheckpointSteps`` is the training loop's side:
-it counts steps, logs each step's ids and saves every N steps.
+temporary files of a killed save are ignored; ``prune_checkpoints`` keeps the newest few.
+``CheckpointSteps`` is the training loop's side: it counts steps, logs each step's ids and
+saves every N steps, keeping the newest ``keep``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,20 +27,20 @@ from torch import nn
 from loader.jsonsafe import dumps
 from loader.tracker import DuplicateTracker
 
-if TYPE_CHECKING:
-    from loader.train.loop import TrainOptions
-
 __all__ = [
     "CHECKPOINT_KIND",
+    "KEEP_CHECKPOINTS",
     "CheckpointError",
     "CheckpointSteps",
     "latest_checkpoint",
     "load_checkpoint",
+    "prune_checkpoints",
     "save_checkpoint",
 ]
 
 CHECKPOINT_KIND = "shardfeed-train-checkpoint"
 CHECKPOINT_VERSION = 1
+KEEP_CHECKPOINTS = 3
 log = logging.getLogger("shardfeed.train")
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
@@ -86,6 +87,21 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     return max(found)[1] if found else None
 
 
+def prune_checkpoints(directory: str | os.PathLike[str], keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints in ``directory`` (``keep`` 0: delete
+    none); returns the deleted paths, oldest first."""
+    if keep < 0:
+        raise ValueError(f"expected --keep-checkpoints >= 0, got --keep-checkpoints={keep}")
+    folder = Path(directory)
+    if not keep or not folder.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    old = [p for _, p in found[: max(len(found) - keep, 0)]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint's contents; ``CheckpointError`` for a truncated, corrupt or foreign file
     or one written by a newer shardfeed."""
@@ -111,27 +127,34 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class CheckpointSteps:
-    """Counts optimiser steps across epochs, logs each step's ids (``log_json``) and saves a
-    checkpoint every ``checkpoint_every`` steps. Saving is collective: every rank calls
-    ``after_step`` at the same step (the ``pad`` policy gives every rank the same count)."""
+    """Counts optimiser steps across epochs, logs each step's ids (``log_json``: to
+    ``<log_json>.rank<N>.steps.jsonl``) and saves a checkpoint into ``directory`` every
+    ``every`` steps (0: never), keeping the newest ``keep`` (0: all). Saving is collective:
+    every rank calls ``after_step`` at the same step (the ``pad`` policy gives every rank the
+    same count)."""
 
     def __init__(
         self,
-        options: TrainOptions,
+        *,
+        directory: str | None,
+        every: int,
+        keep: int = KEEP_CHECKPOINTS,
+        log_json: str | None,
         rank: int,
         world: int,
         loader: Any,
         tracker: DuplicateTracker,
     ) -> None:
-        self.options, self.rank, self.world = options, rank, world
+        self.directory, self.every, self.keep = directory, every, keep
+        self.rank, self.world = rank, world
         self.loader, self.tracker = loader, tracker
         self.model: nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.step = 0
         self.resumed_at: int | None = None
         self._log = None
-        if options.log_json:
-            path = Path(f"{options.log_json}.rank{rank}.steps.jsonl")
+        if log_json:
+            path = Path(f"{log_json}.rank{rank}.steps.jsonl")
             self._log = path.open("a", encoding="utf-8", buffering=1)
 
     def restore(self, checkpoint: dict[str, Any]) -> int:
@@ -151,18 +174,17 @@ class CheckpointSteps:
         if self._log is not None:
             line = {"step": self.step, "epoch": epoch, "world_size": self.world}
             self._log.write(dumps({**line, "ids": ids.tolist()}) + "\n")
-        every = self.options.checkpoint_every
-        if every and self.step % every == 0:
+        if self.every and self.step % self.every == 0:
             self.save()
 
     def save(self) -> None:
         loader_state = self.loader.state_dict()
-        tracker_state = self._global_tracker()
+        tracker_state = self.tracker.all_ranks().state_dict()
         if self.model is None or self.opt is None:
             raise RuntimeError("checkpoint before the model and optimiser were set")
-        if self.rank == 0 and self.options.checkpoint_dir:
+        if self.rank == 0 and self.directory:
             path = save_checkpoint(
-                self.options.checkpoint_dir,
+                self.directory,
                 self.step,
                 {
                     "world_size": self.world,
@@ -173,21 +195,10 @@ class CheckpointSteps:
                 },
             )
             log.info("checkpoint %s", path)
+            for old in prune_checkpoints(self.directory, self.keep):
+                log.info("removed old checkpoint %s (--keep-checkpoints %d)", old, self.keep)
         if self.world > 1:
             dist.barrier()
-
-    def _global_tracker(self) -> dict[str, Any]:
-        if self.world == 1:
-            return self.tracker.state_dict()
-        counts = self.tracker.counts()
-        counters = torch.from_numpy(self.tracker.counters.astype(np.int32))
-        padded = torch.tensor([counts.padded], dtype=torch.int64)
-        dist.all_reduce(counters)
-        dist.all_reduce(padded)
-        merged = DuplicateTracker(self.tracker.num_samples)
-        merged.start_epoch(self.tracker.epoch)
-        merged.merge(counters.numpy(), padded=int(padded))
-        return merged.state_dict()
 
     def close(self) -> None:
         if self._log is not None:

@@ -70,6 +70,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="go on from the newest checkpoint in --checkpoint-dir (any number of ranks)",
     )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=3,
+        metavar="N",
+        help="keep the newest N checkpoints, delete older ones (0: keep all; default 3)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="node-local cache for remote shards (train and --val), filled on first read",
+    )
+    p.add_argument(
+        "--val",
+        metavar="SHARDS",
+        help="validation shards: top-1 after each epoch, exact over ranks (every sample once)",
+    )
     p.set_defaults(func=_train)
 
 
@@ -81,8 +98,10 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"expected {flag} >= 1, got {flag}={getattr(args, name)}")
-    if args.workers < 0:
-        raise ValueError(f"expected --workers >= 0, got --workers={args.workers}")
+    for name in ("workers", "keep_checkpoints"):
+        if getattr(args, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"expected {flag} >= 0, got {flag}={getattr(args, name)}")
     for name in ("mixup", "cutmix"):
         if not getattr(args, name) >= 0:
             raise ValueError(f"expected --{name} >= 0, got --{name}={getattr(args, name)}")
@@ -111,6 +130,9 @@ def _train(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
+            keep_checkpoints=args.keep_checkpoints,
+            cache_dir=args.cache_dir,
+            val=args.val,
         )
     )
     for r in reports:
@@ -126,6 +148,7 @@ def _train(args: argparse.Namespace) -> int:
                 f"missing {r.missing}, padded {r.padded}"
                 + (f", resumed from step {r.resumed_from_step}" if r.resumed_from_step else "")
                 + (f", decoded {r.decode_counts}" if any(r.decode_counts.values()) else "")
+                + (f", val top-1 {r.val_top1:.4f}" if r.val_top1 is not None else "")
                 + "\n"
             )
     return 0

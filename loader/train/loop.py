@@ -8,11 +8,15 @@ torchrun each rank reads its own part (``ShardDataset`` takes rank and world siz
 ``torch.distributed``); the ``pad`` policy gives every rank the same number of steps, so DDP's
 gradient all-reduce never waits on a rank that has run out of data.
 
-Checkpoints (``checkpoint_dir``, every ``checkpoint_every`` steps) hold the model, the
-optimiser, the loader's gathered state and the epoch's delivery counts over all ranks, written
-by rank 0 (``loader.train.checkpoint``). ``resume`` starts from the newest one, with any number
-of ranks: the loader delivers the rest of the epoch exactly once and the epoch's report counts
-both sides of the stop (docs/architecture.md, section "Resume").
+Checkpoints (``checkpoint_dir``, every ``checkpoint_every`` steps, the newest
+``keep_checkpoints`` kept) hold the model, the optimiser, the loader's gathered state and the
+epoch's delivery counts over all ranks, written by rank 0 (``loader.train.checkpoint``).
+``resume`` starts from the newest one, with any number of ranks: the loader delivers the rest
+of the epoch exactly once and the epoch's report counts both sides of the stop
+(docs/architecture.md, section "Resume"). The epoch's duplicate and missing counts are over
+all ranks (``DuplicateTracker.end_epoch``). With ``val`` each epoch ends with a validation pass
+whose top-1 is exact over ranks (``loader.train.validate``), logged, in the report and sent to
+the service.
 
 ``mixup``/``cutmix`` (alphas; 0: off) mix batches on the device with ``loader.transforms``'
 ``MixupCutmix`` (timm's recipe: label smoothing 0.1, half the batches each when both are on),
@@ -40,8 +44,14 @@ from loader.jsonsafe import dumps
 from loader.plan.ranks import rank_and_world
 from loader.reporter import queue_depth
 from loader.tracker import DuplicateTracker
-from loader.train.checkpoint import CheckpointSteps, latest_checkpoint, load_checkpoint
+from loader.train.checkpoint import (
+    KEEP_CHECKPOINTS,
+    CheckpointSteps,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from loader.train.model import SmallCNN, random_flip
+from loader.train.validate import ValResult, evaluate, val_loader
 from loader.transforms.mix import MixupCutmix
 
 if TYPE_CHECKING:
@@ -81,6 +91,9 @@ class TrainOptions:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
+    keep_checkpoints: int = KEEP_CHECKPOINTS
+    cache_dir: str | None = None
+    val: str | None = None
 
 
 @dataclass
@@ -102,6 +115,8 @@ class EpochReport:
     resumed_from_step: int | None = None
     host_wait_ms_per_step: float = 0.0
     decode_counts: dict[str, int] = field(default_factory=dict)
+    val_top1: float | None = None
+    val_samples: int | None = None
 
 
 def train(options: TrainOptions) -> list[EpochReport]:
@@ -119,6 +134,10 @@ def train(options: TrainOptions) -> list[EpochReport]:
         )
     if (options.resume or options.checkpoint_every) and not options.checkpoint_dir:
         raise ValueError("expected --checkpoint-dir with --resume or --checkpoint-every")
+    if options.keep_checkpoints < 0:
+        raise ValueError(
+            f"expected --keep-checkpoints >= 0, got --keep-checkpoints={options.keep_checkpoints}"
+        )
     checkpoint = _resume_from(options)
     device = resolve_device(options.device)
     own_group = _init_distributed(device)
@@ -133,13 +152,34 @@ def train(options: TrainOptions) -> list[EpochReport]:
         seed=options.seed,
         even="pad",
         decode=options.decode,
+        cache_dir=options.cache_dir,
     )
+    validation = None
+    if options.val:
+        validation = val_loader(
+            options.val,
+            batch_size=options.batch_size,
+            num_workers=options.workers,
+            image_size=options.image_size,
+            decode=options.decode,
+            seed=options.seed,
+            cache_dir=options.cache_dir,
+        )
     dataset: Any = loader.dataset
     classes = num_classes(dataset)
     model: nn.Module = SmallCNN(classes).to(device)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     tracker = DuplicateTracker(dataset.num_samples)
-    steps = CheckpointSteps(options, rank, world, loader, tracker)
+    steps = CheckpointSteps(
+        directory=options.checkpoint_dir,
+        every=options.checkpoint_every,
+        keep=options.keep_checkpoints,
+        log_json=options.log_json,
+        rank=rank,
+        world=world,
+        loader=loader,
+        tracker=tracker,
+    )
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
     raw_model = model
@@ -169,7 +209,8 @@ def train(options: TrainOptions) -> list[EpochReport]:
             report.rank, report.world_size = rank, world
             if checkpoint is not None and epoch == first_epoch:
                 report.resumed_from_step = int(checkpoint["step"])
-            _reduce_counts(report, tracker, world)
+            if validation is not None:
+                _validate(raw_model, validation, device, epoch, report, reporter, world)
             reports.append(report)
             all_ids.append(ids)
             log.info(
@@ -250,10 +291,7 @@ def _run_epoch(
                 bytes=int(batch.nbytes.sum()),
                 blocked_s=waited,
                 epoch=epoch,
-                tracker_counts={
-                    **tracker.counts().to_dict(),
-                    "retries": loader.dataset.net.totals()["retries"],
-                },
+                tracker_counts=_rank_counts(tracker, loader.dataset.net.totals()["retries"]),
                 resumed_at_step=steps.resumed_at,
                 queue_depth=queue_depth(loader),
                 ids=batch.ids,
@@ -262,6 +300,10 @@ def _run_epoch(
             )
     elapsed = time.perf_counter() - start
     counts = tracker.end_epoch()
+    if reporter is not None and counts.ranks > 1:
+        # the service sums the ranks' counts: rank 0 sends the merged ones, the others none
+        mine = dist.get_rank() == 0
+        reporter.record(tracker_counts={k: v if mine else 0 for k, v in counts.to_dict().items()})
     report = EpochReport(
         epoch=epoch,
         rank=0,
@@ -282,18 +324,43 @@ def _run_epoch(
     return report, np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
 
-def _reduce_counts(report: EpochReport, tracker: DuplicateTracker, world: int) -> None:
-    """Replace the rank-local duplicate/missing counts with the counts over all ranks."""
-    if world == 1:
-        return
-    counters = torch.from_numpy(tracker.counters.astype(np.int32))
-    padded = torch.tensor([report.padded], dtype=torch.int64)
-    dist.all_reduce(counters)
-    dist.all_reduce(padded)
-    unique = int((counters > 0).sum())
-    report.duplicates = int(counters.sum()) - unique
-    report.missing = len(counters) - unique
-    report.padded = int(padded)
+def _rank_counts(tracker: DuplicateTracker, retries: int) -> dict[str, int]:
+    """What a step reports: this rank's counts so far; with several ranks without ``missing``,
+    which only the merge at the epoch's end knows (a rank alone misses the others' share)."""
+    counts = {**tracker.counts().to_dict(), "retries": retries}
+    if _world_size() > 1:
+        del counts["missing"]
+    return counts
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _validate(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    epoch: int,
+    report: EpochReport,
+    reporter: StatsReporter | None,
+    world: int,
+) -> ValResult:
+    """Evaluate after ``epoch`` (every rank): the model's buffers (batch-norm statistics,
+    which each rank updated on its own batches) are first made rank 0's, so every rank scores
+    with the same model."""
+    if world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+    result = evaluate(model, loader, device, epoch)
+    report.val_top1, report.val_samples = result.top1, result.samples
+    log.info(
+        "epoch %d validation: top-1 %.4f (%d of %d samples, every one once over %d rank(s))",
+        epoch, result.top1, result.correct, result.samples, world,
+    )  # fmt: skip
+    if reporter is not None:
+        reporter.record_eval(result.to_dict())
+    return result
 
 
 def _init_distributed(device: torch.device) -> bool:

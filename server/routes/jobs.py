@@ -74,6 +74,7 @@ def post_stats(
                 ),
                 seen=seen,
                 decode=report.decode,
+                evals=[e.model_dump() for e in report.evals],
             ),
             keep=settings.job_max_reports,
             max_jobs=settings.job_max_jobs,

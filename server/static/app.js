@@ -268,6 +268,10 @@ function renderJob(job) {
       job.resumed_at_step == null ? "" :
         el("span", { "data-field": "resumed_at_step" }, ` · resumed at step ${fmtInt(job.resumed_at_step)}`),
       decodeLine(job)));
+  if (job.evals && job.evals.length) {
+    card.append(el("p", { class: "meta", "data-field": "evals" }, "validation top-1 · ",
+      job.evals.map((e) => `epoch ${e.epoch}: ${pct(e.top1)} of ${fmtInt(e.samples)}`).join(" · ")));
+  }
   const from = (job.first_at || 0) - (job.bucket_s || 0);
   card.append(lineChart((job.series || []).filter((p) => p.t >= from)));
   card.append(rankBars(job.loading));

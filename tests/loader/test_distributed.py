@@ -4,8 +4,8 @@ workers, share every epoch between them exactly once.
 Forked workers inherit the process group; spawned workers (the default inside a process that
 ``torch.multiprocessing.spawn`` started) do not, and must get the rank from the pickled dataset.
 
-The ranks gather their ids with ``all_gather_object`` and add up their ``DuplicateTracker``
-counters with ``all_reduce``; rank 0 writes what it saw to a JSON file that the test reads.
+The ranks gather their ids with ``all_gather_object``; ``DuplicateTracker.end_epoch()`` merges
+the ranks' counts by itself; rank 0 writes what it saw to a JSON file that the test reads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -77,13 +76,7 @@ def _run_policy(manifest: str, policy: str) -> dict[str, Any]:
             ids.extend(batch.ids.tolist())
             padded.extend(batch.padded.tolist())
             sizes.append(len(batch.ids))
-        counters = torch.from_numpy(tracker.counters.astype(np.int64))
-        dist.all_reduce(counters)
-        pads = torch.tensor([tracker.counts().padded])
-        dist.all_reduce(pads)
-        merged = DuplicateTracker(TOTAL)
-        merged.start_epoch(epoch)
-        merged.merge(counters, padded=int(pads))
+        merged = tracker.end_epoch()  # under torch.distributed: over every rank
         epochs.append(
             {
                 "ids": ids,
@@ -91,11 +84,19 @@ def _run_policy(manifest: str, policy: str) -> dict[str, Any]:
                 "sizes": sizes,
                 "len": len(loader),
                 "drop": sum(p.drop for p in dataset.epoch_plan(epoch, 2)),
-                "merged": merged.end_epoch().to_dict(),
+                "merged": merged.to_dict(),
+                "own": tracker.rank_history[-1].to_dict(),
             }
         )
-        tracker.end_epoch()
-    return {"epochs": epochs}
+    return {"epochs": epochs, "twice": _read_twice()}
+
+
+def _read_twice() -> dict[str, Any]:
+    """Both ranks receive ids 0..4 (rank 1 also 5): each rank alone sees no duplicate, the
+    merged view sees five, and id 6.. missing."""
+    tracker = DuplicateTracker(TOTAL)
+    tracker.update(torch.arange(5 + dist.get_rank()))
+    return tracker.end_epoch().to_dict()
 
 
 def _run_spawned_workers(manifest: str) -> dict[str, Any]:
@@ -134,14 +135,30 @@ def test_pad_delivers_every_id_once_in_equal_batch_counts(
     assert sorted(real) == list(range(TOTAL))
     assert len(pads) == 1 and pads[0] in runs[1]["ids"][:-1]
     assert set(runs[0]["ids"]).isdisjoint(runs[1]["ids"])
-    assert runs[0]["merged"] == {
-        "epoch": epoch,
-        "delivered": TOTAL,
-        "unique": TOTAL,
-        "duplicates": 0,
-        "missing": 0,
-        "padded": 1,
-    }
+    assert (
+        runs[0]["merged"]
+        == runs[1]["merged"]
+        == {
+            "epoch": epoch,
+            "delivered": TOTAL,
+            "unique": TOTAL,
+            "duplicates": 0,
+            "missing": 0,
+            "padded": 1,
+            "ranks": WORLD,
+        }
+    )
+    own = runs[0]["own"]
+    assert own["ranks"] == 1 and own["delivered"] == 13 and own["missing"] == TOTAL - 13
+
+
+def test_end_epoch_counts_a_sample_two_ranks_read_as_a_duplicate(
+    rank_reports: list[Any],
+) -> None:
+    for report in rank_reports:
+        twice = report["policies"]["pad"]["twice"]
+        assert (twice["delivered"], twice["unique"], twice["duplicates"]) == (11, 6, 5)
+        assert (twice["missing"], twice["ranks"]) == (TOTAL - 6, WORLD)
 
 
 @pytest.mark.parametrize("epoch", range(EPOCHS))

@@ -54,6 +54,7 @@ def test_padded_only_batch_delivers_nothing() -> None:
         "duplicates": 0,
         "missing": 3,
         "padded": 1,
+        "ranks": 1,
     }
 
 
@@ -258,3 +259,11 @@ def test_the_tracker_hands_out_this_epochs_seen_ids() -> None:
     tracker = DuplicateTracker(5)
     tracker.update(np.array([4, 4, 1]))
     assert np.flatnonzero(tracker.seen()).tolist() == [1, 4]
+
+
+def test_without_a_process_group_end_epoch_is_this_ranks_view() -> None:
+    tracker = DuplicateTracker(4)
+    tracker.update(np.array([0, 1, 1]), padded=np.array([0, 0, 1]))
+    merged = tracker.all_ranks()
+    assert merged.counts() == tracker.counts() == EpochCounts(0, 2, 2, 0, 2, 1, ranks=1)
+    assert tracker.end_epoch(merge=True) == tracker.rank_history[-1] == tracker.history[-1]

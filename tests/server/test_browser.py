@@ -40,6 +40,7 @@ def post_job_reports(url: str, token: str) -> None:
                 "elapsed_s": 0.25 * step,
                 "epoch": 0,
                 "tracker": {"duplicates": 0, "missing": 1000 - 500 * step // 3},
+                "evals": [{"epoch": 0, "top1": 0.4321, "samples": 599}] if step > 3 else [],
             }
             httpx.post(f"{url}/api/jobs/dashboard-demo/stats", json=body, headers=headers)
         time.sleep(0.25)
@@ -113,6 +114,9 @@ def test_dashboard_shows_the_run_as_the_api_reports_it(
     card = browser.find_element(By.CSS_SELECTOR, "[data-job=dashboard-demo]")
     shown = card.find_element(By.CSS_SELECTOR, "[data-field=samples]").text
     assert shown == str(job["samples"])
+    assert job["evals"] == [{"epoch": 0, "top1": 0.4321, "samples": 599}]
+    evals = card.find_element(By.CSS_SELECTOR, "[data-field=evals]").text
+    assert "epoch 0: 43.2% of 599" in evals
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe

@@ -127,3 +127,36 @@ def test_series_refuses_a_bad_bucket(bucket: float) -> None:
 
 def test_empty_window_has_no_points() -> None:
     assert series([(1.0, 1.0, 1, 1, 0.0)], start=5.0, end=5.0, bucket_s=1.0) == []
+
+
+def test_validation_results_are_kept_per_epoch_from_the_lowest_rank() -> None:
+    evals = [{"epoch": 0, "top1": 0.5, "samples": 10}, {"epoch": 1, "top1": 0.75, "samples": 10}]
+    ranks = []
+    for rank, entries in ((1, evals), (0, evals[:1])):
+        report = JobReport(
+            job="j", rank=rank, received_at=1.0, samples=1, bytes=0, blocked_s=0.0,
+            evals=[dict(e, top1=float(e["top1"]) - rank / 10) for e in entries],
+        )  # fmt: skip
+        state, _ = advance_rank(None, report)
+        assert RankState.from_json(state.to_json()) == state
+        ranks.append(state)
+    doc = summarize("j", ranks, now=1.0, stale_s=10.0)
+    assert [(e["epoch"], e["top1"]) for e in doc["evals"]] == [(0, 0.5), (1, 0.65)]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"epoch": 0, "top1": 1.5, "samples": 1},
+        {"epoch": -1, "top1": 0.5, "samples": 1},
+        {"epoch": 0, "top1": float("nan"), "samples": 1},
+        {"epoch": 0, "samples": 1},
+    ],
+)
+def test_a_bad_validation_entry_is_refused(entry: dict[str, float]) -> None:
+    from pydantic import ValidationError
+
+    from server.models import StatsReport
+
+    with pytest.raises(ValidationError):
+        StatsReport(samples=1, evals=[entry])

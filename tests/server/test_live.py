@@ -282,3 +282,18 @@ def test_two_processes_claiming_rank_0_of_2_show_the_duplicates(
     assert (doc["duplicates"], doc["missing"]) == (half, half), doc["tracker"]
     assert f'shardfeed_job_duplicates{{job="rank-0-twice"}} {float(half)}' in metrics
     assert f'shardfeed_job_missing{{job="rank-0-twice"}} {float(half)}' in metrics
+
+
+def test_validation_top1_reaches_the_jobs_api_per_epoch(served_run: ServedRun) -> None:
+    url = served_run.server.url
+    for rank in (1, 0):
+        with StatsReporter(url, "train-val", token="secret", interval_s=60.0, rank=rank) as r:
+            r.record(samples=10, epoch=1)
+            r.record_eval({"epoch": 0, "top1": 0.25, "samples": 599, "correct": 150})
+            r.record_eval({"epoch": 1, "top1": 0.5 + rank / 10, "samples": 599})
+            assert r.flush()
+    detail = httpx.get(f"{url}/api/jobs/train-val").json()
+    assert detail["evals"] == [
+        {"epoch": 0, "top1": 0.25, "samples": 599},
+        {"epoch": 1, "top1": 0.5, "samples": 599},  # the lowest rank's
+    ]

@@ -88,10 +88,11 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
     assert machine["cores"] >= 1 and machine["python"] and machine["torch"] and machine["opencv"]
     assert doc["config"]["workers"] == 2 and doc["config"]["modes"] == [
         "map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata", *USER_MODES,
+        "tar-aware-eval",
     ]  # fmt: skip
     limit = doc["limit"]
     users = [m for m, module in USER_MODES.items() if installed(module)]
-    ok_modes = 4 + litdata_installed() + len(users)
+    ok_modes = 5 + litdata_installed() + len(users)
     assert limit["processes"] == 2 and limit["samples"] == IMAGES
     assert len(limit["runs"]) == ok_modes + 1 and limit["samples_per_s"] > 0
     modes = doc["modes"]
@@ -102,7 +103,8 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
         assert modes["litdata"]["status"] == "skipped" and "litdata" in modes["litdata"]["reason"]
     for name in set(USER_MODES) - set(users):
         assert modes[name]["status"] == "skipped" and "not installed" in modes[name]["reason"]
-    exact = ["map", "tar-aware", "webdataset"] + (["litdata"] if litdata_installed() else [])
+    exact = ["map", "tar-aware", "webdataset", "tar-aware-eval"]
+    exact += ["litdata"] if litdata_installed() else []
     for name in [*exact, *users, "tar-naive"]:
         result = modes[name]
         assert result["status"] == "ok" and result["reason"] is None, (name, result)
