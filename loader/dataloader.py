@@ -297,11 +297,11 @@ def make_loader(
     the dataset arguments here (``batch_size``, ``image_size``, ``train``, ``seed``) are
     ignored. After ``load_state_dict`` of a state saved mid-epoch, ``len(loader)`` is the
     number of batches left in that epoch. ``timeout`` (seconds, 0: none) is the DataLoader's: a
-    worker that sends nothing for that long raises ``WorkerTimeoutError`` naming it. ``retry``, ``cache_dir`` and
-    ``cache_limit`` (dataset options) govern remote reads (docs/architecture.md, section
-    "Remote reads"). A list of ``Source``s (or of manifests) mixes datasets: ``epoch_size``
-    and ``exhaustion`` join the options and batches are ``MixedBatch``es with ``source``
-    (``loader.mix``; docs/architecture.md, "Mixing").
+    worker that sends nothing for that long raises ``WorkerTimeoutError`` naming it. ``retry``,
+    ``cache_dir`` and ``cache_limit`` (dataset options) govern remote reads
+    (docs/architecture.md, section "Remote reads"). A list of ``Source``s (or of manifests)
+    mixes datasets: ``epoch_size`` and ``exhaustion`` join the options and batches are
+    ``MixedBatch``es with ``source`` (``loader.mix``; docs/architecture.md, "Mixing").
 
     ``transform``: ``fn(image) -> array`` run in the workers on every decoded sample, a uint8
     ``[S, S, 3]`` RGB crop (the loader's own crop, so its partial decode stays); it returns a

@@ -58,7 +58,8 @@ def run_demo(
 
     ``on_ready(summary)`` is called once the work is done, before the service is left running.
     """
-    from loader.train.loop import TrainOptions, train
+    from loader.train.loop import train
+    from loader.train.options import TrainOptions
     from shards.build import BuildOptions, build_shards
     from shards.plan import SizingOptions
     from shards.sample import make_sample
@@ -241,7 +242,7 @@ def _mode_line(mode: str, fig: dict[str, Any]) -> str:
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    from loader.train.loop import format_loss
+    from loader.train.options import format_loss
 
     for run, doc in summary["benchmarks"].items():
         latency = doc["result"]["config"]["latency_ms"]

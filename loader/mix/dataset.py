@@ -61,6 +61,12 @@ class MixedDataset(ShardDataset):
         decode: Any = True,
         **options: Any,
     ) -> None:
+        if options.get("transform") is not None:
+            raise ValueError(
+                "expected no per-sample transform with a mix of sources, got "
+                f"transform={options['transform']!r}: a mix does not run transforms yet; apply "
+                "it on the device with DevicePrefetcher(..., batch_transform=fn)"
+            )
         self.sources = tuple(sources)
         if not self.sources or not all(isinstance(s, Source) for s in self.sources):
             raise MixError(

@@ -12,7 +12,7 @@ A resumed worker skips its first batches unread, as ``WorkerStream`` does.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -23,12 +23,15 @@ from loader.mix.batch import MixedBatch, MixedBuilder
 from loader.plan.partition import Segment, WorkerPlan
 from loader.plan.shuffle import emission_order, kept_segments
 from loader.reader import RawSample, ShardReader
-from loader.worker.stream import WorkerStream
+from loader.worker.stream import StreamSettings, WorkerStream
 
 if TYPE_CHECKING:
+    from loader.badsamples import BadSamplePolicy
     from loader.device.bytebatch import ByteBatch
-    from loader.mix.dataset import MixedDataset
     from loader.mix.passes import Run
+    from loader.mix.plan import MixPlan
+    from loader.mix.source import Source
+    from loader.sources import DatasetSource
     from loader.worker.reuse import Reuse
 
 __all__ = ["MixedStream"]
@@ -36,10 +39,21 @@ __all__ = ["MixedStream"]
 _SOURCE_TAG = 0x534F55  # keeps a source's shuffle generator apart from the worker's own
 
 
+class MixSettings(StreamSettings, Protocol):
+    """What a ``MixedStream`` reads of its dataset (``MixedDataset`` has all of it)."""
+
+    sources: tuple[Source, ...]
+    datasets: tuple[DatasetSource, ...]
+    mix: MixPlan
+    policies: tuple[BadSamplePolicy, ...]
+
+    def head_label(self, source: int, label: int) -> int: ...
+
+
 class MixedStream(WorkerStream):
     """The batches of ``dataset`` (a ``MixedDataset``) this process yields in ``epoch``."""
 
-    def __init__(self, dataset: MixedDataset, reuse: Reuse, epoch: int) -> None:
+    def __init__(self, dataset: MixSettings, reuse: Reuse, epoch: int) -> None:
         super().__init__(dataset, reuse, epoch)
         self.mixed = dataset
         self.epoch = epoch

@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from loader.jsonsafe import dumps
-    from loader.train.loop import TrainOptions, format_loss, train
+    from loader.train.loop import train
+    from loader.train.options import TrainOptions, format_loss
 
     for name in ("epochs", "batch_size", "image_size"):
         if getattr(args, name) < 1:

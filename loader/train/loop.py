@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,78 +45,23 @@ from loader.plan.ranks import rank_and_world
 from loader.reporter import queue_depth
 from loader.tracker import DuplicateTracker
 from loader.train.checkpoint import (
-    KEEP_CHECKPOINTS,
     CheckpointSteps,
     latest_checkpoint,
     load_checkpoint,
 )
 from loader.train.model import SmallCNN, random_flip
+from loader.train.options import EpochReport, TrainOptions, format_loss
 from loader.train.validate import ValResult, evaluate, val_loader
 from loader.transforms.mix import MixupCutmix
 
 if TYPE_CHECKING:
     from loader.reporter import StatsReporter
 
-__all__ = [
-    "MAX_HEAD_CLASSES",
-    "EpochReport",
-    "TrainOptions",
-    "format_loss",
-    "num_classes",
-    "train",
-]
+__all__ = ["MAX_HEAD_CLASSES", "num_classes", "train"]
 
 log = logging.getLogger("shardfeed.train")
 
 MAX_HEAD_CLASSES = 100_000
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    shards: str
-    epochs: int = 1
-    device: str = "auto"
-    batch_size: int = 64
-    workers: int = 2
-    image_size: int = 64
-    decode: str = "opencv"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    lr: float = 0.05
-    seed: int = 0
-    report_url: str | None = None
-    job: str = "train"
-    token: str | None = None
-    log_json: str | None = None
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0
-    resume: bool = False
-    keep_checkpoints: int = KEEP_CHECKPOINTS
-    cache_dir: str | None = None
-    val: str | None = None
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    rank: int
-    world_size: int
-    steps: int
-    samples: int
-    samples_per_s: float
-    blocked_fraction: float
-    loss: float | None
-    """Mean step loss; None for an epoch without steps (never NaN)."""
-    accuracy: float
-    duplicates: int
-    missing: int
-    padded: int
-    step_losses: list[float] = field(default_factory=list)
-    resumed_from_step: int | None = None
-    host_wait_ms_per_step: float = 0.0
-    decode_counts: dict[str, int] = field(default_factory=dict)
-    val_top1: float | None = None
-    val_samples: int | None = None
 
 
 def train(options: TrainOptions) -> list[EpochReport]:
@@ -405,11 +350,6 @@ def _reporter(options: TrainOptions, rank: int, num_samples: int) -> StatsReport
     return StatsReporter(
         options.report_url, options.job, options.token, rank=rank, num_samples=num_samples
     )
-
-
-def format_loss(loss: float | None) -> str:
-    """A loss for the log and the terminal: three decimals, ``-`` for an epoch without steps."""
-    return "-" if loss is None else f"{loss:.3f}"
 
 
 def _write_log(path: str, rank: int, reports: list[EpochReport], ids: list[np.ndarray]) -> None:

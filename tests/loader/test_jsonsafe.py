@@ -103,7 +103,7 @@ def test_api_bodies_hold_null_where_a_figure_is_nan(tmp_path: Path) -> None:
 
 
 def test_train_reports_have_no_nan_loss() -> None:
-    from loader.train.loop import EpochReport, format_loss
+    from loader.train.options import EpochReport, format_loss
 
     report = EpochReport(0, 0, 1, 0, 0, 0.0, 0.0, None, 0.0, 0, 0, 0)
     assert format_loss(report.loss) == "-" and "NaN" not in dumps(report.__dict__)

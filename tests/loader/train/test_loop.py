@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from loader.train import SmallCNN, random_flip
-from loader.train.loop import TrainOptions, train
+from loader.train.loop import train
+from loader.train.options import TrainOptions
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample

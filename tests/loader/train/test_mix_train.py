@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loader.train.loop import TrainOptions, train
+from loader.train.loop import train
+from loader.train.options import TrainOptions
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample

@@ -186,7 +186,8 @@ def test_checkpoint_files(tmp_path: Path) -> None:
 
 
 def test_resume_needs_a_checkpoint_dir(shards: Path) -> None:
-    from loader.train.loop import TrainOptions, train
+    from loader.train.loop import train
+    from loader.train.options import TrainOptions
 
     with pytest.raises(ValueError, match="--checkpoint-dir"):
         train(TrainOptions(shards=str(shards), resume=True))

@@ -20,8 +20,9 @@ import torch
 from loader import make_loader
 from loader.device.prefetcher import DevicePrefetcher
 from loader.train.checkpoint import latest_checkpoint, load_checkpoint
-from loader.train.loop import TrainOptions, train
+from loader.train.loop import train
 from loader.train.model import SmallCNN
+from loader.train.options import TrainOptions
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
 from shards.sample import make_sample
