@@ -163,10 +163,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _bench_mix(config: BenchConfig, as_json: bool) -> int:
     """``--mix``: ``loader.bench.mix.bench_mix`` on the shards, as JSON or a short table."""
-    import json
-
     from loader.bench.mix import bench_mix
-    from loader.jsonsafe import json_safe
+    from loader.jsonsafe import dumps
 
     if config.http or config.folder:
         raise ValueError("expected --mix without --http or --folder: it reads local shards only")
@@ -181,7 +179,7 @@ def _bench_mix(config: BenchConfig, as_json: bool) -> int:
         on_round=lambda name, r, rate: log.info("round %d %s: %.0f samples/s", r, name, rate),
     )
     if as_json:
-        sys.stdout.write(json.dumps(json_safe(doc)) + "\n")
+        sys.stdout.write(dumps(doc) + "\n")
         return 0
     lines = [f"{'run':<8} {'samples/s':>10} {'ratio':>6}  duplicates/missing per source"]
     for name, result in doc["results"].items():

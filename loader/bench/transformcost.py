@@ -16,7 +16,6 @@ decode-bound worker gives up to it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 
 from loader.bench.transform_modes import JitterErase
 from loader.decode import ImageDecoder
+from loader.jsonsafe import dumps
 from loader.reader import ShardReader
 from loader.sources import resolve_source
 from loader.transforms.seeding import SampleSeeder
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=500)
     args = p.parse_args(argv)
     doc = measure_costs(args.shards, image_size=args.image_size, samples=args.samples)
-    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.write(dumps(doc) + "\n")
     return 0
 
 

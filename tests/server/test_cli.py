@@ -29,11 +29,12 @@ def modules_loaded_for(command: str | None) -> list[str]:
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        ("shard", []),
-        ("verify", []),
+        # pydantic validates manifests (shards._manifest_schema): no web stack, no torch
+        ("shard", ["pydantic"]),
+        ("verify", ["pydantic"]),
         ("doctor", []),
-        ("train", ["torch"]),
-        ("bench", ["torch"]),
+        ("train", ["torch", "pydantic"]),
+        ("bench", ["torch", "pydantic"]),
         ("serve", list(HEAVY)),
         (None, list(HEAVY)),
     ],

@@ -59,6 +59,6 @@ def test_the_order_and_header_promises() -> None:
     calls = re.findall(r"^\s*step (\S+) ", text, flags=re.M)
     assert calls[0] == "doctor"
     assert calls.index("bench") < calls.index("tests") < calls.index('"train-$decode"')
-    assert "What a run must carry" in text and "SLOT v2" in text and "END SLOT v2" in text
+    assert "What a run must carry" in text and "---- v2" in text and "---- END v2" in text
     assert "--no-deps" in text and "torch changed" in text
     assert "decoded no row on the device" in text

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from loader.bench.modes import MODE_NAMES
 from server.cli import main
 from shards.build import BuildOptions, build_shards
 from shards.plan import SizingOptions
@@ -86,13 +87,13 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
     assert set(doc) == {"machine", "config", "limit", "modes"}
     machine = doc["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["torch"] and machine["opencv"]
-    assert doc["config"]["workers"] == 2 and doc["config"]["modes"] == [
-        "map", "tar-naive", "tar-per-worker", "tar-aware", "webdataset", "litdata", *USER_MODES,
-        "tar-aware-eval",
-    ]  # fmt: skip
+    assert doc["config"]["workers"] == 2 and doc["config"]["modes"] == list(MODE_NAMES)
     limit = doc["limit"]
     users = [m for m, module in USER_MODES.items() if installed(module)]
-    ok_modes = 5 + litdata_installed() + len(users)
+    # four of the five default modes (tar-per-worker needs as many workers as shards), the
+    # transform and eval variants of tar-aware, installed peers (device-bytes needs --decode none)
+    ours = ["tar-aware-seeded", "tar-aware-recipe", "tar-aware-eval"]
+    ok_modes = 4 + len(ours) + litdata_installed() + len(users)
     assert limit["processes"] == 2 and limit["samples"] == IMAGES
     assert len(limit["runs"]) == ok_modes + 1 and limit["samples_per_s"] > 0
     modes = doc["modes"]
@@ -103,7 +104,8 @@ def test_json_report_has_every_figure_and_exact_accounting(sample: tuple[Path, P
         assert modes["litdata"]["status"] == "skipped" and "litdata" in modes["litdata"]["reason"]
     for name in set(USER_MODES) - set(users):
         assert modes[name]["status"] == "skipped" and "not installed" in modes[name]["reason"]
-    exact = ["map", "tar-aware", "webdataset", "tar-aware-eval"]
+    assert modes["device-bytes"]["status"] == "not_applicable"
+    exact = ["map", "tar-aware", "webdataset", *ours]
     exact += ["litdata"] if litdata_installed() else []
     for name in [*exact, *users, "tar-naive"]:
         result = modes[name]
