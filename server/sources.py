@@ -2,8 +2,8 @@
 "Service").
 
 Each process may send its current epoch's counts per source name (``StatsReport.sources``),
-either its own (``sources_scope: "rank"``) or over every rank (``"merged"``, e.g. rank 0 after
-merging the ranks' trackers). Of the processes in the newest epoch any of them reports:
+either its own (``sources_scope: "rank"``) or over every rank (``"merged"``: rank 0 sending
+``MixTracker.all_ranks().counts()``). Of the processes in the newest epoch any of them reports:
 
 - when one sent a merged view, the job's counts are that one's (the newest such report; the
   lowest rank on a tie): ``scope: "merged"``, ``from_rank`` names it;

@@ -1,14 +1,19 @@
-"""A mixed job's per-source counts: a real two-source loader on two ranks, each rank's
-``MixTracker`` and ``StatsReporter`` against a live ``shardfeed serve``; the aggregation rule
-(``server.sources``) and the bounds of ``StatsReport.sources``."""
+"""A mixed job's per-source counts: a real two-source loader on two gloo ranks, each rank's
+``MixTracker`` and ``StatsReporter`` against a live ``shardfeed serve``, rank 0 also sending the
+merged view; the aggregation rule (``server.sources``) and the bounds of
+``StatsReport.sources``."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import torch.distributed as dist
+import torch.multiprocessing as tmp
 from prometheus_client.parser import text_string_to_metric_families
 
 from loader import Source, make_loader
@@ -36,12 +41,51 @@ def source_gauges(url: str, job: str) -> dict[tuple[str, str], float]:
     return out
 
 
+def mix_sources(root: Path) -> list[Source]:
+    web, curated = root / "s0" / "manifest.json", root / "s1" / "manifest.json"
+    return [Source(web, weight=2, name="web"), Source(curated, repeat=2, name="curated")]
+
+
+def _mixed_rank(rank: int, root: Path, init_file: Path, url: str) -> None:
+    """One rank of a mixed job: its loader, ``MixTracker`` and ``StatsReporter``; each rank
+    reports its own counts per source, then rank 0 the merged ones (``all_ranks``). Between the
+    two, rank 0 writes what the service showed to ``root/unmerged.json``."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(name, None)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        sources = mix_sources(root)
+        loader = make_loader(sources, multiprocessing_context="fork", **FAST)
+        tracker = MixTracker(loader.dataset.mix)
+        with StatsReporter(url, "mix2", "secret", interval_s=3600) as reporter:
+            for batch in loader:
+                tracker.update(batch.source, batch.ids, batch.padded)
+                reporter.record(
+                    samples=len(batch.ids),
+                    epoch=tracker.epoch,
+                    source_counts=named_counts(tracker.counts(), sources),
+                )
+            assert reporter.flush(), reporter.last_error
+            dist.barrier()
+            if rank == 0:
+                shown = httpx.get(f"{url}/api/jobs/mix2").json()["sources"]
+                gauges = [[*k, v] for k, v in source_gauges(url, "mix2").items()]
+                (root / "unmerged.json").write_text(json.dumps([shown, gauges]))
+            dist.barrier()
+            merged = tracker.all_ranks()
+            if rank == 0:
+                counts = named_counts(merged.counts(), sources)
+                reporter.record(source_counts=counts, sources_merged=True)
+                assert reporter.flush(), reporter.last_error
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_two_rank_mix_reports_its_counts_per_source(tmp_path: Path) -> None:
-    web, curated = write_sources(tmp_path, [[9, 5], [4, 3]])
-    sources = [Source(web, weight=2, name="web"), Source(curated, repeat=2, name="curated")]
-    loaders = [make_loader(sources, rank=r, world_size=2, **FAST) for r in range(2)]
-    quotas = dict(zip(["web", "curated"], loaders[0].dataset.mix.quotas, strict=True))
-    sizes = dict(zip(["web", "curated"], loaders[0].dataset.mix.sizes, strict=True))
+    write_sources(tmp_path, [[9, 5], [4, 3]])
+    mix = make_loader(mix_sources(tmp_path), **FAST).dataset.mix
+    quotas = dict(zip(["web", "curated"], mix.quotas, strict=True))
+    sizes = dict(zip(["web", "curated"], mix.sizes, strict=True))
     server = LiveServer(
         tmp_path / "service.db",
         [tmp_path],
@@ -50,38 +94,19 @@ def test_a_two_rank_mix_reports_its_counts_per_source(tmp_path: Path) -> None:
         env={"SHARDFEED_JOB_STALE_S": str(NEVER_STALE_S)},
     ).start()
     try:
-        trackers = [MixTracker(loader.dataset.mix) for loader in loaders]
-        merged = MixTracker(loaders[0].dataset.mix)  # what rank 0 holds after merging the ranks
-        reporters = [
-            StatsReporter(server.url, "mix2", "secret", interval_s=3600, rank=r) for r in range(2)
-        ]
-        for loader, tracker, reporter in zip(loaders, trackers, reporters, strict=True):
-            for batch in loader:
-                tracker.update(batch.source, batch.ids, batch.padded)
-                merged.update(batch.source, batch.ids, batch.padded)
-                reporter.record(
-                    samples=len(batch.ids),
-                    epoch=tracker.epoch,
-                    source_counts=named_counts(tracker.counts(), sources),
-                )
-            assert reporter.flush(), reporter.last_error
-
-        job = httpx.get(f"{server.url}/api/jobs/mix2").json()["sources"]
-        assert (job["scope"], job["epoch"], job["reporters"]) == ("unmerged", 0, 2)
-        assert job["counts"] == {
-            name: {"quota": quota, "delivered": quota, "padded": job["counts"][name]["padded"]}
+        tmp.spawn(_mixed_rank, args=(tmp_path, tmp_path / "init", server.url), nprocs=2)
+        shown, gauge_rows = json.loads((tmp_path / "unmerged.json").read_text())
+        assert (shown["scope"], shown["epoch"], shown["reporters"]) == ("unmerged", 0, 2)
+        assert shown["counts"] == {
+            name: {"quota": quota, "delivered": quota, "padded": shown["counts"][name]["padded"]}
             for name, quota in quotas.items()
         }  # a rank alone would count the other rank's share as missing: none is shown
-        gauges = source_gauges(server.url, "mix2")
+        gauges = {(figure, name): value for figure, name, value in gauge_rows}
         assert {k: v for k, v in gauges.items() if k[0] == "delivered"} == {
             ("delivered", name): quota for name, quota in quotas.items()
         }
         assert not [k for k in gauges if k[0] in ("duplicates", "missing")]
 
-        reporters[0].record(
-            source_counts=named_counts(merged.counts(), sources), sources_merged=True
-        )
-        assert reporters[0].flush(), reporters[0].last_error
         job = httpx.get(f"{server.url}/api/jobs/mix2").json()["sources"]
         assert (job["scope"], job["from_rank"]) == ("merged", 0)
         for name, quota in quotas.items():
@@ -93,8 +118,6 @@ def test_a_two_rank_mix_reports_its_counts_per_source(tmp_path: Path) -> None:
         for name, quota in quotas.items():
             assert gauges[("delivered", name)] == gauges[("quota", name)] == quota
             assert gauges[("duplicates", name)] == gauges[("missing", name)] == 0
-        for reporter in reporters:
-            reporter.close()
     finally:
         server.stop()
 
