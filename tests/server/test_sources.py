@@ -14,6 +14,8 @@ import httpx
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as tmp
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from loader import Source, make_loader
@@ -147,6 +149,44 @@ def test_duplicates_and_missing_never_come_from_a_sum_of_ranks() -> None:
     assert merged is not None and (merged["scope"], merged["counts"]) == ("merged", full)
     moved_on = job_sources([rank(0, full, sources_scope="merged"), rank(1, b, epoch=1)])
     assert moved_on is not None and (moved_on["scope"], moved_on["epoch"]) == ("rank", 1)
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["web", "curated", "x"]), st.integers(0, 10**6), min_size=1
+        ),
+        min_size=2,
+        max_size=8,
+    ),
+    st.integers(0, 7),
+)
+def test_unmerged_ranks_sum_delivered_and_show_nothing_that_does_not_add_up(
+    delivered: list[dict[str, int]], merged_at: int
+) -> None:
+    ranks = [
+        rank(
+            r,
+            {
+                n: {"quota": 9, "delivered": d, "duplicates": 0, "missing": 1}
+                for n, d in row.items()
+            },
+        )
+        for r, row in enumerate(delivered)
+    ]
+    doc = job_sources(ranks)
+    assert doc is not None and doc["scope"] == "unmerged"
+    for name, row in doc["counts"].items():
+        assert row == {
+            "quota": 9,
+            "delivered": sum(d.get(name, 0) for d in delivered),
+            "padded": 0,
+        }
+    if merged_at < len(ranks):
+        ranks[merged_at] = rank(merged_at, {"web": {"delivered": 3}}, sources_scope="merged")
+        doc = job_sources(ranks)
+        assert doc is not None and doc["from_rank"] == merged_at
+        assert doc["counts"] == {"web": {"delivered": 3}}
 
 
 @pytest.mark.parametrize(
