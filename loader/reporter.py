@@ -24,6 +24,10 @@ rank are told apart rather than overwriting each other.
 
 With device decode, each snapshot also carries ``decode``: the rank's rows by where they were
 decoded so far (``DevicePrefetcher.decode_counts``), which the service shows per job.
+
+With a mix, ``record(source_counts=)`` sets the per-source counts each snapshot carries
+(``sources``, checked by ``loader.mix.report.source_report``) and ``sources_merged`` says whether
+they are this process's own (``sources_scope: "rank"``) or over every rank (``"merged"``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import numpy as np
 
 from loader._workers import queued_items
 from loader.jsonsafe import dumps
+from loader.mix.report import source_report
 from loader.percentile import percentile
 from loader.plan.ranks import rank_and_world
 from loader.tracker import DuplicateTracker, pack_seen
@@ -145,6 +150,8 @@ class StatsReporter:
         self._waits: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_STEPS)
         self._queue_depth: int | None = None
         self._decode: dict[str, int] = {}
+        self._sources: dict[str, dict[str, int]] = {}
+        self._sources_merged = False
         self._evals: dict[int, dict[str, Any]] = {}
         self.sent = 0
         self.failed_sends = 0
@@ -168,6 +175,8 @@ class StatsReporter:
         ids: np.ndarray | torch.Tensor | None = None,
         padded: np.ndarray | torch.Tensor | None = None,
         decode_counts: Mapping[str, int] | None = None,
+        source_counts: Mapping[str, Any] | None = None,
+        sources_merged: bool = False,
     ) -> None:
         """Add ``samples``, ``bytes`` and ``blocked_s`` to the totals; set epoch, rank, queue
         depth, the tracker's current counts (a mapping or a ``loader.tracker.EpochCounts``; a
@@ -177,8 +186,12 @@ class StatsReporter:
         wait in ``blocked_s``: the window's percentiles are over these calls. ``ids`` and ``padded``
         (the batch's) go into this epoch's bitmap when the reporter has ``num_samples``; a new
         ``epoch`` starts a new bitmap. ``ValueError`` for ids without ``num_samples`` or
-        outside ``[0, num_samples)``."""
+        outside ``[0, num_samples)``. ``source_counts`` (a mix's counts per source name,
+        ``loader.mix.report.named_counts(tracker.counts(), sources)``) replaces the last ones
+        sent, ``sources_merged`` when they are over every rank; ``ValueError`` for counts
+        ``source_report`` refuses."""
         counts: dict[str, int] | None = None
+        sources = None if source_counts is None else source_report(source_counts)
         if tracker_counts is not None:
             raw = (
                 tracker_counts.to_dict()
@@ -211,6 +224,8 @@ class StatsReporter:
                 self._resumed_at = int(resumed_at_step)
             if decode_counts is not None:
                 self._decode = {str(k): int(v) for k, v in decode_counts.items()}
+            if sources is not None:
+                self._sources, self._sources_merged = sources, bool(sources_merged)
 
     def resume_epoch(self, tracker: DuplicateTracker) -> None:
         """Start this reporter's bitmap from a restored tracker (its current epoch), so a
@@ -269,6 +284,8 @@ class StatsReporter:
                 "blocked_p99_s": _rounded(percentile(waits, 99)),
                 "queue_depth": self._queue_depth,
                 "decode": dict(self._decode),
+                "sources": {name: dict(row) for name, row in self._sources.items()},
+                "sources_scope": "merged" if self._sources_merged else "rank",
                 "evals": [self._evals[e] for e in sorted(self._evals)],
             }
         if coverage is not None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from loader.tracker import SeenError, read_packed_seen
 from server.jobs import RankState, summarize
+from server.sources import job_sources
 
 if TYPE_CHECKING:
     from server.store import Store
@@ -133,7 +134,11 @@ def _since_newest_resume(
 
 
 def job_summary(store: Store, job: str, *, now: float, stale_s: float) -> dict[str, Any]:
-    """``server.jobs.summarize`` with the job's counts merged across ranks: what the JSON API
-    and ``/metrics`` both show."""
+    """``server.jobs.summarize`` with the job's counts merged across ranks, plus ``sources``
+    (a mix's counts per source, ``server.sources.job_sources``): what the JSON API and
+    ``/metrics`` both show."""
     merged = merge_seen(store.job_seen(job), stale_s=stale_s)
-    return summarize(job, store.job_ranks(job), now=now, stale_s=stale_s, merged=merged)
+    ranks = store.job_ranks(job)
+    doc = summarize(job, ranks, now=now, stale_s=stale_s, merged=merged)
+    doc["sources"] = job_sources(ranks)
+    return doc

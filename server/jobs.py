@@ -59,6 +59,8 @@ class JobReport:
     seen: builtins.bytes | None = None
     decode: Mapping[str, int] = field(default_factory=dict)
     evals: Sequence[Mapping[str, float | int]] = ()
+    sources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    sources_scope: str = "rank"
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class RankState:
     coverage: dict[str, int] | None = None
     decode: dict[str, int] = field(default_factory=dict)
     evals: list[dict[str, float | int]] = field(default_factory=list)
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    sources_scope: str = "rank"
 
     def to_json(self) -> str:
         return dumps(asdict(self))
@@ -158,6 +162,8 @@ def advance_rank(previous: RankState | None, report: JobReport) -> tuple[RankSta
         coverage=None if report.coverage is None else dict(report.coverage),
         decode=dict(report.decode),
         evals=[dict(e) for e in report.evals],
+        sources={name: dict(row) for name, row in report.sources.items()},
+        sources_scope=report.sources_scope,
     )
     return state, delta
 

@@ -4,7 +4,8 @@ Job and benchmark figures are read from the store at scrape time, so they are th
 numbers the JSON API shows and survive a restart. Benchmark series describe the newest
 finished run only (labels ``run`` and ``mode``), which keeps their cardinality bounded.
 Ranks are never a label: per job, ``server.ranks`` adds the slowest rank as a gauge's value
-and the spread across ranks as three series.
+and the spread across ranks as three series. A mixed job's per-source gauges carry a
+``source`` label, at most ``loader.mix.report.MAX_SOURCES`` per job (``server.sources``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from server.coverage import job_summary
 from server.ranks import rank_families
+from server.sources import source_families
 from server.store import Store
 
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
@@ -114,8 +116,10 @@ class _StoreCollector(Collector):
             labels=labels,
         )
         now = self._clock()
+        sources = []
         for job in self._store.job_names():
             doc = job_summary(self._store, job, now=now, stale_s=self._stale_s)
+            sources.append((job, doc["sources"]))
             rate.add_metric([job], doc["samples_per_s"])
             samples.add_metric([job], doc["samples"])
             nbytes.add_metric([job], doc["bytes"])
@@ -134,6 +138,7 @@ class _StoreCollector(Collector):
                 fallback.add_metric([job], doc["decode_fallback_fraction"])
         yield from (rate, samples, nbytes, blocked, duplicates, missing, ranks, failed, age)
         yield from (decoded, fallback)
+        yield from source_families(sources)
 
     def _benchmarks(self) -> Iterator[Metric]:
         runs = GaugeMetricFamily(

@@ -17,9 +17,11 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from loader.bench.modes import DECODES, DEFAULT_MODES, MODE_NAMES
+from loader.mix.report import MAX_SOURCES, SOURCE_NAME_PATTERN
 from server.runs import RunStatus
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "RunList",
     "RunOut",
     "RunSummary",
+    "SourceCountsIn",
     "StatsAccepted",
     "StatsReport",
 ]
@@ -192,6 +195,36 @@ class EvalEntry(BaseModel):
     samples: Count
 
 
+SourceName = Annotated[str, StringConstraints(pattern=SOURCE_NAME_PATTERN)]
+
+
+class SourceCountsIn(BaseModel):
+    """One source's counts in a mix's current epoch (``loader.mix.MixTracker``): delivered
+    rows, and where the process knows them, its quota and the unique ids, duplicates and
+    missing samples against the plan."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    quota: Count | None = None
+    delivered: Count
+    unique: Count | None = None
+    duplicates: Count | None = None
+    missing: Count | None = None
+    padded: Count = 0
+
+    @model_validator(mode="after")
+    def _unique_within_delivered(self) -> SourceCountsIn:
+        if self.unique is not None and self.unique > self.delivered:
+            raise ValueError(
+                f"expected unique <= delivered, got unique={self.unique} delivered={self.delivered}"
+            )
+        return self
+
+    def counts(self) -> dict[str, int]:
+        """The counts that were sent (None left out)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class StatsReport(BaseModel):
     """One rank's cumulative counters, as ``loader.StatsReporter`` sends them."""
 
@@ -229,6 +262,15 @@ class StatsReport(BaseModel):
     )
     evals: list[EvalEntry] = Field(
         default_factory=list, max_length=100, description="validation top-1 per epoch"
+    )
+    sources: dict[SourceName, SourceCountsIn] = Field(
+        default_factory=dict,
+        max_length=MAX_SOURCES,
+        description="a mix: each source's counts in the current epoch, by source name",
+    )
+    sources_scope: Literal["rank", "merged"] = Field(
+        default="rank",
+        description="whether ``sources`` are this process's own counts or over every rank",
     )
 
     def loading(self) -> dict[str, float | int | None]:

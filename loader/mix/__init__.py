@@ -7,6 +7,7 @@ from loader.mix.dataset import MixedDataset
 from loader.mix.interleave import Interleave
 from loader.mix.plan import MixPlan
 from loader.mix.quotas import epoch_quotas, largest_remainder
+from loader.mix.report import named_counts
 from loader.mix.source import EXHAUSTION, MixError, Source
 from loader.mix.tracker import MixTracker, SourceCounts
 
@@ -22,4 +23,5 @@ __all__ = [
     "SourceCounts",
     "epoch_quotas",
     "largest_remainder",
+    "named_counts",
 ]

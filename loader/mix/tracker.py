@@ -114,6 +114,18 @@ class MixTracker:
         self.start_epoch(self.epoch + 1)
         return counts
 
+    def all_ranks(self) -> MixTracker:
+        """A new tracker holding this epoch's counts over every rank: each source's
+        ``DuplicateTracker.all_ranks()`` (one all-reduce per source; this rank's counts when
+        ``torch.distributed`` is not initialised). Collective: every rank calls it at the same
+        point. Its ``counts()`` are the job's per source, the view a stats report sends with
+        ``sources_merged=True``."""
+        merged = MixTracker.__new__(MixTracker)
+        merged.plan, merged.epoch, merged._planned = self.plan, self.epoch, self._planned
+        merged.trackers = [tracker.all_ranks() for tracker in self.trackers]
+        merged.history = list(self.history)
+        return merged
+
     def state_dict(self) -> dict[str, Any]:
         """The open epoch, each source's ``DuplicateTracker`` state and the history."""
         return {

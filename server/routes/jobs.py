@@ -75,6 +75,8 @@ def post_stats(
                 seen=seen,
                 decode=report.decode,
                 evals=[e.model_dump() for e in report.evals],
+                sources={name: row.counts() for name, row in report.sources.items()},
+                sources_scope=report.sources_scope,
             ),
             keep=settings.job_max_reports,
             max_jobs=settings.job_max_jobs,

@@ -272,6 +272,8 @@ function renderJob(job) {
     card.append(el("p", { class: "meta", "data-field": "evals" }, "validation top-1 · ",
       job.evals.map((e) => `epoch ${e.epoch}: ${pct(e.top1)} of ${fmtInt(e.samples)}`).join(" · ")));
   }
+  const sources = sourceLines(job.sources);
+  if (sources) card.append(sources);
   const from = (job.first_at || 0) - (job.bucket_s || 0);
   card.append(lineChart((job.series || []).filter((p) => p.t >= from)));
   card.append(rankBars(job.loading));
@@ -287,6 +289,18 @@ function decodeLine(job) {
     .map(([where, n]) => `${where} ${fmtInt(n)}`).join(", ");
   return el("span", { "data-field": "decode", "data-fallback": String(job.decode_fallback_fraction) },
     ` · decoded on device ${pct(1 - job.decode_fallback_fraction)}` + (off ? ` (CPU: ${off})` : ""));
+}
+
+// A mix: one short line per source. Duplicates and missing show only where the service has
+// them (scope "merged" or one reporting rank); with several unmerged ranks, delivered only.
+function sourceLines(sources) {
+  const rows = Object.entries((sources || {}).counts || {});
+  if (rows.length === 0) return null;
+  const known = (v) => (v === undefined ? "–" : fmtInt(v));
+  return el("div", { class: "meta sources", "data-field": "sources", "data-scope": sources.scope },
+    ...rows.map(([name, c]) => el("div", { "data-source": name },
+      `${name}: ${fmtInt(c.delivered)}` + (c.quota === undefined ? "" : ` of ${fmtInt(c.quota)}`) +
+      ` delivered · ${known(c.duplicates)} duplicates · ${known(c.missing)} missing`)));
 }
 
 const MAX_RANK_BARS = 64;

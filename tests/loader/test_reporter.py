@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loader.mix.tracker import SourceCounts
 from loader.percentile import percentile
 from loader.reporter import StatsReporter, queue_depth
 from loader.tracker import DuplicateTracker, unpack_seen
@@ -187,6 +188,32 @@ def test_tracker_counts_are_taken_from_epoch_counts(recorder: Recorder) -> None:
     body = recorder.bodies()[-1]
     assert body["tracker"] == {"duplicates": 0, "missing": 3} and body["epoch"] == 5
     assert body["resumed_at_step"] is None
+
+
+def test_a_mix_sends_its_counts_per_source(recorder: Recorder) -> None:
+    web = SourceCounts(source=0, quota=6, delivered=4, unique=4, duplicates=0, missing=2, padded=1)
+    with StatsReporter(recorder.url, "j", interval_s=60.0) as reporter:
+        assert reporter.snapshot()["sources"] == {}
+        reporter.record(source_counts={"web": web, "cur": {"delivered": 3, "other": 1}})
+        with pytest.raises(ValueError, match="at most 64 sources"):
+            reporter.record(source_counts={f"s{i}": {"delivered": 0} for i in range(65)})
+        with pytest.raises(ValueError, match="without control characters, got name="):
+            reporter.record(source_counts={"a\tb": {"delivered": 0}})
+        with pytest.raises(ValueError, match="'delivered' in the counts of source 'web'"):
+            reporter.record(source_counts={"web": {"quota": 1}})
+        with pytest.raises(ValueError, match="counts >= 0 for source 'web'"):
+            reporter.record(source_counts={"web": {"delivered": -1}})
+        assert reporter.snapshot()["sources_scope"] == "rank"
+    body = recorder.bodies()[-1]
+    assert body["sources"] == {
+        "web": {"quota": 6, "delivered": 4, "unique": 4, "duplicates": 0, "missing": 2,
+                "padded": 1},
+        "cur": {"delivered": 3},
+    }  # fmt: skip
+    assert body["sources_scope"] == "rank"
+    with StatsReporter(recorder.url, "j", interval_s=60.0) as reporter:
+        reporter.record(source_counts={"web": web}, sources_merged=True)
+    assert recorder.bodies()[-1]["sources_scope"] == "merged"
 
 
 def test_a_resumed_job_reports_the_step_it_went_on_from(recorder: Recorder) -> None:

@@ -182,3 +182,27 @@ def test_dashboard_shows_where_a_jobs_rows_were_decoded(
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, field))
     text = browser.find_element(By.CSS_SELECTOR, field).text
     assert "decoded on device 98.5%" in text and "(CPU: orientation 2, format 1)" in text
+
+
+def test_dashboard_shows_a_mixed_jobs_counts_per_source(
+    browser: Any, served_run: ServedRun
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, token = served_run.server.url, served_run.server.token or ""
+    web = {"quota": 14, "delivered": 14, "unique": 14, "duplicates": 0, "missing": 0}
+    curated = {"quota": 6, "delivered": 5, "unique": 5, "duplicates": 0, "missing": 1}
+    body = {"samples": 19, "epoch": 0, "sources": {"web": web, "curated": curated},
+            "sources_scope": "merged"}  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(f"{url}/api/jobs/mixed/stats", json=body, headers=headers).is_success
+    browser.get(f"{url}/")
+    box = "[data-job=mixed] [data-field=sources]"
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, box))
+    assert browser.find_element(By.CSS_SELECTOR, box).get_attribute("data-scope") == "merged"
+    lines = browser.find_elements(By.CSS_SELECTOR, f"{box} [data-source]")
+    assert [line.text for line in lines] == [
+        "web: 14 of 14 delivered · 0 duplicates · 0 missing",
+        "curated: 5 of 6 delivered · 0 duplicates · 1 missing",
+    ]
