@@ -3,7 +3,7 @@ with a topology change, checked at the planning level for duplicates, missing po
 quotas and batches off the mix; then the 1.3 million sample plan on 64 ranks x 16 workers
 timed, and a rank's resume-state size half-way through it.
 
-    .venv/bin/python tools/mix_check.py [--plans 10000] [--resumes 500] [--seed 0]
+    .venv/bin/python tools/mix_check.py [--plans 10000] [--resumes 500] [--shuffle 1000]
 
 Each plan: 1-6 sources of 1-10,000 samples in 1-5 shards, each with a weight, a repeat or a
 sample count, an epoch size, "cycle" or "stop", ranks 1-8, workers 0-4, batch sizes 1-256, an
@@ -11,13 +11,15 @@ sample count, an epoch size, "cycle" or "stop", ranks 1-8, workers 0-4, batch si
 batch is off the mix when some source's count in it is outside ``[floor(x) - 1, ceil(x) + 1]``
 for its share ``x = rows * quota / epoch_size``. A resume point: every rank of topology A has
 received the same number of batches (its workers in turn, each source's rows in the order of a
-shuffle buffer), each rank's state is saved as a ``Progress`` records it, the states merged and
-the rest cut for topology B. Prints one JSON document; figures depend on the machine's load.
+``--shuffle``-slot buffer, as a training loader's worker hands them over), each rank's state is
+saved as a ``Progress`` records it, the states merged and the rest cut for topology B. Prints
+one JSON document; the times depend on the machine's load.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -45,8 +47,7 @@ from loader.resume.state import Topology, merge_states  # noqa: E402
 from tests.loader.mix.helpers import positions_of, window_error  # noqa: E402
 
 log = logging.getLogger("mix_check")
-SHUFFLE = 64  # the simulated shuffle buffer of a resume point (rows taken out of order)
-SCALE_SHUFFLE = 1_000  # the default shuffle buffer, at full size
+SHUFFLE = 1_000  # the loader's default shuffle buffer
 
 
 def draw_mix(rng: np.random.Generator) -> tuple[list[list[int]], list[Source], int | None]:
@@ -216,7 +217,9 @@ def _batches(w: WorkerPlan, inter: Any, batch: int, rng: np.random.Generator,
     return [(rows[i : i + batch], padded[i : i + batch]) for i in range(0, len(rows), batch)]
 
 
-def check_resume(rng: np.random.Generator, totals: Counter[str], worst: dict[str, float]) -> None:
+def check_resume(
+    rng: np.random.Generator, totals: Counter[str], worst: dict[str, float], shuffle: int = SHUFFLE
+) -> None:
     """One random resume point with a topology change (module doc), counted into ``totals``."""
     while True:
         shards, sources, epoch_size = draw_mix(rng)
@@ -232,14 +235,14 @@ def check_resume(rng: np.random.Generator, totals: Counter[str], worst: dict[str
     def topology() -> Topology:
         return Topology(int(rng.integers(1, min(8, n) + 1)), int(rng.integers(0, 5)),
                         int(np.exp(rng.uniform(0, math.log(256)))),
-                        str(rng.choice(["pad", "none"])), SHUFFLE)  # fmt: skip
+                        str(rng.choice(["pad", "none"])), shuffle)  # fmt: skip
 
     before, after = topology(), topology()
     while after == before:
         after = topology()
     most = -(-n // (before.world_size * before.batch_size)) + before.num_workers
     steps = int(rng.integers(0, most + 1))
-    states = stop_states(plan, seed, epoch, before, steps, rng, SHUFFLE)
+    states = stop_states(plan, seed, epoch, before, steps, rng, shuffle)
     merged = merge_states(states)
     base, _ = merged.plan_for(after)  # another topology: the rest is cut afresh
     taken = np.flatnonzero(merged.taken)
@@ -271,10 +274,10 @@ def scale(seed: int) -> dict[str, Any]:
     (``rank_state_bytes``, pickled, with its ``"mix"`` entry), as ``Progress`` records it."""
     figures = time_plan(seed)
     plan = MixPlan([[1_000] * (n // 1_000) for n in PLAN_SAMPLES], list(PLAN_SAMPLES), seed=seed)
-    topo = Topology(PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH, "pad", SCALE_SHUFFLE)
+    topo = Topology(PLAN_RANKS, PLAN_WORKERS, PLAN_BATCH, "pad", SHUFFLE)
     half = -(-plan.epoch_size // (PLAN_RANKS * PLAN_BATCH)) // 2
     rng = np.random.default_rng(seed)
-    (state,) = stop_states(plan, seed, 1, topo, half, rng, SCALE_SHUFFLE, ranks=1)
+    (state,) = stop_states(plan, seed, 1, topo, half, rng, SHUFFLE, ranks=1)
     figures["rank_state_bytes"] = len(pickle.dumps(state))
     figures["rank_state_samples_taken"] = state["samples_taken"]
     return figures
@@ -284,14 +287,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", type=int, default=10_000)
     parser.add_argument("--resumes", type=int, default=500)
+    parser.add_argument("--shuffle", type=int, default=SHUFFLE, help="resume points' buffer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-scale", action="store_true", help="skip the 1.3 million plan")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rng = np.random.default_rng(args.seed)
-    doc: dict[str, Any] = {"seed": args.seed}
+    doc: dict[str, Any] = {"seed": args.seed, "shuffle": args.shuffle}
+    resume = functools.partial(check_resume, shuffle=args.shuffle)
     for name, count, check in (("plans", args.plans, check_plan),
-                               ("resumes", args.resumes, check_resume)):  # fmt: skip
+                               ("resumes", args.resumes, resume)):  # fmt: skip
         totals: Counter[str] = Counter()
         worst: dict[str, float] = {}
         start = time.perf_counter()
