@@ -1,8 +1,8 @@
 """DevicePrefetcher over a mixed loader (two ``Source``s, real DataLoader workers), on the CPU
 path and on the CUDA path (``overlapped``: helper thread, side stream, one batch ahead) run
-with fake streams: every ``(source, id)`` of the plan once per epoch, ``source`` and
-``position`` on every ``DeviceBatch``, and a stop through the prefetcher resumed at another
-topology with every planned position exactly once."""
+with fake streams, and on a real GPU where there is one: every ``(source, id)`` of the plan once
+per epoch, ``source`` and ``position`` on every ``DeviceBatch``, and a stop through the
+prefetcher resumed at another topology with every planned position exactly once."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from tests.loader.mix.helpers import planned, write_sources
 
 Row = tuple[int, int, int]
 FAST = {"decode": False, "image_size": 0, "prefetch_factor": 1, "epoch_size": 30}
+ON_GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                       reason="needs a CUDA device"))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +38,10 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> list[Source]:
 def prefetching(
     loader: ClosingDataLoader, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[DevicePrefetcher, FakeStreams]:
-    """A CPU prefetcher over ``loader``; for ``path="overlapped"`` on its CUDA path, with fake
-    streams and without pinning (the two things that need a GPU)."""
-    prefetcher = DevicePrefetcher(loader, device="cpu")
+    """A prefetcher over ``loader`` on the CPU (``path="cuda"``: on the GPU); for
+    ``path="overlapped"`` on its CUDA path, with fake streams and without pinning (the two
+    things that need a GPU)."""
+    prefetcher = DevicePrefetcher(loader, device="cuda" if path == "cuda" else "cpu")
     streams = FakeStreams(Log())
     if path == "overlapped":
         monkeypatch.setattr(prefetcher_module, "_pinned", lambda tensor: tensor)
@@ -63,7 +66,7 @@ def plan_rows(dataset: MixedDataset, epoch: int) -> Counter[Row]:
     return Counter(zip(source.tolist(), ids.tolist(), range(len(ids)), strict=True))
 
 
-@pytest.mark.parametrize("path", ["cpu", "overlapped"])
+@pytest.mark.parametrize("path", ["cpu", "overlapped", ON_GPU])
 def test_every_source_and_id_once_per_epoch_with_its_source(
     sources: list[Source], path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -108,6 +111,7 @@ def stop(
         ("overlapped", (1, 3), (2, 2)),
         ("overlapped", (2, 2), (1, 3)),
         ("cpu", (1, 3), (2, 2)),
+        pytest.param(*ON_GPU.values, (1, 3), (2, 2), marks=ON_GPU.marks),
     ],
 )
 def test_a_stop_through_the_prefetcher_resumes_at_another_topology_exactly_once(
