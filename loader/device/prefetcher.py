@@ -27,14 +27,18 @@ completed; host memory pinned by other means must outlive the copy by itself. Th
 ``mean``/``std`` constants are on the device before the first batch (the constructor
 synchronises). The prefetcher never writes into a host batch it is given. ``ids`` and ``nbytes``
 stay on the host: they feed the delivery counters, which run on the CPU, and moving them would
-cost a device-to-host synchronisation later.
+cost a device-to-host synchronisation later. So do ``source`` and ``position``, the two columns a
+mixed batch adds (``loader.mix.batch.MixedBatch``; ``None`` for a batch of one dataset): the
+``DeviceBatch`` carries them as they came.
 
 Without CUDA the same conversion runs on the CPU, without streams or pinning.
 
 Working one batch ahead, the prefetcher has taken batch ``k + 1`` from the loader when the
 consumer gets batch ``k``. A loader's iterator that records what the training loop received
 (``ClosingDataLoader``'s, for resuming) offers ``defer_records()``; the prefetcher then records
-each batch as it hands it over, so a prefetched batch is never counted as received.
+each batch as it hands it over, so a prefetched batch is never counted as received. It records
+the host batch as the loader made it (a ``MixedBatch`` stays one, so a mix records its rows'
+``position``s, what its resume counts).
 
 Images from a per-sample transform (``loader.transforms``) may be uint8 ``[B, H, W, 3]`` or
 ``[B, 3, H, W]`` (normalised as above) or floating ``[B, 3, H, W]`` (a transform that returns
@@ -68,7 +72,7 @@ import torch
 from loader._checks import check_int
 from loader.badsamples import BadSampleError, BadSamplePolicy, SkipCounter
 from loader.batch import Batch
-from loader.device._overlap import TorchStreams, overlapped
+from loader.device._overlap import StreamOps, TorchStreams, overlapped
 from loader.device.bytebatch import ByteBatch
 from loader.device.decoder import BatchDecoder, DecodeCounts, DecodedBatch
 from loader.transforms.batch import BatchTransform, run_batch_transform
@@ -86,7 +90,10 @@ class DeviceBatch(NamedTuple):
 
     ``images`` float32 ``[B, 3, H, W]`` normalised, on the device (channels_last unless the
     prefetcher was told otherwise); ``labels`` int64 and ``padded`` bool on the device; ``ids``
-    and ``nbytes`` int64 on the host.
+    and ``nbytes`` int64 on the host. For a batch of a mix (``loader.mix``), ``source`` (each
+    row's index into the loader's sources; ``ids`` are ids within it) and ``position`` (each
+    row's position in the mixed epoch), int64 on the host; ``None`` otherwise. The first five
+    fields keep their places.
     """
 
     images: torch.Tensor
@@ -94,6 +101,8 @@ class DeviceBatch(NamedTuple):
     ids: torch.Tensor
     padded: torch.Tensor
     nbytes: torch.Tensor
+    source: torch.Tensor | None = None
+    position: torch.Tensor | None = None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -161,7 +170,8 @@ class DevicePrefetcher:
         self.batch_transform = batch_transform
         self.seed = check_int("seed", getattr(dataset, "seed", 0) if seed is None else seed, 0)
         self._epoch, self._passes = 0, 0
-        self._streams = TorchStreams()
+        self._streams: StreamOps = TorchStreams()
+        self._overlap = self.device.type == "cuda"  # helper thread and side stream
         self._counts = DecodeCounts()
         self._counts_lock = threading.Lock()
         self._warned = False
@@ -180,7 +190,7 @@ class DevicePrefetcher:
         self._epoch = epoch if isinstance(epoch, int) else self._passes
         self._passes += 1
         try:
-            if self.device.type == "cuda":
+            if self._overlap:
                 yield from self._iter_cuda()
             else:
                 yield from (self._convert(self._decoded(item)) for item in self.loader)
@@ -190,7 +200,7 @@ class DevicePrefetcher:
     def _decoded(self, item: Batch | ByteBatch) -> Batch:
         """A ``Batch`` as it is; a ``ByteBatch`` decoded on the device, bad samples handled."""
         if not isinstance(item, ByteBatch):
-            return Batch(*item)
+            return _as_batch(item)
         if self.decoder is None:
             raise ValueError(
                 "expected a decoder for byte batches (decode='device'), got none: pass "
@@ -263,6 +273,8 @@ class DevicePrefetcher:
             batch.ids,
             batch.padded.to(self.device, non_blocking=True),
             batch.nbytes,
+            getattr(batch, "source", None),
+            getattr(batch, "position", None),
         )
 
     def _iter_cuda(self) -> Iterator[DeviceBatch]:
@@ -285,7 +297,7 @@ class DevicePrefetcher:
         if isinstance(item, ByteBatch):
             host = item._replace(labels=_pinned(item.labels), padded=_pinned(item.padded))
         else:
-            batch = Batch(*item)
+            batch = _as_batch(item)
             host = batch._replace(
                 images=_pinned(batch.images),
                 labels=_pinned(batch.labels),
@@ -322,6 +334,13 @@ class DevicePrefetcher:
             "most %.0f%%: see DevicePrefetcher.decode_counts",
             off, total, 100 * off / total, self.device, reasons, 100 * FALLBACK_WARN_FRACTION,
         )  # fmt: skip
+
+
+def _as_batch(item: Batch | Sequence[torch.Tensor]) -> Batch:
+    """``item`` as it is when it is a batch type (``Batch``, ``MixedBatch``: its extra columns
+    and its type kept, for the hand-over record); a plain sequence of five tensors as a
+    ``Batch``."""
+    return item if hasattr(item, "_fields") else Batch(*item)  # type: ignore[return-value]
 
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,66 +13,9 @@ import pytest
 import torch
 
 from loader.device._overlap import overlapped
-from tests.loader.device.helpers import Log
+from tests.loader.device.helpers import DEVICE, FakeStreams, Log
 
-DEVICE = torch.device("cuda", 0)  # never touched: every CUDA call goes to the fakes
 WAIT_S = 30.0  # a bound for a condition that holds at once when the code is right
-
-
-class FakeEvent:
-    def __init__(self, log: Log, number: int) -> None:
-        self.log, self.number = log, number
-
-    def record(self, stream: FakeStream) -> None:
-        self.log(f"event {self.number} recorded on {stream.name}")
-
-
-class FakeStream:
-    def __init__(self, log: Log, name: str) -> None:
-        self.log, self.name = log, name
-
-    def wait_stream(self, stream: FakeStream) -> None:
-        self.log(f"{self.name} waits for {stream.name}")
-
-    def wait_event(self, event: FakeEvent) -> None:
-        self.log(f"{self.name} waits on event {event.number}")
-
-    def synchronize(self) -> None:
-        self.log(f"host synchronises {self.name}")
-
-
-class FakeStreams:
-    """``StreamOps`` with a per-thread current stream, as CUDA's."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.consumer = FakeStream(log, "consumer")
-        self.side: FakeStream | None = None
-        self.events = 0
-        self._local = threading.local()
-
-    def current_stream(self, device: torch.device) -> FakeStream:
-        return getattr(self._local, "stream", self.consumer)
-
-    def new_stream(self, device: torch.device) -> FakeStream:
-        self.side = FakeStream(self.log, "side")
-        return self.side
-
-    @contextmanager
-    def use(self, stream: FakeStream) -> Iterator[None]:
-        before = self.current_stream(DEVICE)
-        self._local.stream = stream
-        try:
-            yield
-        finally:
-            self._local.stream = before
-
-    def new_event(self) -> FakeEvent:
-        self.events += 1
-        return FakeEvent(self.log, self.events - 1)
-
-    def record_stream(self, tensor: torch.Tensor, stream: FakeStream) -> None:
-        self.log(f"batch {int(tensor[0])} tensor kept for {stream.name}")
 
 
 class Source:

@@ -1,4 +1,6 @@
-"""Mix test helpers: small sources of our format and the rows a mixed loader delivered."""
+"""Mix test helpers: small sources of our format, the rows a mixed loader delivered, and the
+plan-level measures the property tests and ``tools/mix_check.py`` share (``positions_of``,
+``window_error``)."""
 
 from __future__ import annotations
 
@@ -38,3 +40,21 @@ def planned(dataset: MixedDataset, epoch: int) -> Counter[Row]:
     """The ``(source, id)`` rows the plan of ``epoch`` holds, with multiplicity."""
     source, ids = dataset.mix.lookup(epoch, np.arange(dataset.mix.epoch_size))
     return Counter(zip(source.tolist(), ids.tolist(), strict=True))
+
+
+def positions_of(plans: list) -> tuple[np.ndarray, np.ndarray, int]:
+    """All planned positions, all pad positions and the dropped count of an epoch's plans."""
+    runs = [
+        np.arange(s.first_id, s.first_id + len(s)) for r in plans for w in r for s in w.segments
+    ]
+    pads = [p for r in plans for w in r for p in w.pad_ids]
+    drops = sum(w.drop for r in plans for w in r)
+    return np.concatenate(runs) if runs else np.zeros(0, np.int64), np.asarray(pads), drops
+
+
+def window_error(sources: np.ndarray, source: int, quota: int) -> float:
+    """The largest ``|count - w * q / N|`` over all windows of consecutive positions."""
+    n = len(sources)
+    counts = np.concatenate([[0], np.cumsum(sources == source)])
+    drift = counts - np.arange(n + 1) * quota / n
+    return float(drift.max() - drift.min())

@@ -6,16 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loader.mix.interleave import Interleave, interleave_for
+from tests.loader.mix.helpers import window_error
 
 quota_lists = st.lists(st.integers(0, 3000), min_size=1, max_size=6).filter(lambda q: sum(q) > 0)
-
-
-def window_error(sources: np.ndarray, source: int, quota: int) -> float:
-    """The largest ``|count - w * q / N|`` over all windows of consecutive positions."""
-    n = len(sources)
-    counts = np.concatenate([[0], np.cumsum(sources == source)])
-    drift = counts - np.arange(n + 1) * quota / n
-    return float(drift.max() - drift.min())
 
 
 @settings(max_examples=300, deadline=None)

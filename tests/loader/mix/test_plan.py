@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from loader.mix.plan import MixPlan
 from loader.mix.source import MixError
 from loader.plan.partition import plan_epoch
+from tests.loader.mix.helpers import positions_of
 
 shard_lists = st.lists(st.integers(0, 2000), min_size=1, max_size=5).filter(lambda s: sum(s) > 0)
 
@@ -24,16 +25,6 @@ def mixes(draw: st.DrawFn, max_sources: int = 6) -> tuple[list[list[int]], list[
     quotas = [draw(st.integers(0, 3 * sum(s))) for s in shards]
     assume(sum(quotas) > 0)
     return shards, quotas
-
-
-def positions_of(plans: list) -> tuple[np.ndarray, np.ndarray, int]:
-    """All planned positions, all pad positions and the dropped count of an epoch's plans."""
-    runs = [
-        np.arange(s.first_id, s.first_id + len(s)) for r in plans for w in r for s in w.segments
-    ]
-    pads = [p for r in plans for w in r for p in w.pad_ids]
-    drops = sum(w.drop for r in plans for w in r)
-    return np.concatenate(runs) if runs else np.zeros(0, np.int64), np.asarray(pads), drops
 
 
 @settings(max_examples=300, deadline=None)
