@@ -44,7 +44,7 @@ Images from a per-sample transform (``loader.transforms``) may be uint8 ``[B, H,
 ``[B, 3, H, W]`` (normalised as above) or floating ``[B, 3, H, W]`` (a transform that returns
 floats owns its scaling and normalisation: they are only moved and made float32).
 ``batch_transform=fn`` then runs ``fn(images, labels)`` on the device, seeded per batch from
-(``seed``, epoch, the batch's first id) (``loader.transforms.batch``; docs/architecture.md,
+(``seed``, epoch, the batch's first source and id) (``loader.transforms.batch``; docs/architecture.md,
 "Transforms"); its labels may be soft ``[B, C]``.
 
 Byte batches (``loader.device.bytebatch``, ``decode="device"``): the prefetcher hands each
@@ -266,6 +266,7 @@ class DevicePrefetcher:
                 seed=self.seed,
                 epoch=self._epoch,
                 device=self.device,
+                sources=getattr(batch, "source", None),
             )
         return DeviceBatch(
             images,

@@ -36,12 +36,16 @@ def run_batch_transform(
     seed: int,
     epoch: int,
     device: torch.device,
+    sources: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fn(images, labels)`` seeded from (``seed``, ``epoch``, ``ids[0]``); ``TransformError``
-    naming the batch when ``fn`` raises or returns anything but two tensors of ``B`` rows."""
+    """``fn(images, labels)`` seeded from (``seed``, ``epoch``, the first row's source and id:
+    ``sources`` is a mix's per-row source, ``None`` for one dataset, whose source is 0);
+    ``TransformError`` naming the batch when ``fn`` raises or returns anything but two tensors
+    of ``B`` rows."""
     first = int(ids[0]) if len(ids) else 0
+    source = int(sources[0]) if sources is not None and len(sources) else 0
     where = f"the batch of {len(ids)} samples starting with id {first} (epoch {epoch})"
-    with seeded_batch(batch_key(seed, epoch, first), device):
+    with seeded_batch(batch_key(seed, epoch, first, source), device):
         try:
             out = fn(images, labels)
         except Exception as exc:

@@ -160,3 +160,25 @@ def test_a_kornia_batch_augmentation_is_seeded_per_batch(manifest: str) -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert any(not torch.equal(a, p) for a, p in zip(first, plain, strict=True))
     assert tuple(first[0].shape) == (4, 3, 16, 16)
+
+
+def test_a_mix_seeds_batch_transforms_by_source_and_id() -> None:
+    """Ids are per source in a mix: two batches that start with the same id of different
+    sources draw different randomness; the same (source, id) draws the same."""
+    from loader.transforms.batch import run_batch_transform
+
+    def noise(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return images + torch.rand(images.shape), labels
+
+    images, labels, ids = torch.zeros(2, 3, 2, 2), torch.zeros(2), torch.tensor([5, 6])
+    cpu = torch.device("cpu")
+
+    def run(sources: torch.Tensor | None) -> torch.Tensor:
+        out, _ = run_batch_transform(
+            noise, images, labels, ids, seed=1, epoch=0, device=cpu, sources=sources
+        )
+        return out
+
+    web, curated = torch.tensor([0, 0]), torch.tensor([1, 1])
+    assert torch.equal(run(web), run(web)) and torch.equal(run(None), run(web))
+    assert not torch.equal(run(web), run(curated))
