@@ -1,7 +1,7 @@
 """The layout docs/architecture.md draws is the layout on disk, and it keeps its rules.
 
 - "Rooms" lists every module of ``shards``, ``loader`` and ``server`` once, under its package;
-- no module passes 400 lines, and ``loader/`` keeps at most 18 modules at its top level;
+- no module (the dashboard's scripts included) passes 400 lines, and ``loader/`` keeps at most 18 modules at its top level;
 - every subpackage has an ``__all__``;
 - no import cycle among project modules, counting imports under ``TYPE_CHECKING`` too (a
   cycle of types is a cycle of concepts).
@@ -59,7 +59,12 @@ def test_rooms_lists_every_module_once_under_its_package() -> None:
 
 
 def test_no_module_passes_400_lines() -> None:
-    long = {str(p): n for p in _modules() if (n := len((ROOT / p).read_text().splitlines())) > 400}
+    scripts = sorted(p.relative_to(ROOT) for p in (ROOT / "server" / "static").glob("*.js"))
+    long = {
+        str(p): n
+        for p in [*_modules(), *scripts]
+        if (n := len((ROOT / p).read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines (split them by concept): {long}"
 
 

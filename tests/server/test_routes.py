@@ -80,7 +80,7 @@ def test_dashboard_is_served_without_any_cdn(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for asset in ("/static/app.js", "/static/style.css"):
+    for asset in ("/static/app.js", "/static/jobs.js", "/static/style.css"):
         assert asset in page.text
         body = client.get(asset)
         assert body.status_code == 200
