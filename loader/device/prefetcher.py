@@ -44,8 +44,8 @@ Images from a per-sample transform (``loader.transforms``) may be uint8 ``[B, H,
 ``[B, 3, H, W]`` (normalised as above) or floating ``[B, 3, H, W]`` (a transform that returns
 floats owns its scaling and normalisation: they are only moved and made float32).
 ``batch_transform=fn`` then runs ``fn(images, labels)`` on the device, seeded per batch from
-(``seed``, epoch, the batch's first source and id) (``loader.transforms.batch``; docs/architecture.md,
-"Transforms"); its labels may be soft ``[B, C]``.
+(``seed``, epoch, the batch's first source and id) (``loader.transforms.batch``;
+docs/architecture.md, "Transforms"); its labels may be soft ``[B, C]``.
 
 Byte batches (``loader.device.bytebatch``, ``decode="device"``): the prefetcher hands each
 ``ByteBatch`` to its decoder's ``decode_batch`` (by default the loader's dataset's decoder;

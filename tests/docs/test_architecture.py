@@ -1,7 +1,8 @@
 """The layout docs/architecture.md draws is the layout on disk, and it keeps its rules.
 
 - "Rooms" lists every module of ``shards``, ``loader`` and ``server`` once, under its package;
-- no module (the dashboard's scripts included) passes 400 lines, and ``loader/`` keeps at most 18 modules at its top level;
+- no module (the dashboard's scripts included) passes 400 lines, and ``loader/`` keeps at
+  most 18 modules at its top level;
 - every subpackage has an ``__all__``;
 - no import cycle among project modules, counting imports under ``TYPE_CHECKING`` too (a
   cycle of types is a cycle of concepts).
