@@ -101,8 +101,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     torch.manual_seed(0)
-    train_loader = make_loader(args.shards, batch_size=4, num_workers=1, image_size=IMAGE, seed=1)
-    val_loader = make_loader(args.val, batch_size=5, num_workers=1, image_size=IMAGE, train=False)
+    # Workers start by "spawn": under ddp the rank processes run threads (gloo, Lightning's
+    # observer, queue feeders), and a fork while one of them creates or ends its Python thread
+    # state left the child stuck in CPython's after-fork lock (seen once in a 2-rank run).
+    spawn = {"num_workers": 1, "image_size": IMAGE, "multiprocessing_context": "spawn"}
+    train_loader = make_loader(args.shards, batch_size=4, seed=1, **spawn)
+    val_loader = make_loader(args.val, batch_size=5, train=False, **spawn)
     model = Tiny(args.val, args.out, args.crash_at)
     trainer = pl.Trainer(
         accelerator="cpu",
