@@ -271,8 +271,11 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
     def next_epoch(self) -> int:
         return self._epoch.peek()
 
-    def epoch_plan(self, epoch: int, num_workers: int) -> list[WorkerPlan]:
-        """This rank's worker plans for ``epoch``: what it will yield, pad and drop."""
+    def epoch_plan(
+        self, epoch: int, num_workers: int, taken: np.ndarray | None = None
+    ) -> list[WorkerPlan]:
+        """This rank's worker plans for ``epoch``: what it will yield, pad and drop (with
+        ``taken``, the ids a stopped run already consumed, only the rest)."""
         rank, world = rank_and_world(self._rank, self._world)
         return plan_rank(
             self._sizes,
@@ -283,7 +286,19 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
             num_workers=num_workers,
             batch_size=self.batch_size,
             even=self.even,
+            taken=taken,
         )
+
+    def _resumed_plan(
+        self, epoch: int, num_workers: int
+    ) -> tuple[list[WorkerPlan], list[int] | None, int, int]:
+        """This rank's plans for ``epoch`` from the loaded state's resume point (a fresh epoch
+        without one), with the batches each worker already handed over, the count of samples
+        left out and the rank (``loader.resume.state.resume_point``)."""
+        rank, world = rank_and_world(self._rank, self._world)
+        topology = self.resume.topology(num_workers, world)
+        taken, done, left_out = resume_point(self.resume.loaded, topology, epoch, rank)
+        return self.epoch_plan(epoch, num_workers, taken), done, left_out, rank
 
     def batches_per_epoch(self, num_workers: int = 0) -> int:
         """Batches this rank yields per epoch (the same every epoch)."""
@@ -295,20 +310,7 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         if info is None:
             self.resume.iterated = True
         epoch = self._epoch.begin(worker if info is not None else SharedEpoch.MAIN)
-        rank, world = rank_and_world(self._rank, self._world)
-        topology = self.resume.topology(num_workers, world)
-        taken, done, left_out = resume_point(self.resume.loaded, topology, epoch, rank)
-        plans = plan_rank(
-            self._sizes,
-            seed=self.seed,
-            epoch=epoch,
-            rank=rank,
-            world_size=world,
-            num_workers=num_workers,
-            batch_size=self.batch_size,
-            even=self.even,
-            taken=taken,
-        )
+        plans, done, left_out, rank = self._resumed_plan(epoch, num_workers)
         skip = 0
         if done is not None:
             counts = [p.num_batches for p in plans]
@@ -339,21 +341,7 @@ class ShardDataset(IterableDataset[Batch | ByteBatch | BatchGroup]):
         begins: the batches of the rest of it."""
         if self.resume.under_way or self.resume.loaded is None:
             return self.batches_per_epoch(num_workers)
-        rank, world = rank_and_world(self._rank, self._world)
-        epoch = self._epoch.peek()
-        topology = self.resume.topology(num_workers, world)
-        taken, done, _ = resume_point(self.resume.loaded, topology, epoch, rank)
-        plans = plan_rank(
-            self._sizes,
-            seed=self.seed,
-            epoch=epoch,
-            rank=rank,
-            world_size=world,
-            num_workers=num_workers,
-            batch_size=self.batch_size,
-            even=self.even,
-            taken=taken,
-        )
+        plans, done, _, _ = self._resumed_plan(self._epoch.peek(), num_workers)
         return sum(p.num_batches for p in plans) - sum(done or ())
 
     def __len__(self) -> int:
